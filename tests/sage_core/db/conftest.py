@@ -1,0 +1,1 @@
+from service_fixtures import *  # noqa: F403

@@ -1,0 +1,38 @@
+"""The migrations build the models' schema, and go down and up again, on both backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from sage_core.db.migrate import downgrade, table_names, upgrade
+from sage_core.db.models import Base
+from sage_core.db.session import make_engine
+
+TABLES = {"api_keys", "files", "jobs", "job_events", "job_metrics", "checkpoints"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'm.db'}"
+    return request.getfixturevalue("postgres_server_url")
+
+
+def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
+    upgrade(empty_url)
+    assert table_names(empty_url) >= TABLES
+    downgrade(empty_url, "base")
+    assert not TABLES & table_names(empty_url)
+    upgrade(empty_url)
+    assert table_names(empty_url) >= TABLES
+
+    engine = make_engine(empty_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == [], f"models and migrations disagree: {diff}"
+    downgrade(empty_url, "base")  # leave the shared PostgreSQL database empty
