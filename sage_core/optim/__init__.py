@@ -1,0 +1,23 @@
+"""The SAGE optimizer and its helpers. Imports only torch.
+
+    from sage_core.optim import SAGE, make_optimizer, sage_param_groups
+
+    optimizer = make_optimizer(model, "sage", lr=1.5e-4, weight_decay=0.01, beta3=0.85)
+"""
+
+from sage_core.optim.factory import OPTIMIZER_NAMES, build_optimizer, make_optimizer
+from sage_core.optim.groups import SCOPES, is_linear_layer, is_norm_layer, sage_param_groups
+from sage_core.optim.sage import BASES, SAGE, sage
+
+__all__ = [
+    "BASES",
+    "OPTIMIZER_NAMES",
+    "SAGE",
+    "SCOPES",
+    "build_optimizer",
+    "is_linear_layer",
+    "is_norm_layer",
+    "make_optimizer",
+    "sage",
+    "sage_param_groups",
+]
