@@ -136,3 +136,10 @@ def requeue_expired(session: Session, now: datetime | None = None) -> list[str]:
         if _changed(session, stmt):
             moved.append(job_id)
     return moved
+
+
+def withdraw_pause(session: Session, job_id: str) -> bool:
+    """A running job asked to pause keeps running after all."""
+    stmt = update(Job).where(Job.id == job_id, Job.status == S.RUNNING,
+                             Job.pause_requested.is_(True)).values(pause_requested=False)
+    return _changed(session, stmt)

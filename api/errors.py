@@ -1,0 +1,135 @@
+"""The one place that turns exceptions into HTTP answers, in OpenAI's error shape:
+`{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sage_core.errors import DataFileError, SageTrainError
+
+log = logging.getLogger("sagetrain.api")
+
+
+class InvalidRequestError(SageTrainError):
+    code = "invalid_request"
+    status_code = 400
+
+
+class AuthenticationError(SageTrainError):
+    code = "invalid_api_key"
+    status_code = 401
+
+
+class PayloadTooLargeError(SageTrainError):
+    code = "file_too_large"
+    status_code = 413
+
+
+def error_body(message: str, *, type_: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _type_for(status: int) -> str:
+    if status == 401:
+        return "invalid_request_error"  # what OpenAI answers for a bad key
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def _json(status: int, message: str, *, param: str | None = None, code: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    body = error_body(message, type_=_type_for(status), param=param, code=code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# Pydantic puts union members and validator names into an error's location
+# (["hyperparameters", "n_epochs", "int"], ["x", "function-after[...]"]); they are no field.
+_UNION_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    parts: list[str] = []
+    for index, item in enumerate(loc):
+        if index == 0 and item in ("body", "query", "path", "header", "form", "cookie"):
+            continue
+        text = str(item)
+        if text in _UNION_TAGS or "[" in text or "'" in text:
+            continue
+        parts.append(text)
+    return ".".join(parts) or None
+
+
+def _field_named_in(message: str, fields: set[str]) -> str | None:
+    """The first of `fields` a model-level validator's message names (it starts with it)."""
+    for word in re.findall(r"[a-z_]+", message):
+        if word in fields:
+            return word
+    return None
+
+
+def _validation_param(error: dict[str, Any]) -> str | None:
+    param = _param_from_loc(tuple(error.get("loc", ())))
+    if error.get("type") == "value_error" and param and param.endswith("hyperparameters"):
+        from sage_core.schemas import Hyperparameters
+
+        field = _field_named_in(str(error.get("msg", "")), set(Hyperparameters.model_fields))
+        if field:
+            param = f"{param}.{field}"
+    return param
+
+
+def _validation_message(error: dict[str, Any], param: str | None) -> str:
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        return f"Missing required parameter: '{param}'."
+    if error.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: '{param}'."
+    return f"Invalid value for '{param}': {message}" if param else message
+
+
+async def _sagetrain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SageTrainError)
+    message = exc.message
+    if isinstance(exc, DataFileError):
+        message = f"Invalid file: {exc.message}"
+    return _json(exc.status_code, message, param=exc.param, code=exc.code)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {}
+    param = _validation_param(first)
+    message = _validation_message(first, param)
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return _json(400, message, param=param, code="invalid_value")
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}
+    return _json(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
+                 headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json(500, "The server had an error while processing your request.",
+                 code="internal_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SageTrainError, _sagetrain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

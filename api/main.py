@@ -1,0 +1,42 @@
+"""`create_app(settings)`: the FastAPI application. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.dispatch import Dispatcher, NullDispatcher
+from api.errors import install_error_handlers
+from api.routes import files, health, jobs, models
+from sage_core import __version__
+from sage_core.artifacts import ArtifactStore, get_artifact_store
+from sage_core.db.session import make_engine, make_session_factory
+from sage_core.settings import Settings, get_settings
+
+DESCRIPTION = """Fine-tune Hugging Face Transformers with the SAGE optimizer, over an
+OpenAI-shaped API. Every /v1 call needs `Authorization: Bearer <api key>`."""
+
+
+def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None,
+               store: ArtifactStore | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="sagetrain", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.store = store or get_artifact_store(settings)
+    app.state.dispatcher = dispatcher or NullDispatcher()
+    install_error_handlers(app)
+    for module in (health, files, jobs, models):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,125 @@
+"""/v1/fine_tuning/jobs: create, list, get, cancel, pause, resume, events, metrics,
+checkpoints and checkpoint downloads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from api.deps import (
+    CurrentKey,
+    DispatcherDep,
+    OwnedCheckpoint,
+    OwnedJob,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
+from api.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic, ListPage, MetricRow
+from api.services import jobs as service
+from api.services.archive import stream_tree_targz
+from api.services.paging import page
+from sage_core.db.models import Checkpoint, Job, JobEvent, JobMetric
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+# Files a checkpoint folder may carry for resuming; a download ships the model only.
+RESUME_STATE = frozenset({"resume", "trainer_state", "optimizer.pt", "scheduler.pt", "rng.pt",
+                          "training_state.pt", "resume_state.pt"})
+
+
+def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
+    return ListPage(data=items, has_more=more, first_id=items[0].id if items else None,
+                    last_id=items[-1].id if items else None)
+
+
+@router.post("", response_model=JobPublic)
+def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep,
+               settings: SettingsDep, dispatcher: DispatcherDep, response: Response,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+               ) -> JobPublic:
+    """Queue a fine-tuning job. The same Idempotency-Key and body return the same job."""
+    job, created = service.create_job(session, key, body, idempotency_key=idempotency_key,
+                                      store=store, settings=settings)
+    if created:
+        dispatcher.dispatch(job.id)  # only after the row is committed
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return service.to_public(session, [job])[0]
+
+
+@router.get("", response_model=ListPage[JobPublic])
+def list_jobs(key: CurrentKey, session: SessionDep, after: str | None = None,
+              limit: Limit = 20) -> ListPage[JobPublic]:
+    rows, more = page(session, select(Job).where(Job.owner_id == key.id),
+                      created=Job.created_at, ident=Job.id, after=after, limit=limit)
+    return _listing(service.to_public(session, rows), more)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    return service.to_public(session, [job])[0]
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    """Queued: cancelled at once. Running: cancelled at once; its process stops soon after."""
+    service.cancel_job(session, job)
+    return service.to_public(session, [job])[0]
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    """Queued: paused at once. Running: saves a checkpoint, stops, then reads `paused`."""
+    service.pause_job(session, job)
+    return service.to_public(session, [job])[0]
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+def resume_job(job: OwnedJob, session: SessionDep, dispatcher: DispatcherDep) -> JobPublic:
+    """Paused: queued again, to continue from its last checkpoint."""
+    if service.resume_job(session, job):
+        dispatcher.dispatch(job.id)
+    return service.to_public(session, [job])[0]
+
+
+@router.get("/{job_id}/events", response_model=ListPage[EventPublic])
+def list_events(job: OwnedJob, session: SessionDep, after: str | None = None,
+                limit: Limit = 20) -> ListPage[EventPublic]:
+    rows, more = page(session, select(JobEvent).where(JobEvent.job_id == job.id),
+                      created=JobEvent.created_at, ident=JobEvent.id, after=after, limit=limit)
+    return _listing([EventPublic.from_row(r) for r in rows], more)
+
+
+@router.get("/{job_id}/metrics", response_model=ListPage[MetricRow])
+def list_metrics(job: OwnedJob, session: SessionDep,
+                 from_step: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> ListPage[MetricRow]:
+    """Every logged row from `from_step` on, oldest first."""
+    rows = session.scalars(
+        select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step >= from_step)
+        .order_by(JobMetric.step, JobMetric.id).limit(limit + 1)).all()
+    data = [MetricRow(**{**r.data, "step": r.step}) for r in rows[:limit]]
+    return ListPage(data=data, has_more=len(rows) > limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
+def list_checkpoints(job: OwnedJob, session: SessionDep, after: str | None = None,
+                     limit: Limit = 10) -> ListPage[CheckpointPublic]:
+    rows, more = page(session, select(Checkpoint).where(Checkpoint.job_id == job.id),
+                      created=Checkpoint.created_at, ident=Checkpoint.id, after=after,
+                      limit=limit)
+    return _listing([CheckpointPublic.from_row(r) for r in rows], more)
+
+
+@router.get("/{job_id}/checkpoints/{checkpoint_id}/content", response_class=StreamingResponse,
+            responses={200: {"content": {"application/gzip": {}}}})
+def download_checkpoint(checkpoint: OwnedCheckpoint, store: StoreDep) -> StreamingResponse:
+    """The checkpoint as a .tar.gz of a Hugging Face model folder (`from_pretrained`)."""
+    name = f"{checkpoint.job_id}-step-{checkpoint.step}"
+    body = stream_tree_targz(store, checkpoint.storage_key, name, skip=RESUME_STATE)
+    return StreamingResponse(body, media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{name}.tar.gz"'})

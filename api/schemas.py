@@ -1,0 +1,201 @@
+"""Request and response bodies. Responses are built from rows by the `from_row` helpers
+and declared as `response_model`, so internal columns (hashes, leases, storage keys) never
+leak."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sage_core.db.models import Checkpoint, File, Job, JobEvent
+from sage_core.schemas import Hyperparameters, TaskName
+
+T = TypeVar("T")
+
+
+def ts(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+class ListPage(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+# --- files -------------------------------------------------------------------------------
+
+class FilePublic(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    expires_at: int | None = None
+    stats: dict[str, Any] | None = Field(None, description="sagetrain: rows, columns, labels")
+
+    @classmethod
+    def from_row(cls, row: File) -> FilePublic:
+        stats = dict(row.stats or {})
+        if row.task:
+            stats["task"] = row.task
+        return cls(id=row.id, bytes=row.bytes, created_at=ts(row.created_at) or 0,
+                   filename=row.filename, purpose=row.purpose, status=row.status,
+                   stats=stats or None)
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+_METADATA_MAX_PAIRS, _METADATA_KEY_MAX, _METADATA_VALUE_MAX = 16, 64, 512
+
+
+class JobCreate(BaseModel):
+    """POST /v1/fine_tuning/jobs. Unknown fields are rejected, naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, description="A name from /v1/models")
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, min_length=1, max_length=64)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                               description="Part of the fine-tuned model's name")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1,
+                             description="Random seed; default: one is chosen and stored")
+    metadata: dict[str, str] | None = Field(None, description="Up to 16 string pairs")
+    task: TaskName = Field("text-classification", description="sagetrain: the task to train")
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > _METADATA_MAX_PAIRS:
+            raise ValueError(f"at most {_METADATA_MAX_PAIRS} pairs, got {len(value)}")
+        for key, item in value.items():
+            if len(key) > _METADATA_KEY_MAX:
+                raise ValueError(f"key {key[:20]!r}... longer than {_METADATA_KEY_MAX} characters")
+            if len(item) > _METADATA_VALUE_MAX:
+                raise ValueError(f"value of {key!r} longer than {_METADATA_VALUE_MAX} characters")
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int | None
+    epoch: float
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    model: str
+    status: str
+    created_at: int
+    finished_at: int | None
+    estimated_finish: int | None
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    fine_tuned_model: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    seed: int
+    metadata: dict[str, str] | None
+    error: JobError | None
+    organization_id: str
+    integrations: list[Any] = []
+    # sagetrain's own
+    suffix: str | None
+    task: str
+    progress: Progress
+    queue_position: int | None
+
+    @classmethod
+    def from_row(cls, job: Job, queue_position: int | None = None) -> JobPublic:
+        return cls(
+            id=job.id, model=job.model, status=job.status, created_at=ts(job.created_at) or 0,
+            finished_at=ts(job.finished_at), estimated_finish=ts(job.estimated_finish),
+            training_file=job.training_file_id, validation_file=job.validation_file_id,
+            hyperparameters=job.spec.get("hyperparameters", {}),
+            fine_tuned_model=job.fine_tuned_model, result_files=list(job.result_file_ids or []),
+            trained_tokens=job.trained_tokens, seed=job.seed, metadata=job.user_metadata,
+            error=JobError(**job.error) if job.error else None, organization_id=job.owner_id,
+            suffix=job.suffix, task=job.task,
+            progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch),
+            queue_position=queue_position,
+        )
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: JobEvent) -> EventPublic:
+        return cls(id=row.id, created_at=ts(row.created_at) or 0, level=row.level,
+                   message=row.message, type=row.type, data=row.data)
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+    fine_tuned_model_checkpoint: str
+
+    @classmethod
+    def from_row(cls, row: Checkpoint) -> CheckpointPublic:
+        return cls(id=row.id, created_at=ts(row.created_at) or 0, fine_tuning_job_id=row.job_id,
+                   step_number=row.step, metrics={"step": row.step, **(row.metrics or {})},
+                   fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint)
+
+
+class MetricRow(BaseModel):
+    """One logged row: step and epoch, then whatever the engine logged (train_loss,
+    learning_rate, grad_norm, samples_per_second, or valid_loss and valid_*)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    epoch: float | None = None
+
+
+# --- models ------------------------------------------------------------------------------
+
+class ModelPublic(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

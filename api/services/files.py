@@ -1,0 +1,85 @@
+"""Uploaded files: validate with sage_core.datafiles, store under a generated id."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import InvalidRequestError
+from api.uploads import Upload
+from sage_core.artifacts import ArtifactStore
+from sage_core.datafiles import Dataset, parse_dataset
+from sage_core.db.ids import FILE, new_id
+from sage_core.db.models import ApiKey, File, Job, JobStatus
+from sage_core.errors import ConflictError, DataFileError
+from sage_core.schemas import TASKS
+from sage_core.settings import Settings
+
+PURPOSE_FINE_TUNE = "fine-tune"
+PURPOSE_RESULTS = "fine-tune-results"
+_UNFINISHED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+
+
+def _validate(upload: Upload, settings: Settings) -> tuple[str, str, Dataset]:
+    purpose = upload.fields.get("purpose")
+    if purpose != PURPOSE_FINE_TUNE:
+        raise InvalidRequestError(
+            f"purpose must be '{PURPOSE_FINE_TUNE}', got {purpose!r}", param="purpose")
+    task = upload.fields.get("task") or "text-classification"
+    if task not in TASKS:
+        raise InvalidRequestError(f"task must be one of {', '.join(TASKS)}; got {task!r}",
+                                  param="task")
+    if upload.path is None or upload.filename is None:
+        raise InvalidRequestError("missing the 'file' part", param="file")
+    if upload.size == 0:
+        raise InvalidRequestError("the file is empty", param="file")
+    dataset = parse_dataset(upload.path.read_bytes(), upload.filename, task,
+                            max_rows=settings.max_file_rows)
+    return purpose, task, dataset
+
+
+def store_upload(session: Session, key: ApiKey, upload: Upload, store: ArtifactStore,
+                 settings: Settings) -> File:
+    """Validate and keep an upload; DataFileError (400) names the first bad lines."""
+    purpose, task, dataset = _validate(upload, settings)
+    assert upload.path is not None and upload.filename is not None
+    file_id = new_id(FILE)
+    # The extension is the detected format, so readers later detect the same one.
+    storage_key = f"files/{file_id}.{dataset.format}"
+    size = store.put_file(storage_key, upload.path)
+    row = File(id=file_id, owner_id=key.id, filename=upload.filename[:512], purpose=purpose,
+               bytes=size, storage_key=storage_key, status="processed", task=task,
+               stats=dataset.stats())
+    session.add(row)
+    try:
+        session.commit()
+    except BaseException:
+        store.delete(storage_key)
+        raise
+    return row
+
+
+def ensure_file_for_task(file: File, task: str, store: ArtifactStore, settings: Settings,
+                         param: str) -> None:
+    """A file validated for another task is checked again for `task` (400 if it fails)."""
+    if file.task == task:
+        return
+    with store.open(file.storage_key) as source:
+        data = source.read()
+    try:
+        parse_dataset(data, file.filename, task, max_rows=settings.max_file_rows)
+    except DataFileError as exc:
+        exc.param = param
+        raise
+
+
+def delete_file(session: Session, file: File, store: ArtifactStore) -> None:
+    in_use = session.scalar(select(Job.id).where(
+        Job.owner_id == file.owner_id, Job.status.in_(_UNFINISHED),
+        (Job.training_file_id == file.id) | (Job.validation_file_id == file.id)).limit(1))
+    if in_use:
+        raise ConflictError(f"file {file.id} is used by the unfinished job {in_use}",
+                            param="file_id", code="file_in_use")
+    session.delete(file)
+    session.commit()
+    store.delete(file.storage_key)

@@ -1,0 +1,40 @@
+"""API keys: long random tokens (`sk-st-…`), stored only as their sha256.
+
+A plain hash is enough here: the keys carry 256 bits of randomness, so there is nothing to
+brute-force, and a fast hash keeps each request's key lookup cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sage_core.db.ids import KEY, new_id
+from sage_core.db.models import ApiKey
+
+KEY_PREFIX = "sk-st-"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
+    """Add a key row named `name`; returns it and the key itself (shown once, never stored)."""
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(id=new_id(KEY), name=name, key_hash=hash_key(plaintext),
+                 prefix=plaintext[: len(KEY_PREFIX) + 4])
+    session.add(row)
+    session.flush()
+    return row, plaintext
+
+
+def find_key(session: Session, plaintext: str) -> ApiKey | None:
+    """The live key row for `plaintext`, or None."""
+    if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
+        return None
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
+    return row if row is not None and row.revoked_at is None else None

@@ -1,0 +1,36 @@
+"""An app per test on each database backend, with two API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_helpers import RecordingDispatcher, Service
+from fastapi.testclient import TestClient
+from service_fixtures import *  # noqa: F403
+
+from api.main import create_app
+from sage_core.db.keys import create_key
+from sage_core.db.session import make_engine, make_session_factory
+from sage_core.settings import Settings
+
+
+def make_keys(url: str) -> tuple[str, str]:
+    engine = make_engine(url)
+    with make_session_factory(engine).begin() as session:
+        _, first = create_key(session, "first")
+        _, second = create_key(session, "second")
+    engine.dispose()
+    return first, second
+
+
+@pytest.fixture
+def service(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[Service]:
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, models_dir=models_dir,
+                        max_upload_bytes=64 * 1024)
+    dispatcher = RecordingDispatcher()
+    app = create_app(settings, dispatcher=dispatcher)
+    key, other = make_keys(db_url)
+    with TestClient(app) as client:
+        yield Service(client, settings, dispatcher, key, other)

@@ -1,0 +1,103 @@
+"""Every /v1 call needs a key; another key's file, job or checkpoint is 404 everywhere.
+
+A new endpoint goes into ENDPOINTS; `test_every_v1_route_is_listed` fails until it does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from api_helpers import Service
+
+from api.main import create_app
+from sage_core.artifacts import get_artifact_store
+from sage_core.db.ids import new_id
+from sage_core.db.models import Checkpoint
+from sage_core.db.session import make_engine, make_session_factory
+from sage_core.settings import Settings
+
+# (method, path, owns-something): {file}, {job}, {ckpt} are filled with the first key's ids.
+ENDPOINTS: list[tuple[str, str, bool]] = [
+    ("POST", "/v1/files", False),
+    ("GET", "/v1/files", False),
+    ("GET", "/v1/files/{file}", True),
+    ("GET", "/v1/files/{file}/content", True),
+    ("DELETE", "/v1/files/{file}", True),
+    ("POST", "/v1/fine_tuning/jobs", False),
+    ("GET", "/v1/fine_tuning/jobs", False),
+    ("GET", "/v1/fine_tuning/jobs/{job}", True),
+    ("POST", "/v1/fine_tuning/jobs/{job}/cancel", True),
+    ("POST", "/v1/fine_tuning/jobs/{job}/pause", True),
+    ("POST", "/v1/fine_tuning/jobs/{job}/resume", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/events", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/metrics", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints/{ckpt}/content", True),
+    ("GET", "/v1/models", False),
+    ("GET", "/v1/models/{model}", True),
+]
+
+
+def _route_key(method: str, path: str) -> tuple[str, str]:
+    for name in ("{file}", "{file_id}", "{job}", "{job_id}", "{ckpt}", "{checkpoint_id}",
+                 "{model}", "{model:path}"):
+        path = path.replace(name, "{}")
+    return method, path
+
+
+def test_every_v1_route_is_listed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(Settings(data_dir=tmp_path))
+    routes = {_route_key(method.upper(), path) for path, ops in app.openapi()["paths"].items()
+              if path.startswith("/v1") for method in ops}
+    listed = {_route_key(m, p) for m, p, _ in ENDPOINTS}
+    assert routes == listed
+
+
+@pytest.fixture
+def owned(service: Service) -> dict[str, str]:
+    """A file, a job, a checkpoint and a fine-tuned model owned by the first key."""
+    job = service.create_job()
+    ckpt_id = new_id("ftckpt")
+    key = f"jobs/{job['id']}/checkpoints/step-1"
+    folder = service.settings.data_dir / "ck"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    get_artifact_store(service.settings).put_tree(key, folder)
+    engine = make_engine(service.settings.resolved_database_url)
+    with make_session_factory(engine).begin() as s:
+        s.add(Checkpoint(id=ckpt_id, job_id=job["id"], step=1, storage_key=key,
+                         fine_tuned_model_checkpoint="ft:tiny-bert::x:ckpt-step-1"))
+    engine.dispose()
+    return {"file": job["training_file"], "job": job["id"], "ckpt": ckpt_id,
+            "model": "ft:tiny-bert::secret"}
+
+
+@pytest.mark.parametrize(("method", "path", "_"), ENDPOINTS)
+@pytest.mark.parametrize("header", [None, "Bearer sk-st-wrong", "Basic abc"])
+def test_no_or_wrong_key_is_401(service: Service, method: str, path: str, _: bool,
+                                header: str | None) -> None:
+    ids = {"file": "file-x", "job": "ftjob-x", "ckpt": "ftckpt-x", "model": "tiny-bert"}
+    headers = {"Authorization": header} if header is not None else {}
+    r = service.client.request(method, path.format(**ids), headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, owns in ENDPOINTS if owns])
+def test_another_keys_objects_are_404(service: Service, owned: dict[str, str], method: str,
+                                      path: str) -> None:
+    r = service.client.request(method, path.format(**owned),
+                               headers=service.auth(service.other_key))
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    # ...and the owner still sees it untouched
+    if method == "GET":
+        r = service.client.get(path.format(**owned), headers=service.auth())
+        assert r.status_code == (404 if "{model}" in path else 200)
+
+
+def test_a_key_sees_nothing_of_others_in_lists(service: Service, owned: dict[str, str]) -> None:
+    other = service.auth(service.other_key)
+    assert service.client.get("/v1/files", headers=other).json()["data"] == []
+    assert service.client.get("/v1/fine_tuning/jobs", headers=other).json()["data"] == []
+    r = service.client.get(f"/v1/fine_tuning/jobs?after={owned['job']}", headers=other)
+    assert r.status_code == 404
