@@ -1,0 +1,20 @@
+"""Checks of a spec that need no model and no data: run before any work starts. Torch-free."""
+
+from __future__ import annotations
+
+from sage_core.errors import InvalidSpecError
+from sage_core.schemas import ResolvedSpec
+
+
+def check_spec(spec: ResolvedSpec, *, has_validation: bool) -> None:
+    """Raise InvalidSpecError for options that cannot be honoured together."""
+    hp = spec.hyperparameters
+    if hp.batch_size % hp.gradient_accumulation_steps:
+        raise InvalidSpecError(
+            f"batch_size ({hp.batch_size}) must be a multiple of gradient_accumulation_steps "
+            f"({hp.gradient_accumulation_steps}): batch_size is the examples per optimizer step, "
+            "split into equal micro-batches", param="gradient_accumulation_steps")
+    if not has_validation:
+        for name in ("early_stopping_patience", "eval_every_steps"):
+            if getattr(hp, name) is not None:
+                raise InvalidSpecError(f"{name} needs a validation_file", param=name)

@@ -1,0 +1,312 @@
+"""Tasks: everything the training loop needs to know about one kind of problem.
+
+The loop is task-agnostic: it asks its `Task` for the model with its head, the encoded
+examples, batches, the per-example loss, predictions and metrics. A new task (seq2seq,
+image classification) is a new subclass registered in `TASKS`; the loop does not change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sage_core.datafiles import Dataset
+from sage_core.errors import InvalidSpecError
+from sage_core.training import metrics as M
+
+
+@dataclass
+class Encoded:
+    """One example, ready to batch: model features (unpadded token lists) and its target."""
+
+    features: dict[str, list[int]]
+    target: int | float
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # keyword arguments of the model's forward
+    targets: torch.Tensor
+    size: int  # examples
+    tokens: int  # non-padding tokens
+
+    def to(self, device: torch.device) -> Batch:
+        # non_blocking pairs with pinned memory; on CPU it is a no-op.
+        return Batch(
+            {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+            self.targets.to(device, non_blocking=True), self.size, self.tokens,
+        )
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report (the new head's weights are expected to be new)
+    and its per-shard progress bars, which would interleave with the caller's output."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class Task(ABC):
+    """One kind of problem. Instances hold per-run state (label names, the tokenizer)."""
+
+    name: ClassVar[str]
+    main_metric: ClassVar[str]  # a key of `metrics()`, compared for early stopping and "best"
+    greater_is_better: ClassVar[bool]
+
+    @abstractmethod
+    def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
+                validation_name: str | None) -> None:
+        """Derive what the task needs from the data (label names) and check the files agree."""
+
+    @abstractmethod
+    def load_processor(self, path: str) -> None:
+        """Load the tokenizer (or image processor) of the base model at `path`."""
+
+    @abstractmethod
+    def save_processor(self, folder: Path) -> None: ...
+
+    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        with quiet_transformers():
+            model.save_pretrained(folder)  # type: ignore[operator]
+        self.save_processor(folder)
+
+    @abstractmethod
+    def build_model(self, base_path: str) -> torch.nn.Module:
+        """The base model with a freshly initialised head for this task."""
+
+    @abstractmethod
+    def load_model(self, folder: Path) -> torch.nn.Module:
+        """A model this task saved earlier (a checkpoint), checked against this run's labels."""
+
+    @abstractmethod
+    def max_length_limit(self) -> int | None:
+        """The longest input the model accepts, or None if unbounded."""
+
+    @abstractmethod
+    def encode(self, dataset: Dataset, max_length: int) -> list[Encoded]: ...
+
+    @abstractmethod
+    def collate(self, items: Sequence[Encoded]) -> Batch: ...
+
+    @abstractmethod
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example losses in fp32, shape [batch]: the loop does the averaging, so that
+        gradient accumulation weighs every example of an optimizer step equally."""
+
+    @abstractmethod
+    def predict(self, outputs: Any) -> torch.Tensor: ...
+
+    @abstractmethod
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]: ...
+
+
+class _TextTask(Task):
+    """Text (and text-pair) input through a Hugging Face tokenizer, dynamic padding."""
+
+    def __init__(self) -> None:
+        self.tokenizer: Any = None
+        self._path: str | None = None
+
+    def load_processor(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        self._path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def save_processor(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(folder)
+
+    @abstractmethod
+    def _target(self, label: str | int | float) -> int | float: ...
+
+    def encode(self, dataset: Dataset, max_length: int) -> list[Encoded]:
+        examples = dataset.examples
+        keys = [k for k in self.tokenizer.model_input_names if k != "attention_mask"]
+        out: list[Encoded | None] = [None] * len(examples)
+        singles = [i for i, e in enumerate(examples) if e.text_pair is None]
+        pairs = [i for i, e in enumerate(examples) if e.text_pair is not None]
+        for indices, with_pair in ((singles, False), (pairs, True)):
+            if not indices:
+                continue
+            texts = [examples[i].text for i in indices]
+            second = [examples[i].text_pair for i in indices] if with_pair else None
+            enc = self.tokenizer(texts, second, truncation=True, max_length=max_length,
+                                 return_attention_mask=False)
+            for row, i in enumerate(indices):
+                feats = {k: enc[k][row] for k in keys if k in enc}
+                out[i] = Encoded(feats, self._target(examples[i].label))
+        return [e for e in out if e is not None]
+
+    def collate(self, items: Sequence[Encoded]) -> Batch:
+        lengths = [len(it.features["input_ids"]) for it in items]
+        width = max(lengths)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0}
+        inputs: dict[str, torch.Tensor] = {}
+        for key in items[0].features:
+            tensor = torch.full((len(items), width), pad_values.get(key, 0), dtype=torch.long)
+            for row, it in enumerate(items):
+                values = torch.as_tensor(it.features[key], dtype=torch.long)
+                if left:
+                    tensor[row, width - len(values):] = values
+                else:
+                    tensor[row, : len(values)] = values
+            inputs[key] = tensor
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, n in enumerate(lengths):
+            if left:
+                mask[row, width - n:] = 1
+            else:
+                mask[row, :n] = 1
+        inputs["attention_mask"] = mask
+        targets = torch.tensor([it.target for it in items], dtype=self._target_dtype)
+        return Batch(inputs, targets, len(items), sum(lengths))
+
+    _target_dtype: ClassVar[torch.dtype]
+
+    def max_length_limit(self) -> int | None:
+        from transformers import AutoConfig
+
+        limits = []
+        # Tokenizers without a limit report a huge sentinel (int(1e30)).
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)
+        if self._path is not None:
+            positions = getattr(AutoConfig.from_pretrained(self._path),
+                                "max_position_embeddings", None)
+            if isinstance(positions, int):
+                limits.append(positions)
+        return min(limits) if limits else None
+
+    def _load(self, path: str | Path, **kwargs: Any) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        with quiet_transformers():
+            return AutoModelForSequenceClassification.from_pretrained(
+                str(path), dtype=torch.float32, **kwargs)
+
+
+class TextClassification(_TextTask):
+    name = "text-classification"
+    main_metric = "f1_macro"  # macro F1: robust to class imbalance, unlike accuracy
+    greater_is_better = True
+    _target_dtype = torch.long
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label_names: list[str] = []
+        self.label2id: dict[str, int] = {}
+
+    def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
+                validation_name: str | None) -> None:
+        self.label_names = train.label_names()
+        self.label2id = {name: i for i, name in enumerate(self.label_names)}
+        if validation is None:
+            return
+        unknown = sorted({str(e.label) for e in validation.examples} - set(self.label2id))
+        if unknown:
+            raise InvalidSpecError(
+                f"{validation_name}: label {unknown[0]!r} does not occur in the training file "
+                f"{train_name} (its labels: {', '.join(self.label_names)})"
+                + (f"; also unknown: {', '.join(unknown[1:6])}" if len(unknown) > 1 else ""),
+                param="validation_file")
+
+    def _target(self, label: str | int | float) -> int:
+        return self.label2id[str(label)]
+
+    def _head_config(self) -> dict[str, Any]:
+        return {
+            "num_labels": len(self.label_names),
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": dict(self.label2id),
+            "problem_type": "single_label_classification",
+        }
+
+    def build_model(self, base_path: str) -> torch.nn.Module:
+        return self._load(base_path, **self._head_config())
+
+    def load_model(self, folder: Path) -> torch.nn.Module:
+        model = self._load(folder)
+        saved = {str(k): int(v) for k, v in model.config.label2id.items()}
+        if saved != self.label2id:
+            raise InvalidSpecError(
+                f"checkpoint {folder.name} has labels {sorted(saved)}, the training file has "
+                f"{self.label_names}", param="training_file")
+        return model
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.logits.float(), targets, reduction="none")
+
+    def predict(self, outputs: Any) -> torch.Tensor:
+        return outputs.logits.argmax(dim=-1)
+
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {
+            "accuracy": M.accuracy(targets, predictions),
+            "f1_macro": M.f1_macro(targets, predictions),
+            "mcc": M.matthews_corrcoef(targets, predictions),
+        }
+
+
+class TextRegression(_TextTask):
+    name = "text-regression"
+    main_metric = "loss"
+    greater_is_better = False
+    _target_dtype = torch.float32
+
+    def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
+                validation_name: str | None) -> None:
+        return None
+
+    def _target(self, label: str | int | float) -> float:
+        return float(label)
+
+    def build_model(self, base_path: str) -> torch.nn.Module:
+        return self._load(base_path, num_labels=1, problem_type="regression")
+
+    def load_model(self, folder: Path) -> torch.nn.Module:
+        model = self._load(folder)
+        if model.config.num_labels != 1:
+            raise InvalidSpecError(f"checkpoint {folder.name} is not a regression model",
+                                   param="task")
+        return model
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs.logits.float().squeeze(-1) - targets) ** 2
+
+    def predict(self, outputs: Any) -> torch.Tensor:
+        return outputs.logits.float().squeeze(-1)
+
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {"pearson": M.pearson(predictions, targets),
+                "spearman": M.spearman(predictions, targets)}
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (TextClassification, TextRegression)}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise InvalidSpecError(f"unknown task {name!r}; known: {', '.join(TASKS)}",
+                               param="task") from None

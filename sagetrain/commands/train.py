@@ -1,0 +1,260 @@
+"""`sagetrain train`: fine-tune a model locally, with no server, database or queue.
+
+The options build the same `JobSpec` the HTTP API accepts, so a spec that trains here is
+valid there and the other way round. Ctrl-C stops after the current step and saves a
+checkpoint; running the same command with the same --output resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sage_core.schemas import OPTIMIZERS, TASKS
+
+# JobSpec field -> the option that sets it, for error messages.
+_FLAGS = {
+    "model": "--model", "task": "--task", "seed": "--seed",
+    "n_epochs": "--epochs", "batch_size": "--batch-size",
+    "learning_rate_multiplier": "--learning-rate-multiplier", "optimizer": "--optimizer",
+    "learning_rate": "--learning-rate", "beta3": "--beta3", "warmup_ratio": "--warmup-ratio",
+    "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm",
+    "max_seq_length": "--max-seq-length",
+    "gradient_accumulation_steps": "--gradient-accumulation-steps",
+    "eval_every_steps": "--eval-every-steps",
+    "checkpoint_every_steps": "--checkpoint-every-steps",
+    "early_stopping_patience": "--early-stopping-patience", "sage_scope": "--sage-scope",
+    "validation_file": "--validation-file", "training_file": "--train-file",
+}
+_HYPERPARAMETERS = (
+    "n_epochs", "batch_size", "learning_rate_multiplier", "optimizer", "learning_rate", "beta3",
+    "warmup_ratio", "weight_decay", "max_grad_norm", "max_seq_length",
+    "gradient_accumulation_steps", "eval_every_steps", "checkpoint_every_steps",
+    "early_stopping_patience", "sage_scope",
+)
+
+
+def _grad_norm(value: str) -> float | str:
+    if value.lower() == "none":
+        return "none"
+    return float(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Fine-tune a model locally with no server. Hyperparameters left out take the same "
+        "defaults as the HTTP API's. Writes metrics.jsonl, checkpoints/ and final/ (a Hugging "
+        "Face model folder) under --output. Ctrl-C saves a checkpoint and stops; the same "
+        "command with the same --output resumes.")
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model", metavar="NAME", required=True,
+                      help="base model name from the catalog, e.g. "
+                           "sentence-transformers/all-MiniLM-L6-v2 or a folder name under "
+                           "SAGETRAIN_MODELS_DIR")
+    data.add_argument("--train-file", metavar="FILE", required=True, type=Path,
+                      help="training data: JSONL, or CSV/TSV with a header; columns text, "
+                           "label, optional text_pair")
+    data.add_argument("--validation-file", metavar="FILE", type=Path, default=None,
+                      help="validation data in the same format; enables evaluation")
+    data.add_argument("--task", choices=TASKS, default="text-classification",
+                      help="what to train (default text-classification)")
+    hp = parser.add_argument_group("hyperparameters (unset: the API's defaults)")
+    hp.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                    help="sage = AdamW-SAGE (API default); adamax-sage; adamw; adamax")
+    hp.add_argument("--epochs", metavar="N", dest="n_epochs", type=int, default=None,
+                    help="passes over the training file (default 3)")
+    hp.add_argument("--batch-size", metavar="N", type=int, default=None,
+                    help="examples per optimizer step (default 32)")
+    lr = hp.add_mutually_exclusive_group()
+    lr.add_argument("--learning-rate", metavar="X", type=float, default=None,
+                    help="peak learning rate (default by optimizer: sage 1.5e-4, adamw 5e-5, "
+                         "adamax 1e-4, adamax-sage 3e-4)")
+    lr.add_argument("--learning-rate-multiplier", metavar="X", type=float, default=None,
+                    help="scales the optimizer's default learning rate")
+    hp.add_argument("--beta3", metavar="X", type=float, default=None,
+                    help="SAGE's sensitivity EMA coefficient (default 0.85)")
+    hp.add_argument("--warmup-ratio", metavar="X", type=float, default=None,
+                    help="fraction of steps of linear warmup (default 0.1)")
+    hp.add_argument("--weight-decay", metavar="X", type=float, default=None, help="default 0.01")
+    hp.add_argument("--max-grad-norm", metavar="X|none", type=_grad_norm, default=None,
+                    help="global gradient-norm clipping; 'none' disables (default 1.0)")
+    hp.add_argument("--max-seq-length", metavar="N", type=int, default=None,
+                    help="tokens per example after truncation (default 128)")
+    hp.add_argument("--gradient-accumulation-steps", metavar="N", type=int, default=None,
+                    help="micro-batches per optimizer step; must divide --batch-size "
+                         "(default 1)")
+    hp.add_argument("--eval-every-steps", metavar="N", type=int, default=None,
+                    help="also evaluate every N steps (needs --validation-file)")
+    hp.add_argument("--checkpoint-every-steps", metavar="N", type=int, default=None,
+                    help="also save a checkpoint every N steps (one is saved each epoch)")
+    hp.add_argument("--early-stopping-patience", metavar="N", type=int, default=None,
+                    help="stop after N evaluations without improvement "
+                         "(needs --validation-file)")
+    hp.add_argument("--sage-scope", choices=("blocks", "all"), default=None,
+                    help="blocks: SAGE on the repeated blocks' linear layers (default); "
+                         "all: every tensor")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", metavar="N", type=int, default=42,
+                     help="seed for the head's initialisation, dropout and data order "
+                          "(default 42)")
+    run.add_argument("--device", metavar="DEVICE", default=None,
+                     help="cpu, cuda or cuda:N (default: SAGETRAIN_DEVICE, else cuda if "
+                          "available, else cpu)")
+    run.add_argument("--output", metavar="DIR", type=Path, default=None,
+                     help="output folder (default: ./sagetrain-output/<model>-<timestamp>); "
+                          "an existing one with checkpoints is resumed")
+    run.add_argument("--no-resume", dest="resume", action="store_false",
+                     help="start over even if --output holds checkpoints (deletes them)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar (events and the summary are still printed)")
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    """The JobSpec these options describe (pydantic validates it as the API would)."""
+    from sage_core.schemas import JobSpec
+
+    hyperparameters: dict[str, Any] = {}
+    for name in _HYPERPARAMETERS:
+        value = getattr(args, name, None)
+        if value is not None:
+            hyperparameters[name] = None if value == "none" else value
+    return JobSpec(model=args.model, task=args.task, seed=args.seed,
+                   hyperparameters=hyperparameters)
+
+
+def default_output(model: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-") or "model"
+    return Path("sagetrain-output") / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _validation_message(exc: Any) -> str:
+    """pydantic's errors, with fields named by the options that set them."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"] if not str(x).startswith(("int", "float", "literal"))]
+        field = loc[-1] if loc else ""
+        message = str(err["msg"]).removeprefix("Value error, ")
+        # A model-level check names its fields in the message instead of the location.
+        for name, flag in _FLAGS.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        where = _FLAGS.get(field)
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _fail(message: str) -> int:
+    print(f"sagetrain train: error: {message}", file=sys.stderr)
+    return 2
+
+
+class _Progress:
+    """A tqdm bar fed by metric rows; events and checkpoints print above it."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.postfix: dict[str, str] = {}
+
+    def on_metrics(self, row: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None and self.enabled:
+            self.bar = tqdm(total=row["total_steps"], unit="step", dynamic_ncols=True,
+                            desc="training")
+        if "train_loss" in row:
+            self.postfix["loss"] = f"{row['train_loss']:.4f}"
+            self.postfix["samples/s"] = f"{row['samples_per_second']:.1f}"
+        for key in ("valid_loss", "valid_accuracy", "valid_spearman"):
+            if key in row:
+                self.postfix[key] = f"{row[key]:.4f}"
+        if self.bar is not None:
+            self.bar.update(row["step"] - self.bar.n)
+            self.bar.set_postfix(self.postfix, refresh=True)
+
+    def write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line) if self.bar is not None else print(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sage_core.errors import DataFileError, InvalidSpecError, SageTrainError, UnknownModelError
+    from sage_core.settings import get_settings
+
+    try:
+        spec = build_spec(args).resolve()
+    except ValidationError as exc:
+        return _fail(_validation_message(exc))
+    for flag, path in (("--train-file", args.train_file),
+                       ("--validation-file", args.validation_file)):
+        if path is not None and not path.is_file():
+            return _fail(f"{flag}: no such file: {path}")
+    if not get_settings().allow_hub_models:
+        # The catalog serves local folders only; make sure nothing reaches for the hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    output = args.output or default_output(spec.model)
+
+    from sage_core.training import Callbacks, run_training
+
+    progress = _Progress(args.progress)
+    interrupted: list[bool] = []
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        progress.write("stopping after this step (Ctrl-C again to abort without saving)")
+
+    callbacks = Callbacks(
+        on_metrics=progress.on_metrics,
+        on_event=lambda level, message: progress.write(
+            message if level == "info" else f"{level}: {message}"),
+        should_stop=lambda: bool(interrupted),
+        on_checkpoint=lambda folder, step, metrics: None,
+    )
+    # Signal handlers can only be set from the main thread (not so when embedded).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        result = run_training(spec, args.train_file, output,
+                              validation_file=args.validation_file, callbacks=callbacks,
+                              device=args.device, resume=args.resume)
+    except (InvalidSpecError, DataFileError, UnknownModelError) as exc:
+        progress.close()
+        return _fail(exc.message)
+    except SageTrainError as exc:
+        progress.close()
+        print(f"sagetrain train: training failed: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    progress.close()
+    _print_summary(result, output)
+    return 0
+
+
+def _print_summary(result: Any, output: Path) -> None:
+    print(f"status: {result.status} at step {result.step}/{result.total_steps} "
+          f"(epoch {result.epoch:.2f}), {result.trained_tokens} tokens trained")
+    if result.metrics:
+        print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    print(f"metrics: {output / 'metrics.jsonl'}")
+    if result.final_dir is not None:
+        print(f"final model: {result.final_dir}")
+    else:
+        print(f"checkpoint saved; resume with the same command and --output {output}")
