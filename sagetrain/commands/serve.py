@@ -1,0 +1,46 @@
+"""`sagetrain serve`: migrations, the HTTP API (uvicorn) and the local job executor, with
+nothing else to set up. SQLite and artifacts live under SAGETRAIN_DATA_DIR."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--executor", choices=("local", "none"), default="local",
+                        help="local: run queued jobs here, one at a time, each in a child "
+                             "process (default); none: only serve the API")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="log every request (default on)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+    from sage_core.db.migrate import upgrade
+    from sage_core.settings import get_settings
+    from sagetrain.executor import LocalExecutor
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    executor = LocalExecutor(settings) if args.executor == "local" else None
+    app = create_app(settings, dispatcher=executor)
+    if executor is not None:
+        executor.start()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.access_log)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if executor is not None:
+            executor.stop()
+    return 0

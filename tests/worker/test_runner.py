@@ -1,0 +1,170 @@
+"""The runner on the tiny model: success, failures, pause/resume, cancel, shutdown, lost lease.
+
+Stops are made deterministic by acting from inside the metrics callback at a given step,
+with the runner's stop poll unthrottled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from worker_helpers import WorkerEnv
+
+from sage_core.db import transitions
+from sage_core.db.models import Checkpoint, File, Job, JobMetric
+from worker import runner
+from worker.runner import JobRunner, run_job
+
+
+def act_at_step(monkeypatch: pytest.MonkeyPatch, step: int,
+                action: Callable[[JobRunner], None]) -> None:
+    """Call `action(runner)` once, right after the train row of `step` is recorded; the
+    engine polls should_stop before logging, so the run stops at `step + 1`."""
+    monkeypatch.setattr(runner, "STOP_POLL_SECONDS", 0.0)
+    original = JobRunner._on_metrics
+    done: list[bool] = []
+
+    def wrapped(self: JobRunner, row: dict[str, Any]) -> None:
+        original(self, row)
+        if row.get("step") == step and "train_loss" in row and not done:
+            done.append(True)
+            action(self)
+
+    monkeypatch.setattr(JobRunner, "_on_metrics", wrapped)
+
+
+def test_job_runs_to_succeeded(env: WorkerEnv) -> None:
+    job_id = env.add_job()
+    assert run_job(job_id, env.settings, worker_id="w1") == "succeeded"
+    job = env.job(job_id)
+    assert job.fine_tuned_model == f"ft:tiny-bert:t:{job_id.removeprefix('ftjob-')}"
+    assert (job.step, job.total_steps, job.epoch) == (8, 8, 2.0)
+    assert job.trained_tokens and job.trained_tokens > 0 and job.error is None
+    assert job.finished_at is not None and job.estimated_finish is None
+    assert not (env.settings.data_dir / "runs" / job_id).exists()
+    with env.sessions() as s:
+        kinds = [m.kind for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job_id))]
+        ckpts = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                          .order_by(Checkpoint.step)).all()
+        results = s.get(File, job.result_file_ids[0])
+    assert kinds.count("train") == 8 and kinds.count("eval") == 2
+    assert [c.step for c in ckpts] == [4, 8]
+    assert ckpts[-1].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-8"
+    assert "valid_loss" in ckpts[-1].metrics
+    assert (env.store.local_path(ckpts[-1].storage_key) / "model.safetensors").is_file()
+    assert results is not None and results.purpose == "fine-tune-results"
+    assert results.owner_id == job.owner_id
+    with env.store.open(results.storage_key) as f:
+        table = list(csv.DictReader(io.StringIO(f.read().decode())))
+    assert [int(r["step"]) for r in table][:3] == [1, 2, 3] and "train_loss" in table[0]
+    assert any(r["valid_accuracy"] for r in table)
+    events = env.events(job_id)
+    assert events[-1] == "The job has successfully completed"
+    assert "Checkpoint saved at step 8" in events
+
+
+def test_a_claimed_job_is_not_run_twice(env: WorkerEnv) -> None:
+    job_id = env.add_job()
+    with env.sessions.begin() as s:
+        assert transitions.claim(s, job_id, owner="other", lease_seconds=60)
+    assert run_job(job_id, env.settings, worker_id="w1") is None
+    assert env.job(job_id).lease_owner == "other"
+    cancelled = env.add_job()
+    with env.sessions.begin() as s:
+        transitions.cancel(s, cancelled)
+    assert run_job(cancelled, env.settings) is None
+
+
+def test_sagetrain_errors_fail_the_job(env: WorkerEnv) -> None:
+    job_id = env.add_job(model="no-such-model")
+    assert run_job(job_id, env.settings) == "failed"
+    error = env.job(job_id).error
+    assert error is not None and error["code"] == "model_not_found" and error["param"] == "model"
+    gone = env.add_job()
+    with env.sessions.begin() as s:
+        key = s.scalar(select(File.storage_key).where(File.id == env.job(gone).training_file_id))
+    env.store.delete(key)
+    assert run_job(gone, env.settings) == "failed"
+    assert env.job(gone).error["code"] == "file_not_found"
+
+
+def test_unexpected_errors_fail_the_job(env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    import sage_core.training
+
+    monkeypatch.setattr(sage_core.training, "run_training", boom, raising=False)
+    job_id = env.add_job()
+    assert run_job(job_id, env.settings) == "failed"
+    job = env.job(job_id)
+    assert job.error == {"code": "internal_error", "message": "RuntimeError: disk on fire",
+                         "param": None}
+    assert env.events(job_id)[-1].startswith("Fine-tuning job failed")
+
+
+def test_pause_then_resume_continues(env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = env.add_job()
+
+    def pause(r: JobRunner) -> None:
+        with r.sessions.begin() as s:
+            assert transitions.request_pause(s, job_id)
+
+    act_at_step(monkeypatch, 3, pause)
+    assert run_job(job_id, env.settings) == "paused"
+    job = env.job(job_id)
+    assert job.step == 4 and not job.pause_requested
+    assert (env.settings.data_dir / "runs" / job_id / "checkpoints" / "step-4").is_dir()
+    with env.sessions.begin() as s:
+        assert transitions.resume(s, job_id)
+    assert run_job(job_id, env.settings) == "succeeded"
+    job = env.job(job_id)
+    assert job.attempt == 2 and job.step == 8
+    events = env.events(job_id)
+    paused_at = events.index("Job paused at step 4; checkpoint saved")
+    assert any("resum" in e and "4" in e for e in events[paused_at + 1:]), events
+
+
+def test_cancel_stops_the_run(env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = env.add_job()
+
+    def cancel(r: JobRunner) -> None:
+        with r.sessions.begin() as s:
+            assert transitions.cancel(s, job_id)
+
+    act_at_step(monkeypatch, 2, cancel)
+    assert run_job(job_id, env.settings) == "cancelled"
+    job = env.job(job_id)
+    assert job.fine_tuned_model is None and job.result_file_ids == []
+    assert env.events(job_id)[-1] == "Training stopped at step 3 after cancel"
+    assert not (env.settings.data_dir / "runs" / job_id).exists()
+
+
+def test_shutdown_requeues_to_resume(env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = env.add_job()
+    act_at_step(monkeypatch, 2, lambda r: runner.shutdown_requested.set())
+    try:
+        assert run_job(job_id, env.settings) == "queued"
+    finally:
+        runner.shutdown_requested.clear()
+    assert env.job(job_id).step == 3
+    assert run_job(job_id, env.settings) == "succeeded"
+
+
+def test_a_worker_that_lost_its_lease_changes_nothing(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = env.add_job()
+
+    def steal(r: JobRunner) -> None:
+        with r.sessions.begin() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(lease_owner="thief"))
+
+    act_at_step(monkeypatch, 2, steal)
+    assert run_job(job_id, env.settings, worker_id="w1") == "running"
+    job = env.job(job_id)
+    assert job.lease_owner == "thief" and job.fine_tuned_model is None
