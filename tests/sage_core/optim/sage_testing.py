@@ -13,10 +13,12 @@ SHAPES: tuple[tuple[int, ...], ...] = ((7, 5), (5,), (3, 4, 2), (1,), (16, 9))
 
 
 def make_params(dtype: torch.dtype = torch.float32, seed: int = 0) -> list[Tensor]:
-    """A few tensors of mixed rank; the first holds exact zeros that must never move."""
+    """A few tensors of mixed rank; the first holds exact zeros that must never move, the
+    last is non-contiguous (a transposed matrix)."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
     params[0][0, :3] = 0.0
+    params.append(torch.randn(4, 6, generator=gen, dtype=torch.float64).to(dtype).t())
     return [p.requires_grad_() for p in params]
 
 

@@ -1,0 +1,106 @@
+"""The torch.compile'd per-tensor kernels: agree with the reference, are chosen by default
+for large steps, compile once per variant, and fall back to foreach when compiling fails.
+
+Tensors are tiny so that each kernel variant compiles in about a second."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from sage_testing import make_params, run_steps
+from test_sage_parity import LRS, STEPS, TOLERANCES
+
+import sage_core.optim.compiled as compiled_module
+import sage_core.optim.sage as sage_module
+
+pytestmark = pytest.mark.skipif(
+    not compiled_module.compiled_kernels_available(torch.device("cpu")),
+    reason="torch.compile cannot build CPU kernels here (no C++ compiler)",
+)
+
+
+def _assert_matches_reference(dtype: torch.dtype, fast: dict[str, Any], **options: Any) -> None:
+    ref, _ = run_steps(STEPS, dtype=dtype, lr_schedule=LRS, foreach=False, **options)
+    got, _ = run_steps(STEPS, dtype=dtype, lr_schedule=LRS, **fast, **options)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize(
+    ("base", "use_sage", "weight_decay", "dtype"),
+    [
+        ("adamw", True, 0.1, torch.float32),
+        ("adamw", True, 0.0, torch.float32),
+        ("adamw", False, 0.1, torch.float32),
+        ("adamax", True, 0.1, torch.float32),
+        ("adamax", True, 0.0, torch.float32),
+        ("adamax", False, 0.1, torch.float32),
+        ("adamw", True, 0.1, torch.float64),
+        ("adamax", True, 0.1, torch.float64),
+        ("adamw", True, 0.1, torch.bfloat16),
+    ],
+)
+def test_compiled_matches_reference(
+    base: str, use_sage: bool, weight_decay: float, dtype: torch.dtype
+):
+    _assert_matches_reference(
+        dtype, dict(compiled=True), base=base, sage=use_sage, weight_decay=weight_decay
+    )
+
+
+def test_default_for_large_steps_is_compiled_and_matches_reference(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", 0)
+    calls: list[int] = []
+    real = compiled_module._compiled_sage
+
+    def spy(params: list[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+        calls.append(len(params))
+        real(params, *args, **kwargs)
+
+    monkeypatch.setattr(compiled_module, "_compiled_sage", spy)
+    _assert_matches_reference(torch.float32, {}, base="adamw", weight_decay=0.1)
+    assert len(calls) == STEPS
+
+
+def test_first_step_and_zero_params_with_compiled_kernel():
+    lr, wd = 0.1, 0.2
+    got, _ = run_steps(1, compiled=True, lr=lr, weight_decay=wd)
+    for p0, p1 in zip(make_params(), got, strict=True):
+        assert torch.equal(p1, p0.detach() * (1 - lr * wd))
+    got, _ = run_steps(25, compiled=True, lr=lr, weight_decay=wd)
+    assert torch.equal(got[0][0, :3], torch.zeros(3))
+
+
+def test_no_recompilation_across_lr_steps_and_sizes():
+    run_steps(2, compiled=True, base="adamw")  # warm: compiled here or in an earlier test
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    run_steps(STEPS, compiled=True, base="adamw", lr_schedule=LRS)
+    params = [torch.randn(n, requires_grad=True) for n in (3, 1000, 77)]
+    optimizer = sage_module.SAGE(params, compiled=True, weight_decay=0.3, beta3=0.6)
+    for step in range(3):
+        optimizer.param_groups[0]["lr"] = 1e-3 * (step + 1)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+
+
+def test_compile_failure_falls_back_to_foreach(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    def broken(*args: Any) -> None:
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(compiled_module, "_kernel", lambda base, sage: broken)
+    monkeypatch.setattr(compiled_module, "_WARM", set())
+    monkeypatch.setattr(compiled_module, "_BROKEN", set())
+    ref, _ = run_steps(5, foreach=True, weight_decay=0.1)
+    got, _ = run_steps(5, compiled=True, weight_decay=0.1)
+    for r, g in zip(ref, got, strict=True):
+        assert torch.equal(r, g)
+    assert "using the foreach implementation" in caplog.text
+    assert not compiled_module.compiled_kernels_available(torch.device("cpu"))
