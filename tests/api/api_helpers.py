@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from sage_core.settings import Settings
@@ -49,3 +60,81 @@ class Service:
         response = self.client.post("/v1/fine_tuning/jobs", headers=self.auth(key), json=body)
         assert response.status_code == 200, response.text
         return response.json()
+
+
+class LiveServer:
+    """A real `sagetrain serve` process on a free port, its data under `root`."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[bytes], url: str, key: str,
+                 env: dict[str, str]):
+        self.root, self.proc, self.url, self.key, self.env = root, proc, url, key, env
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, root: Path, models_dir: Path) -> Iterator[LiveServer]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAGETRAIN_")}
+        env.update(SAGETRAIN_DATA_DIR=str(root / "data"), SAGETRAIN_MODELS_DIR=str(models_dir),
+                   SAGETRAIN_DEVICE="cpu")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cli = [sys.executable, "-m", "sagetrain.cli"]
+        log = (root / "server.log").open("wb")
+        proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--no-access-log"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, (root / "server.log").read_text()
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+            out = subprocess.run([*cli, "keys", "create", "--name", "e2e"], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+            yield cls(root, proc, url, out.strip().splitlines()[-1], env)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.key}"})
+
+    def log_text(self) -> str:
+        return (self.root / "server.log").read_text(errors="replace")
+
+
+def worker_pids(job_id: str) -> list[int]:
+    """Processes running `python -m worker run <job_id>` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in argv and job_id.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_helpers import RecordingDispatcher, Service
+from api_helpers import LiveServer, RecordingDispatcher, Service
 from fastapi.testclient import TestClient
 from service_fixtures import *  # noqa: F403
 
@@ -34,3 +34,10 @@ def service(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[Service]:
     key, other = make_keys(db_url)
     with TestClient(app) as client:
         yield Service(client, settings, dispatcher, key, other)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
+    """`sagetrain serve` in a subprocess (SQLite, local executor) with one API key."""
+    with LiveServer.start(tmp_path_factory.mktemp("live"), models_dir) as server:
+        yield server

@@ -1,0 +1,110 @@
+"""End to end over HTTP against `sagetrain serve`: a real job on the tiny model runs in its
+own process to `succeeded`, and its checkpoint loads with plain transformers; a running
+job is cancelled and its process goes away."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+from api_helpers import LiveServer, wait_for, worker_pids
+
+pytestmark = pytest.mark.slow
+
+SPAM = ("free", "win", "prize", "call", "now", "cash", "claim", "urgent", "reply", "offer")
+HAM = ("good", "hello", "see", "later", "home", "ok", "fine", "yes", "love", "movie")
+
+
+def rows(n: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        words = SPAM if label == "spam" else HAM
+        out.append(json.dumps({"text": " ".join(rng.choice(words) for _ in range(6)),
+                               "label": label}))
+    return ("\n".join(out) + "\n").encode()
+
+
+def upload(client, data: bytes, name: str) -> str:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/files", files={"file": (name, data)}, data={"purpose": "fine-tune"})
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def test_job_succeeds_and_checkpoint_loads(live_server: LiveServer, tmp_path: Path) -> None:
+    with live_server.client() as c:
+        train, valid = upload(c, rows(64, 0), "train.jsonl"), upload(c, rows(16, 1), "v.jsonl")
+        r = c.post("/v1/fine_tuning/jobs", json={
+            "model": "tiny-bert", "training_file": train, "validation_file": valid,
+            "suffix": "e2e", "hyperparameters": {
+                "n_epochs": 2, "batch_size": 8, "max_seq_length": 16, "learning_rate": 1e-3}})
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+
+        def finished() -> dict | None:
+            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_for(finished, 180, "the job to finish", interval=0.5)
+        assert job["status"] == "succeeded", (job, live_server.log_text())
+        assert job["fine_tuned_model"].startswith("ft:tiny-bert:e2e:")
+        assert job["progress"] == {"step": 16, "total_steps": 16, "epoch": 2.0}
+        assert job["trained_tokens"] > 0 and job["finished_at"] >= job["created_at"]
+
+        metrics = c.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]
+        assert {"train_loss", "learning_rate"} <= set(metrics[0])
+        assert any("valid_accuracy" in m for m in metrics)
+        results = c.get(f"/v1/files/{job['result_files'][0]}/content").text
+        assert results.splitlines()[0].startswith("step,epoch")
+        models = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert job["fine_tuned_model"] in models
+
+        ckpts = c.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+        assert ckpts[0]["step_number"] == 16
+        archive = c.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints/{ckpts[0]['id']}/content")
+        assert archive.status_code == 200
+
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    (folder,) = tmp_path.iterdir()
+    assert not (folder / "training_state.pt").exists()  # resume state stays on the server
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(["free cash prize now", "see you later at home"], return_tensors="pt",
+                      padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (2, 2)
+    assert set(model.config.id2label.values()) == {"ham", "spam"}
+
+
+def test_cancel_running_job_stops_its_process(live_server: LiveServer) -> None:
+    with live_server.client() as c:
+        train = upload(c, rows(2000, 2), "big.jsonl")
+        r = c.post("/v1/fine_tuning/jobs", json={
+            "model": "tiny-bert", "training_file": train,
+            "hyperparameters": {"n_epochs": 20, "batch_size": 4, "max_seq_length": 16}})
+        job_id = r.json()["id"]
+
+        def training() -> bool:
+            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            assert job["status"] in ("queued", "running"), (job, live_server.log_text())
+            return job["status"] == "running" and job["progress"]["step"] > 0
+
+        wait_for(training, 180, "the job to start training")
+        assert worker_pids(job_id), "the job's process is not running"
+        cancelled = c.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+        wait_for(lambda: not worker_pids(job_id), 15, "the job's process to exit")
+        job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert job["status"] == "cancelled" and job["fine_tuned_model"] is None
+        assert c.get("/healthz").status_code == 200  # the server is unharmed
