@@ -1,7 +1,7 @@
 """The artifact store: uploaded files, checkpoints and result files, under generated keys.
 
 Keys are made by sagetrain (`files/file-….jsonl`, `jobs/ftjob-…/checkpoints/step-40`), never
-from user input, and are checked anyway: lower-case letters, digits, `._-` and `/`, with no
+from user input, and are checked anyway: letters, digits, `._-` and `/`, with no
 empty, `.` or `..` segment. A key names either one object (a file) or a tree (a folder of
 objects, such as a Hugging Face checkpoint). `LocalArtifactStore` keeps them under one
 folder; an S3-compatible store can implement the same interface.
@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 from sage_core.settings import Settings
 
-_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
 class ArtifactKeyError(ValueError):

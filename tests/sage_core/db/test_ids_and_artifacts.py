@@ -16,7 +16,7 @@ def test_ids_sort_in_creation_order() -> None:
     assert all(i.startswith("ftjob-") and len(i) == len("ftjob-") + 24 for i in ids)
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "A", "a//b", "a/./b", ""])
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "-a", "a//b", "a/./b", ""])
 def test_bad_keys_are_refused(tmp_path: Path, key: str) -> None:
     store = LocalArtifactStore(tmp_path)
     with pytest.raises(ArtifactKeyError):
