@@ -1,0 +1,99 @@
+"""The embedded executor (sagetrain/executor.py) with stand-in job processes: a crash
+fails the job, a process that never starts is given up on, a cancelled job's process that
+does not stop is terminated, and dispatch wakes the loop."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from worker_helpers import WorkerEnv
+
+from sage_core.db import transitions
+from sagetrain.executor import LocalExecutor
+
+# Stand-in for `python -m worker run JOB_ID --worker-id OWNER`.
+FAKE = """\
+import os, sys, time
+from sage_core.db import transitions
+from sage_core.db.session import get_engine, make_session_factory
+from sage_core.settings import get_settings
+job_id, owner = sys.argv[4], sys.argv[6]
+mode = os.environ["FAKE_MODE"]
+if mode == "no-start":
+    sys.exit(2)
+with make_session_factory(get_engine(get_settings())).begin() as s:
+    transitions.claim(s, job_id, owner=owner, lease_seconds=60)
+if mode == "crash":
+    os._exit(3)
+open(os.environ["FAKE_PIDFILE"], "w").write(str(os.getpid()))
+time.sleep(600)  # "hang": ignores the cancel until terminated
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE))
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def executor(env: WorkerEnv, fake_python: str) -> Iterator[LocalExecutor]:
+    ex = LocalExecutor(env.settings, poll_seconds=0.2, cancel_grace_seconds=1.0,
+                       python=fake_python)
+    yield ex
+    ex.stop()
+
+
+def _wait(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_crashed_process_fails_the_job(env: WorkerEnv, executor: LocalExecutor,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    job_id = env.add_job()
+    executor.start()
+    _wait(lambda: env.job(job_id).status == "failed")
+    error = env.job(job_id).error
+    assert error is not None and error["code"] == "worker_crashed" and "3" in error["message"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_process_that_never_starts_is_given_up(env: WorkerEnv, executor: LocalExecutor,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "no-start")
+    job_id = env.add_job()
+    executor.start()
+    _wait(lambda: env.job(job_id).status == "failed")
+    assert env.job(job_id).error["code"] == "worker_failed_to_start"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cancelled_job_process_is_terminated(env: WorkerEnv, executor: LocalExecutor,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    monkeypatch.setenv("FAKE_PIDFILE", str(pidfile))
+    executor.start()
+    job_id = env.add_job()
+    executor.dispatch(job_id)
+    _wait(lambda: pidfile.exists() and env.job(job_id).status == "running")
+    pid = int(pidfile.read_text())
+    with env.sessions.begin() as s:
+        assert transitions.cancel(s, job_id)
+    _wait(lambda: executor.current is None, timeout=15)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+        f"/proc/{pid}/status").read_text()
+    assert env.job(job_id).status == "cancelled"
