@@ -27,12 +27,54 @@ class Settings(BaseSettings):
         False, description="Resolve unknown names as Hugging Face hub ids (needs network)"
     )
     device: str | None = Field(None, description="Torch device for training; default: cuda if any")
+    # Distributed running (Celery workers over Redis); see sage_core/broker.py.
+    task_queue: str = Field("gpu", description="Celery queue that jobs are sent to")
+    broker_key_prefix: str = Field(
+        "", description="Prefix for every Redis key of the broker (to share one Redis)"
+    )
+    broker_visibility_timeout: int = Field(
+        3600, gt=0, description="Seconds before Redis hands an unacknowledged job message to "
+        "another worker; harmless while the job runs, because its lease decides who runs it"
+    )
+    lease_seconds: float = Field(
+        120.0, gt=0, description="A running job's lease; a worker silent this long loses it"
+    )
+    max_lost_leases: int = Field(
+        3, ge=1, description="Times a job may lose its worker before it fails (worker_lost)"
+    )
+    reaper_interval: float = Field(
+        15.0, gt=0, description="Seconds between scans for expired leases and stuck jobs"
+    )
+    redispatch_after: float = Field(
+        60.0, gt=0, description="Seconds a queued job may wait with no message on the broker "
+        "before it is sent again"
+    )
+    worker_gpus: str | None = Field(
+        None, description="GPUs a Celery worker hands out, one per concurrent job: '0,1'"
+    )
+    cancel_grace_seconds: float = Field(
+        10.0, gt=0, description="Seconds a cancelled or shut-down job may take to stop "
+        "before its process is killed"
+    )
+    artifacts_url: str | None = Field(
+        None, description="s3://bucket/prefix: keep artifacts in an S3-compatible store "
+        "instead of ARTIFACTS_DIR"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of the S3-compatible service (MinIO: http://minio:9000)"
+    )
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'sagetrain.db').resolve()}"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a running job renews its lease: a few beats per lease, so one slow
+        beat does not lose it."""
+        return min(15.0, self.lease_seconds / 4)
 
     @property
     def resolved_artifacts_dir(self) -> Path:

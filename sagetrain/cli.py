@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "fine-tune locally with no server"),
     "serve": ("serve", "run the HTTP API and a job executor"),
+    "worker": ("worker", "run a Celery worker that trains queued jobs (distributed mode)"),
     "migrate": ("migrate", "apply database migrations"),
     "keys": ("keys", "manage API keys"),
 }

@@ -35,8 +35,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sage_core.db import transitions
 from sage_core.db.events import add_event
 from sage_core.db.models import Job, JobStatus
+from sage_core.db.recovery import reap_expired_leases, release_lost_job
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
+from sage_core.transient import EXIT_TRANSIENT
 
 log = logging.getLogger("sagetrain.executor")
 _JOB_ID = re.compile(r"^ftjob-[0-9a-z]{1,40}$")
@@ -117,9 +119,7 @@ class LocalExecutor:
 
     def _next_job(self) -> str | None:
         with self.sessions.begin() as s:
-            for job_id in transitions.requeue_expired(s):
-                add_event(s, job_id, "Worker lost (no heartbeat); job queued again to resume "
-                                     "from its last checkpoint", level="warn")
+            reap_expired_leases(s, max_lost_leases=self.settings.max_lost_leases)
             return s.scalar(select(Job.id).where(Job.status == JobStatus.QUEUED)
                             .order_by(Job.queued_at, Job.id).limit(1))
 
@@ -171,7 +171,11 @@ class LocalExecutor:
             job = s.get(Job, job_id)
             if job is None:
                 return
-            if job.status == JobStatus.RUNNING and job.lease_owner == owner:
+            if (job.status == JobStatus.RUNNING and job.lease_owner == owner
+                    and returncode == EXIT_TRANSIENT):
+                release_lost_job(s, job_id, owner=owner, reason="database unreachable",
+                                 max_lost_leases=self.settings.max_lost_leases)
+            elif job.status == JobStatus.RUNNING and job.lease_owner == owner:
                 message = f"the job's process exited unexpectedly (exit code {returncode})"
                 if transitions.fail(s, job_id, owner=owner, error={
                         "code": "worker_crashed", "message": message, "param": None}):

@@ -15,13 +15,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("job_id")
     run.add_argument("--worker-id", default=None,
                      help="lease owner name to claim the job under (default: host:pid:random)")
+    run.add_argument("--parent-pid", type=int, default=None,
+                     help="die with this process (the supervisor that started this one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.parent_pid is not None:
+        from worker.lifeline import die_with_parent
+
+        die_with_parent(args.parent_pid)
+    from sage_core.transient import EXIT_TRANSIENT, TransientJobError
     from worker.runner import install_stop_signals, run_job
 
     install_stop_signals()
-    run_job(args.job_id, worker_id=args.worker_id)
+    try:
+        run_job(args.job_id, worker_id=args.worker_id)
+    except TransientJobError as exc:
+        logging.getLogger("sagetrain.worker").warning("[%s] %s", args.job_id, exc)
+        return EXIT_TRANSIENT  # the supervisor puts the job back in the queue
     return 0
 
 

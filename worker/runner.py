@@ -45,11 +45,11 @@ from sage_core.db.session import get_engine, make_session_factory
 from sage_core.errors import SageTrainError
 from sage_core.schemas import ResolvedSpec
 from sage_core.settings import Settings, get_settings
+from sage_core.transient import TransientJobError, is_transient
+from worker.restore import restore_latest_checkpoint
 
 log = logging.getLogger("sagetrain.worker")
 
-LEASE_SECONDS = 120.0
-HEARTBEAT_SECONDS = 15.0
 STOP_POLL_SECONDS = 1.0
 _JOB_ID = re.compile(r"^ftjob-[0-9a-z]{1,40}$")
 
@@ -103,7 +103,7 @@ class JobRunner:
     def run(self) -> str | None:
         with self.sessions.begin() as s:
             if not transitions.claim(s, self.job_id, owner=self.owner,
-                                     lease_seconds=LEASE_SECONDS):
+                                     lease_seconds=self.settings.lease_seconds):
                 log.info("[%s] not claimed: not queued, or another worker has it", self.job_id)
                 return None
             job = s.get(Job, self.job_id)
@@ -118,6 +118,11 @@ class JobRunner:
         except SageTrainError as exc:
             self._fail(exc.code, exc.message, exc.param)
         except BaseException as exc:
+            if is_transient(exc):
+                # The database or broker is unreachable: not the job's fault. Leave it
+                # running under our lease for the supervisor (or, failing that, the
+                # reaper once the lease expires) to put back in the queue.
+                raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
             log.exception("[%s] unexpected error", self.job_id)
             self._fail("internal_error", f"{type(exc).__name__}: {exc}", None)
             if not isinstance(exc, Exception):
@@ -134,6 +139,8 @@ class JobRunner:
         train_file = self._file_path(job.training_file_id, "training_file")
         valid_file = (self._file_path(job.validation_file_id, "validation_file")
                       if job.validation_file_id else None)
+        # A job that ran on another machine resumes from its checkpoint in the store.
+        restore_latest_checkpoint(self.sessions, self.store, self.job_id, self.output_dir)
         callbacks = Callbacks(on_metrics=self._on_metrics, on_checkpoint=self._on_checkpoint,
                               should_stop=self._should_stop, on_event=self._on_event)
         result = run_training(spec, train_file, self.output_dir, validation_file=valid_file,
@@ -170,7 +177,8 @@ class JobRunner:
         with self.sessions.begin() as s:
             s.add(JobMetric(job_id=self.job_id, step=step, kind=kind, data=data))
             if not transitions.heartbeat(s, self.job_id, owner=self.owner,
-                                         lease_seconds=LEASE_SECONDS, **values):
+                                         lease_seconds=self.settings.lease_seconds,
+                                         **values):
                 self._lost.set()
             if kind == "eval":
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in data.items()
@@ -227,11 +235,11 @@ class JobRunner:
     # --- endings ----------------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        while not self._lost.wait(HEARTBEAT_SECONDS):
+        while not self._lost.wait(self.settings.heartbeat_seconds):
             try:
                 with self.sessions.begin() as s:
                     alive = transitions.heartbeat(s, self.job_id, owner=self.owner,
-                                                  lease_seconds=LEASE_SECONDS)
+                                                  lease_seconds=self.settings.lease_seconds)
             except Exception:  # a database hiccup: try again at the next beat
                 log.warning("[%s] heartbeat failed", self.job_id, exc_info=True)
                 continue

@@ -121,7 +121,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # worker bookkeeping
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # runs started, pauses included
+    # Runs that ended with the worker gone (lease expired, transient error); capped by
+    # settings.max_lost_leases, so that a job that keeps killing its worker ends up failed.
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)

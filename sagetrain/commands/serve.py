@@ -1,5 +1,6 @@
 """`sagetrain serve`: migrations, the HTTP API (uvicorn) and the local job executor, with
-nothing else to set up. SQLite and artifacts live under SAGETRAIN_DATA_DIR."""
+nothing else to set up. SQLite and artifacts live under SAGETRAIN_DATA_DIR. With
+SAGETRAIN_BROKER_URL set, jobs go to Celery workers (`sagetrain worker`) instead."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import logging
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--executor", choices=("local", "none"), default="local",
+    parser.add_argument("--executor", choices=("auto", "local", "celery", "none"),
+                        default="auto",
                         help="local: run queued jobs here, one at a time, each in a child "
-                             "process (default); none: only serve the API")
+                             "process; celery: send them to Celery workers (needs "
+                             "SAGETRAIN_BROKER_URL); none: only serve the API; auto "
+                             "(default): celery if a broker URL is set, else local")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
@@ -25,22 +29,24 @@ def run(args: argparse.Namespace) -> int:
     from api.main import create_app
     from sage_core.db.migrate import upgrade
     from sage_core.settings import get_settings
-    from sagetrain.executor import LocalExecutor
+    from sagetrain.dispatchers import build_job_running
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    executor = LocalExecutor(settings) if args.executor == "local" else None
-    app = create_app(settings, dispatcher=executor)
-    if executor is not None:
-        executor.start()
+    try:
+        jobs = build_job_running(args.executor, settings)
+    except ValueError as exc:
+        logging.getLogger("sagetrain").error("%s", exc)
+        return 2
+    app = create_app(settings, dispatcher=jobs.dispatcher)
+    jobs.start()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log)
     try:
         uvicorn.Server(config).run()
     finally:
-        if executor is not None:
-            executor.stop()
+        jobs.stop()
     return 0

@@ -1,0 +1,116 @@
+"""The contract between whoever queues jobs (the API, the reaper) and the Celery workers
+that run them: the task name, the Celery settings both sides share, and dispatch marks.
+
+- One task, `sagetrain.jobs.run`, whose only argument is the job id; the worker re-reads
+  the row. It is sent by name, so the sender never imports the worker (nor torch).
+- Long tasks: acks late, rejected (re-queued) if the worker process is lost, prefetch 1,
+  JSON only. Redis hands an unacknowledged message to another worker after
+  `broker_visibility_timeout`, which may be shorter than a job: that re-delivery is
+  harmless, because the worker must claim the job row under a lease first, and a running
+  job's lease is alive (renewed by heartbeat), so the duplicate finds it taken and returns.
+- Dispatch marks: a Redis key per job, set when its message is sent and cleared when a
+  worker takes the message. The reaper re-sends a long-queued job only when it has no
+  mark, so that jobs waiting behind a long queue do not pile up duplicates, while a job
+  whose message was lost (Redis restarted empty, or the broker was down when the job was
+  created) is sent again: the marks vanish with the messages. A mark also expires after
+  the visibility timeout, so nothing waits forever on a stale one.
+
+Celery is imported only when an app is made; nothing here connects at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sage_core.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+TASK_NAME = "sagetrain.jobs.run"
+log = logging.getLogger("sagetrain.broker")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for both the workers and the senders."""
+    if not settings.broker_url:
+        raise ValueError("SAGETRAIN_BROKER_URL is not set")
+    transport: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
+    if settings.broker_key_prefix:
+        transport["global_keyprefix"] = settings.broker_key_prefix
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a worker waits out a Redis restart
+        "broker_connection_timeout": 5,
+        # A publish while Redis is down fails fast: the API answers, and the reaper sends
+        # the job once Redis is back.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.2,
+                                      "interval_step": 0.5, "interval_max": 1.0},
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # results live in the database
+        "task_default_queue": settings.task_queue,
+        "task_routes": {TASK_NAME: {"queue": settings.task_queue}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # A broker blip must not abandon a job that is training fine.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": False,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }
+
+
+def create_celery(settings: Settings, main: str = "sagetrain") -> Celery:
+    from celery import Celery
+
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class DispatchMarks:
+    """Per-job Redis keys saying "a message for this job is waiting on the broker"."""
+
+    def __init__(self, settings: Settings):
+        url = settings.broker_url or ""
+        self.enabled = url.startswith(("redis://", "rediss://", "unix://"))
+        self.ttl = settings.broker_visibility_timeout
+        self.prefix = f"{settings.broker_key_prefix}sagetrain:dispatched:"
+        self._client: Any = None
+        if self.enabled:
+            import redis
+
+            self._client = redis.Redis.from_url(url, socket_timeout=5,
+                                                socket_connect_timeout=5)
+
+    def mark(self, job_id: str) -> None:
+        if self.enabled:
+            self._client.set(self.prefix + job_id, "1", ex=self.ttl)
+
+    def clear(self, job_id: str) -> None:
+        if self.enabled:
+            self._client.delete(self.prefix + job_id)
+
+    def is_marked(self, job_id: str) -> bool:
+        """False without Redis: then every long-queued job is simply sent again."""
+        return bool(self.enabled and self._client.exists(self.prefix + job_id))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def publish(app: Celery, marks: DispatchMarks, job_id: str) -> None:
+    """Send the job's message (by task name) and mark it sent. Raises if the broker is
+    unreachable; the caller decides whether that matters (the reaper will send it later)."""
+    app.send_task(TASK_NAME, args=[job_id])
+    try:
+        marks.mark(job_id)
+    except Exception:  # only costs a duplicate message later
+        log.warning("[%s] sent, but could not mark it sent", job_id, exc_info=True)
