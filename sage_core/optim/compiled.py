@@ -4,12 +4,13 @@ Eager `torch._foreach_*` code makes about fifteen passes over memory per step (a
 CPU, pays page faults for every large temporary); a fused kernel reads p, g, m, v, Ibar
 once and writes p, m, v, Ibar once, which is what SAGE.md's 9/7 bound assumes.
 
-Each kernel is a function of one flattened tensor set plus a small tensor of step
-scalars, compiled once per process with dynamic shapes: every parameter of every size
-reuses the same compiled code, and lr, step and the hyperparameters arrive as tensor
-values, so a scheduler changing lr every step never recompiles. Tensors the kernel cannot
-take (non-contiguous, fewer than 2 elements, or after a failed compilation) go through
-`_multi_tensor_sage`, which does the same arithmetic.
+Each kernel is a function of one tensor set (p, g, m, v[, Ibar]), passed as 1-D tensors,
+plus a small tensor of step scalars. It is compiled once per process with dynamic shapes:
+parameters of every size and rank reuse the same compiled code, and lr, step and the
+hyperparameters arrive as tensor values, so a scheduler changing lr every step never
+recompiles. Tensors the kernel cannot take (non-contiguous, too small to repay a call: see
+KERNEL_MIN_NUMEL, or whose dtypes failed to compile) go through `_multi_tensor_sage`, which
+does the same arithmetic; a compile failure is logged once as a warning.
 """
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ _KERNEL_SOURCES: dict[tuple[str, bool], Callable[..., None]] = {
     ("adamax", True): _adamax_sage_kernel,
     ("adamax", False): _adamax_kernel,
 }
-# Per process: the compiled kernels, the (kernel, device type, dtypes) signatures that
-# compiled fine, and device types where compilation failed (those fall back to foreach).
+# Per process: the compiled kernels, and the (kernel, device type, dtypes) signatures that
+# compiled fine or failed to compile (those go through foreach from then on).
 _COMPILED: dict[tuple[str, bool], Callable[..., None]] = {}
 _WARM: set[tuple[object, ...]] = set()
-_BROKEN: set[str] = set()
+_BROKEN: set[tuple[object, ...]] = set()
 
 
 def _kernel(base: str, sage: bool) -> Callable[..., None]:
@@ -120,7 +121,7 @@ def _kernel(base: str, sage: bool) -> Callable[..., None]:
 def compiled_kernels_available(device: torch.device) -> bool:
     """Whether torch.compile can build the kernels for this device here: a C++ compiler
     for CPU, Triton for CUDA. Other devices take the foreach path."""
-    if device.type in _BROKEN or not torch._dynamo.is_dynamo_supported():
+    if not torch._dynamo.is_dynamo_supported():
         return False
     if device.type == "cpu":
         compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
@@ -150,15 +151,27 @@ def _step_scalars(
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+# Smallest tensor worth a kernel call of its own, per device type. On CPU every tensor of
+# 2 or more elements is (below 2, the size 0/1 specialisation would cost a recompile). On a
+# GPU one call costs ~25 us of host time, which only a large tensor repays; the many small
+# ones go through foreach, whose multi-tensor launches cover many tensors at once.
+KERNEL_MIN_NUMEL: dict[str, int] = {"cpu": 2}
+DEFAULT_KERNEL_MIN_NUMEL = 1 << 20
+
+
 def _fits_kernel(tensors: list[Tensor]) -> bool:
     numel = tensors[0].numel()
-    # numel < 2 would cost a recompile (size 0/1 specialisation) for nothing
-    return numel >= 2 and all(t.is_contiguous() and t.numel() == numel for t in tensors)
+    device_type = tensors[0].device.type
+    if numel < max(2, KERNEL_MIN_NUMEL.get(device_type, DEFAULT_KERNEL_MIN_NUMEL)):
+        return False
+    return all(t.is_contiguous() and t.numel() == numel for t in tensors)
 
 
-def _flat_alias(t: Tensor) -> Tensor:
-    """A 1-D tensor on t's memory that is not a view: dynamo guards a view's base (its rank
-    and strides), which would recompile the kernel for every parameter rank."""
+def _as_1d(t: Tensor) -> Tensor:
+    """t (contiguous) as a 1-D tensor that is not a view: one compiled graph then serves
+    every parameter rank, and dynamo has no view base to guard (its rank and strides)."""
+    if t.dim() == 1 and not t._is_view():
+        return t.detach()
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(
         t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,)
     )
@@ -189,7 +202,8 @@ def _compiled_sage(
         tensors = [p, grads[i], exp_avgs[i], second_moments[i]]
         if sage:
             tensors.append(exp_avg_ipts[i])
-        if p.device.type in _BROKEN or not _fits_kernel(tensors):
+        signature = (base, sage, p.device.type, *(t.dtype for t in tensors))
+        if signature in _BROKEN or not _fits_kernel(tensors):
             leftovers.append(i)
             continue
         state_dtype = exp_avgs[i].dtype
@@ -200,19 +214,18 @@ def _compiled_sage(
                 p.device, state_dtype, step, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3,
                 eps=eps, weight_decay=weight_decay,
             )
-        flat = [_flat_alias(t) for t in tensors]
-        signature = (base, sage, p.device.type, *(t.dtype for t in tensors))
+        inputs = [_as_1d(t) for t in tensors]
         if signature in _WARM:
-            kernel(*flat, scalars[key])
+            kernel(*inputs, scalars[key])
         else:
             try:
-                kernel(*flat, scalars[key])
+                kernel(*inputs, scalars[key])
             except Exception:  # compilation failed: nothing was written, use foreach
                 logger.warning(
-                    "torch.compile failed for SAGE on %s; using the foreach implementation",
-                    p.device.type, exc_info=True,
+                    "torch.compile failed for SAGE (%s); using the foreach implementation",
+                    ", ".join(map(str, signature)), exc_info=True,
                 )
-                _BROKEN.add(p.device.type)
+                _BROKEN.add(signature)
                 leftovers.append(i)
                 continue
             _WARM.add(signature)
