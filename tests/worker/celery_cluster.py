@@ -1,0 +1,286 @@
+"""A small sagetrain cluster for the Celery tests: a throwaway PostgreSQL database, a Redis
+database with this run's own key prefix and queue, real `sagetrain worker` processes (each
+with its own data folder, as if on its own machine, sharing the artifact store), and the
+API in-process with a CeleryDispatcher.
+
+Leases, reaper rounds and re-dispatch are a few seconds long, so crash recovery is quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from sage_core.db.models import Job, JobEvent, JobMetric
+from sage_core.db.session import make_engine, make_session_factory
+from sage_core.settings import Settings
+
+PG_ADMIN_URL = os.environ.get(
+    "SAGETRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SAGETRAIN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+FAST = {  # settings for quick recovery in tests
+    "lease_seconds": "3", "reaper_interval": "1", "redispatch_after": "2",
+    "cancel_grace_seconds": "5", "device": "cpu",
+}
+SPAM = ("free", "win", "prize", "call", "now", "cash", "claim", "urgent", "reply", "offer")
+HAM = ("good", "hello", "see", "later", "home", "ok", "fine", "yes", "love", "movie")
+
+
+def unreachable(what: str, reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is required when CI=true: {reason}")
+    pytest.skip(f"{what} not reachable: {reason}")
+
+
+def rows(n: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        words = SPAM if label == "spam" else HAM
+        out.append(json.dumps({"text": " ".join(rng.choice(words) for _ in range(6)),
+                               "label": label}))
+    return ("\n".join(out) + "\n").encode()
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A migrated PostgreSQL database of its own, dropped afterwards."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"sagetrain_celery_{secrets.token_hex(5)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        unreachable("PostgreSQL", f"{type(exc).__name__}: {exc}".splitlines()[0])
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        from sage_core.db.migrate import upgrade
+
+        upgrade(url)
+        yield url
+    finally:
+        from sage_core.db.session import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def redis_namespace() -> Iterator[tuple[str, str]]:
+    """(broker URL, key prefix): a random Redis database number 1-15 and a prefix unique to
+    this run; every key under the prefix is deleted afterwards."""
+    import redis
+
+    url = f"{REDIS_URL}/{random.randint(1, 15)}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        client.close()
+        unreachable("Redis", f"{url}: {type(exc).__name__}: {exc}")
+    prefix = f"sagetrain-test-{secrets.token_hex(4)}:"
+    try:
+        yield url, prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+class WorkerProcess:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path, data_dir: Path):
+        self.name, self.proc, self.log, self.data_dir = name, proc, log, data_dir
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Cluster:
+    def __init__(self, root: Path, database_url: str, broker_url: str, prefix: str,
+                 models_dir: Path):
+        self.root = root
+        queue = f"jobs-{secrets.token_hex(3)}"
+        common = {"database_url": database_url, "broker_url": broker_url,
+                  "broker_key_prefix": prefix, "task_queue": queue,
+                  "artifacts_dir": str(root / "artifacts"), "models_dir": str(models_dir),
+                  **FAST}
+        self.worker_env = {k: v for k, v in os.environ.items()
+                           if not k.startswith("SAGETRAIN_")}
+        self.worker_env.update({f"SAGETRAIN_{k.upper()}": v for k, v in common.items()})
+        self.settings = Settings(data_dir=root / "api", **common)  # type: ignore[arg-type]
+        self.workers: list[WorkerProcess] = []
+        self.engine = make_engine(database_url)
+        self.sessions = make_session_factory(self.engine)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def start_worker(self, name: str) -> WorkerProcess:
+        data_dir = self.root / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.root / f"{name}.log"
+        env = {**self.worker_env, "SAGETRAIN_DATA_DIR": str(data_dir)}
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sagetrain.cli", "worker", "--hostname",
+                 f"{name}@test", "--loglevel", "info"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        worker = WorkerProcess(name, proc, log, data_dir)
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, *workers: WorkerProcess, timeout: float = 90) -> None:
+        for worker in workers:
+            def ready(w: WorkerProcess = worker) -> bool:
+                assert w.proc.poll() is None, f"worker {w.name} exited:\n{w.text()}"
+                return f"{w.name}@test ready." in w.text()
+
+            wait_for(ready, timeout, f"worker {worker.name} to be ready")
+
+    def worker_holding(self, job_id: str) -> WorkerProcess:
+        """The worker whose job process holds the job's lease (owner celery:host:pid:...)."""
+        owner = self.job(job_id).lease_owner or ""
+        match = re.match(r"^celery:[^:]+:(\d+):", owner)
+        assert match, f"not held by a Celery worker: {owner!r}"
+        pid = int(match.group(1))
+        (worker,) = [w for w in self.workers if w.pid == pid]
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.engine.dispose()
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {w.name}\n{w.text()[-6000:]}" for w in self.workers)
+
+    # --- the database --------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def events(self, job_id: str) -> list[str]:
+        with self.sessions() as s:
+            return list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)
+                                  .order_by(JobEvent.created_at, JobEvent.id)))
+
+    def metric_rows(self, job_id: str) -> list[JobMetric]:
+        with self.sessions() as s:
+            return list(s.scalars(select(JobMetric).where(JobMetric.job_id == job_id)
+                                  .order_by(JobMetric.id)))
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> Job:
+        def reached() -> Job | None:
+            job = self.job(job_id)
+            return job if job.status in statuses else None
+
+        try:
+            return wait_for(reached, timeout, f"job {job_id} to be {'/'.join(statuses)}")
+        except AssertionError as exc:
+            job = self.job(job_id)
+            raise AssertionError(f"{exc}; it is {job.status} {job.error}\n"
+                                 f"{self.events(job_id)}\n{self.logs()}") from None
+
+
+class Api:
+    """The HTTP API in-process, sending jobs to the workers by task name."""
+
+    def __init__(self, client: TestClient, key: str):
+        self.client, self.key = client, key
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def upload(self, data: bytes, name: str = "train.jsonl") -> str:
+        r = self.client.post("/v1/files", headers=self.headers, files={"file": (name, data)},
+                             data={"purpose": "fine-tune"})
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def create_job(self, n_rows: int, **hyperparameters: Any) -> str:
+        validation = hyperparameters.pop("validation_rows", None)
+        body: dict[str, Any] = {
+            "model": "tiny-bert", "training_file": self.upload(rows(n_rows)), "suffix": "c",
+            "hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_length": 16,
+                                "learning_rate": 1e-3, **hyperparameters}}
+        if validation:
+            body["validation_file"] = self.upload(rows(validation, seed=1), "valid.jsonl")
+        r = self.client.post("/v1/fine_tuning/jobs", headers=self.headers, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def get(self, path: str) -> Any:
+        r = self.client.get(path, headers=self.headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def post(self, path: str) -> Any:
+        r = self.client.post(path, headers=self.headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def job_pids(job_id: str) -> list[int]:
+    """Processes whose command line names the job (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if job_id.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def kill_quietly(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
