@@ -113,6 +113,22 @@ def test_two_idle_workers_one_job_runs_once(cluster: Cluster, api: Api,
     assert steps == list(range(1, 11))
 
 
+def test_a_job_queued_while_the_broker_was_down_runs_when_it_is_back(
+        cluster: Cluster, api: Api) -> None:
+    """The message was never sent (or Redis restarted empty): the reaper finds the job
+    queued with no message waiting and sends it again."""
+    dead = cluster.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    unreachable = CeleryDispatcher(dead)
+    app = create_app(cluster.settings, dispatcher=unreachable)
+    try:
+        with TestClient(app) as client:
+            job_id = Api(client, api.key).create_job(40)
+    finally:
+        unreachable.close()
+    job = cluster.wait_status(job_id, {"succeeded", "failed"}, 120)
+    assert (job.status, job.attempt) == ("succeeded", 1)
+
+
 def test_cancel_stops_the_job_process(cluster: Cluster, api: Api) -> None:
     job_id = api.create_job(4000)
     wait_for(lambda: cluster.job(job_id).step > 0, 120, "the job to start training")
