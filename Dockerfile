@@ -1,0 +1,37 @@
+# The one image of a sagetrain deployment: the API (`sagetrain serve`), the GPU workers
+# (`sagetrain worker`) and the one-shot migration (`sagetrain migrate`) all run it.
+#   docker build -t sagetrain .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SAGETRAIN_DATA_DIR=/data \
+    HF_HOME=/data/hf-cache
+
+WORKDIR /app
+
+# Dependencies first, in their own layer, so that a code change does not reinstall torch.
+# PyPI's Linux torch wheel is the CUDA build, with its CUDA libraries: the workers need no
+# CUDA in the image, only the NVIDIA driver on the host (nvidia-container-toolkit).
+COPY pyproject.toml README.md ./
+RUN mkdir -p api worker sage_core sagetrain \
+    && pip install . \
+    && pip uninstall -y sagetrain
+
+COPY alembic.ini ./
+COPY migrations ./migrations
+COPY api ./api
+COPY worker ./worker
+COPY sage_core ./sage_core
+COPY sagetrain ./sagetrain
+# Editable, so that `sagetrain migrate` finds migrations/ next to the code it runs.
+RUN pip install --no-deps -e . \
+    && useradd --create-home --uid 1000 sagetrain \
+    && mkdir -p /data && chown sagetrain /data
+
+USER sagetrain
+VOLUME /data
+EXPOSE 8000
+CMD ["sagetrain", "serve", "--host", "0.0.0.0", "--port", "8000"]
