@@ -169,45 +169,11 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         """Everything that can fail on bad input runs first, before the model is loaded."""
-        check_spec(self.spec, has_validation=self.validation_file is not None)
-        for name, value in (("max_steps", self.max_steps), ("log_every", self.requested_log_every)):
-            if value is not None and value < 1:
-                raise ValueError(f"Invalid {name}: {value}")
-        self.device = resolve_device(self.requested_device)
-        self.precision = Precision.for_device(self.device)
-        base = resolve_model(self.spec.model)
-        self.task: Task = get_task(self.spec.task)
-        train, valid = self._load_data()
-        self.task.load_processor(base.path)
-        limit = self.task.max_length_limit()
-        if limit is not None and self.hp.max_seq_length > limit:
-            raise InvalidSpecError(
-                f"max_seq_length {self.hp.max_seq_length} exceeds the {limit} tokens that "
-                f"{self.spec.model} accepts", param="max_seq_length")
-        self.train_digest = _file_digest(self.train_file)
+        base_path = self._check_inputs()
         resume_from = self._prepare_output()
-
-        self.micro_batch = self.hp.batch_size // self.hp.gradient_accumulation_steps
-        self.train_items = self.task.encode(train, self.hp.max_seq_length)
-        self.valid_items = (self.task.encode(valid, self.hp.max_seq_length)
-                            if valid is not None else None)
-        self.steps_per_epoch = math.ceil(len(self.train_items) / self.hp.batch_size)
-        self.total_steps = self.steps_per_epoch * self.hp.n_epochs
-        self.warmup_steps = math.ceil(self.hp.warmup_ratio * self.total_steps)
-        self.log_every = self.requested_log_every or (
-            1 if self.total_steps < 200 else min(50, self.total_steps // 100))
-
-        seed_everything(self.spec.seed)
-        if resume_from is None:
-            self.model = self.task.build_model(base.path)
-        else:
-            self.model = self.task.load_model(resume_from)
-        self.model.to(self.device)
-        self.model.train()
-        self.optimizer = self._make_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, self.total_steps, self.warmup_steps))
+        self._setup_data()
+        self._setup_model(base_path, resume_from)
+        self._setup_optimizer()
         if resume_from is not None:
             self._restore(resume_from)
         self._open_metrics()
@@ -219,6 +185,57 @@ class Trainer:
             f"{self.device.type} {self.precision.label}"))
         if resume_from is not None:
             self._event("info", f"resumed from step {self.progress.step}")
+
+    def _check_inputs(self) -> str:
+        """Validate spec, device, model name and data files; return the base model's path."""
+        check_spec(self.spec, has_validation=self.validation_file is not None)
+        for name, value in (("max_steps", self.max_steps), ("log_every", self.requested_log_every)):
+            if value is not None and value < 1:
+                raise ValueError(f"Invalid {name}: {value}")
+        self.device = resolve_device(self.requested_device)
+        self.precision = Precision.for_device(self.device)
+        self.pad_multiple = 8 if self.device.type == "cuda" else 1
+        base = resolve_model(self.spec.model)
+        self.task: Task = get_task(self.spec.task)
+        self._train_data, self._valid_data = self._load_data()
+        self.task.load_processor(base.path)
+        limit = self.task.max_length_limit()
+        if limit is not None and self.hp.max_seq_length > limit:
+            raise InvalidSpecError(
+                f"max_seq_length {self.hp.max_seq_length} exceeds the {limit} tokens that "
+                f"{self.spec.model} accepts", param="max_seq_length")
+        self.train_digest = _file_digest(self.train_file)
+        return base.path
+
+    def _setup_data(self) -> None:
+        self.micro_batch = self.hp.batch_size // self.hp.gradient_accumulation_steps
+        self.train_items = self.task.encode(self._train_data, self.hp.max_seq_length)
+        self.valid_items = (None if self._valid_data is None
+                            else self.task.encode(self._valid_data, self.hp.max_seq_length))
+        self.steps_per_epoch = math.ceil(len(self.train_items) / self.hp.batch_size)
+        self.total_steps = self.steps_per_epoch * self.hp.n_epochs
+        self.warmup_steps = math.ceil(self.hp.warmup_ratio * self.total_steps)
+        self.log_every = self.requested_log_every or (
+            1 if self.total_steps < 200 else min(50, self.total_steps // 100))
+
+    def _setup_model(self, base_path: str, resume_from: Path | None) -> None:
+        # Seeded before the head is initialised, so a fresh run's head is reproducible.
+        seed_everything(self.spec.seed)
+        if resume_from is None:
+            self.model = self.task.build_model(base_path)
+        else:
+            self.model = self.task.load_model(resume_from)
+        self.model.to(self.device)
+        self.model.train()
+
+    def _setup_optimizer(self) -> None:
+        from sage_core.optim import make_optimizer
+
+        self.optimizer = make_optimizer(
+            self.model, self.hp.optimizer, lr=self.hp.learning_rate,
+            weight_decay=self.hp.weight_decay, beta3=self.hp.beta3, scope=self.hp.sage_scope)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps))
 
     def _load_data(self) -> tuple[Dataset, Dataset | None]:
         train = load_dataset(self.train_file, self.spec.task, filename=self.train_file.name)
@@ -258,13 +275,6 @@ class Trainer:
                 f"checkpoint {latest.name} was trained on a different training file than "
                 f"{self.train_file.name}; resume=False starts over", param="training_file")
         return latest
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        from sage_core.optim import make_optimizer
-
-        return make_optimizer(self.model, self.hp.optimizer, lr=self.hp.learning_rate,
-                              weight_decay=self.hp.weight_decay, beta3=self.hp.beta3,
-                              scope=self.hp.sage_scope)
 
     def _restore(self, folder: Path) -> None:
         saved = ckpt.read_progress(folder)
@@ -314,7 +324,7 @@ class Trainer:
             yield order[b * size:(b + 1) * size]
 
     def _train_step(self, indices: list[int]) -> None:
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         scaler = self.precision.scaler
         total = torch.zeros((), device=self.device)
         for start in range(0, len(indices), self.micro_batch):
@@ -338,7 +348,7 @@ class Trainer:
 
     def _loss_step(self, items: list[Encoded], step_examples: int) -> torch.Tensor:
         """The micro-batch's share of the step's mean loss."""
-        batch = self.task.collate(items)
+        batch = self.task.collate(items, self.pad_multiple)
         self.progress.trained_tokens += batch.tokens
         batch = batch.to(self.device)
         with self.precision.autocast():
@@ -450,7 +460,8 @@ class Trainer:
         self.model.eval()
         try:
             for start in range(0, len(order), size):
-                batch = self.task.collate([items[i] for i in order[start:start + size]])
+                batch = self.task.collate([items[i] for i in order[start:start + size]],
+                                          self.pad_multiple)
                 batch = batch.to(self.device)
                 with self.precision.autocast():
                     outputs = self.model(**batch.inputs)

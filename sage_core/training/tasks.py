@@ -39,11 +39,18 @@ class Batch:
     tokens: int  # non-padding tokens
 
     def to(self, device: torch.device) -> Batch:
-        # non_blocking pairs with pinned memory; on CPU it is a no-op.
-        return Batch(
-            {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
-            self.targets.to(device, non_blocking=True), self.size, self.tokens,
-        )
+        if device.type == "cpu":
+            return self
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if device.type != "cuda":
+                return t.to(device)
+            # A copy from pageable memory waits for the GPU to drain; from pinned memory it
+            # is queued, so the CPU can prepare the next step while the GPU works.
+            return t.pin_memory().to(device, non_blocking=True)
+
+        return Batch({k: move(v) for k, v in self.inputs.items()}, move(self.targets),
+                     self.size, self.tokens)
 
 
 @contextlib.contextmanager
@@ -104,7 +111,9 @@ class Task(ABC):
     def encode(self, dataset: Dataset, max_length: int) -> list[Encoded]: ...
 
     @abstractmethod
-    def collate(self, items: Sequence[Encoded]) -> Batch: ...
+    def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
+        """Pad to the longest item, rounded up to `pad_to_multiple_of` (fewer distinct shapes
+        on a GPU, where each new shape costs kernel selection)."""
 
     @abstractmethod
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
@@ -155,9 +164,9 @@ class _TextTask(Task):
                 out[i] = Encoded(feats, self._target(examples[i].label))
         return [e for e in out if e is not None]
 
-    def collate(self, items: Sequence[Encoded]) -> Batch:
+    def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
         lengths = [len(it.features["input_ids"]) for it in items]
-        width = max(lengths)
+        width = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         pad_values = {"input_ids": self.tokenizer.pad_token_id or 0}
         inputs: dict[str, torch.Tensor] = {}
@@ -197,7 +206,7 @@ class _TextTask(Task):
                 limits.append(positions)
         return min(limits) if limits else None
 
-    def _load(self, path: str | Path, **kwargs: Any) -> torch.nn.Module:
+    def _load(self, path: str | Path, **kwargs: Any) -> Any:  # a PreTrainedModel
         from transformers import AutoModelForSequenceClassification
 
         with quiet_transformers():

@@ -125,8 +125,8 @@ def build_spec(args: argparse.Namespace) -> Any:
         value = getattr(args, name, None)
         if value is not None:
             hyperparameters[name] = None if value == "none" else value
-    return JobSpec(model=args.model, task=args.task, seed=args.seed,
-                   hyperparameters=hyperparameters)
+    return JobSpec.model_validate({"model": args.model, "task": args.task, "seed": args.seed,
+                                   "hyperparameters": hyperparameters})
 
 
 def default_output(model: str) -> Path:

@@ -81,3 +81,12 @@ def test_regression_loss_is_per_example_squared_error() -> None:
 
     losses = TextRegression().loss(Out(), torch.tensor([0.0, 1.0]))
     assert losses.tolist() == [1.0, 4.0]
+
+
+def test_collate_rounds_the_width_up(tmp_path: Path, tiny_model_path: Path) -> None:
+    rows = [{"text": "free", "label": "spam"}, {"text": "hello see you later", "label": "ham"}]
+    task = _classification(tmp_path, rows, tiny_model_path)
+    items = task.encode(load_dataset(tmp_path / "t.jsonl", "text-classification"), 32)
+    batch = task.collate(items, pad_to_multiple_of=8)
+    assert batch.inputs["input_ids"].shape == (2, 8)
+    assert batch.inputs["attention_mask"].sum().item() == batch.tokens == 9
