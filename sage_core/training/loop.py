@@ -11,9 +11,16 @@ Choices a caller may rely on:
 - Evaluation (with a validation file) every `eval_every_steps` and at each epoch end.
   The main metric, for early stopping and the "best" checkpoint, is valid_f1_macro for
   classification and valid_loss for regression (`Task.main_metric`).
-- Checkpoints every `checkpoint_every_steps`, at each epoch end and at a stop. The newest
-  KEEP_LAST of them are kept, plus the one with the best main metric; the rest are deleted.
+- Checkpoints every `checkpoint_every_steps`, at each epoch end, at a stop and at early
+  stopping. The newest KEEP_LAST of them are kept, plus the one with the best main metric
+  (among checkpoints taken at an evaluation); the rest are deleted.
 - `final/` holds the model of the last step (early stopping included), not the best one.
+- Step losses stay on the device until a row is logged (or an evaluation or checkpoint
+  comes), so a non-finite loss raises TrainingError("nan_loss") at most `log_every` steps
+  after it happened, naming its step, and never after a checkpoint of its weights.
+- On CUDA: bf16 autocast (fp16 with loss scaling where bf16 is unsupported), fp32
+  parameters and optimizer state, batches padded to a multiple of 8 and copied from pinned
+  memory. On CPU: fp32, exact dynamic padding, bit-for-bit reproducible given the seed.
 """
 
 from __future__ import annotations
@@ -305,6 +312,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- train
     def train(self) -> TrainResult:
+        patience = self.hp.early_stopping_patience
+        if (patience is not None and self.progress.evals_without_improvement >= patience
+                and self.progress.step < self.total_steps):
+            return self._finish("early_stopped")  # resumed from the early-stopping checkpoint
         start_epoch, start_batch = divmod(self.progress.step, self.steps_per_epoch)
         self._window_start, self._paused = time.perf_counter(), 0.0
         for epoch in range(start_epoch, self.hp.n_epochs):

@@ -138,3 +138,33 @@ def test_help_lists_the_options(cli: ModuleType, capsys: pytest.CaptureFixture[s
                    "--gradient-accumulation-steps", "--early-stopping-patience",
                    "--no-resume"):
         assert option in text
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(
+        cli: ModuleType, data: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+
+    from sage_core.training.loop import Trainer
+
+    original = Trainer._train_step
+    steps = iter(range(1, 1000))
+
+    def interrupted_at_3(self: Trainer, indices: list[int]) -> None:
+        original(self, indices)
+        if next(steps) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupted_at_3)
+    argv = ["train", "--model", "tiny-bert", "--train-file", str(data[0]), "--epochs", "1",
+            "--batch-size", "8", "--output", str(tmp_path / "out"), "--no-progress"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "status: stopped at step 3/8" in out and "resume with the same command" in out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 3" in out and "status: completed at step 8/8" in out

@@ -229,6 +229,10 @@ def test_early_stopping(spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.step == 6 and result.final_dir is not None
     assert [r["step"] for r in rec.evals()] == [2, 4, 6]
     assert any(m.startswith("early stopping at step 6") for _, m in rec.events)
+    # resuming an early-stopped run does not train on
+    again, rec = train(spec, train_file, tmp_path / "out", valid_file)
+    assert again.status == "early_stopped" and again.step == 6
+    assert again.metrics == result.metrics and not rec.rows
 
 
 def test_non_finite_loss_fails_the_run(spam_files: tuple[Path, Path], tmp_path: Path,
