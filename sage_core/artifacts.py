@@ -114,5 +114,11 @@ class LocalArtifactStore:
             yield path.relative_to(base).as_posix(), path.stat().st_size
 
 
-def get_artifact_store(settings: Settings) -> LocalArtifactStore:
+def get_artifact_store(settings: Settings) -> ArtifactStore:
+    """The S3-compatible store when SAGETRAIN_ARTIFACTS_URL is set (several machines),
+    else the local folder."""
+    if settings.artifacts_url:
+        from sage_core.artifacts_s3 import S3ArtifactStore
+
+        return S3ArtifactStore.from_settings(settings)
     return LocalArtifactStore(settings.resolved_artifacts_dir)

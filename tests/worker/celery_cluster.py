@@ -1,7 +1,8 @@
 """A small sagetrain cluster for the Celery tests: a throwaway PostgreSQL database, a Redis
 database with this run's own key prefix and queue, real `sagetrain worker` processes (each
 with its own data folder, as if on its own machine, sharing the artifact store), and the
-API in-process with a CeleryDispatcher.
+API in-process with a CeleryDispatcher. The artifact store is an S3-compatible server, so the
+workers share nothing on disk: as on separate machines.
 
 Leases, reaper rounds and re-dispatch are a few seconds long, so crash recovery is quick.
 """
@@ -131,16 +132,20 @@ class WorkerProcess:
 
 class Cluster:
     def __init__(self, root: Path, database_url: str, broker_url: str, prefix: str,
-                 models_dir: Path):
+                 models_dir: Path, artifacts: dict[str, str]):
+        """`artifacts`: the environment for the shared artifact store (S3 settings and
+        credentials)."""
         self.root = root
         queue = f"jobs-{secrets.token_hex(3)}"
         common = {"database_url": database_url, "broker_url": broker_url,
                   "broker_key_prefix": prefix, "task_queue": queue,
-                  "artifacts_dir": str(root / "artifacts"), "models_dir": str(models_dir),
-                  **FAST}
+                  "models_dir": str(models_dir), **FAST}
         self.worker_env = {k: v for k, v in os.environ.items()
                            if not k.startswith("SAGETRAIN_")}
         self.worker_env.update({f"SAGETRAIN_{k.upper()}": v for k, v in common.items()})
+        self.worker_env.update(artifacts)
+        common.update({k.removeprefix("SAGETRAIN_").lower(): v for k, v in artifacts.items()
+                       if k.startswith("SAGETRAIN_")})
         self.settings = Settings(data_dir=root / "api", **common)  # type: ignore[arg-type]
         self.workers: list[WorkerProcess] = []
         self.engine = make_engine(database_url)

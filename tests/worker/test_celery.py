@@ -3,8 +3,8 @@ Redis to real `sagetrain worker` processes sharing a real PostgreSQL database.
 
 The workers are shared by the tests of this module (each starts in a few seconds, but each
 job's process imports torch): two at first; the crash test kills one and starts another.
-Each worker has its own data folder, as if on its own machine; they share the artifact
-store, through which a job moved to another worker resumes from its checkpoint.
+Each worker has its own data folder, as if on its own machine; they share an S3-compatible
+artifact store, through which a job moved to another worker resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from celery_cluster import Api, Cluster, job_pids, redis_namespace, throwaway_postgres, wait_for
 from fastapi.testclient import TestClient
+from s3_fixtures import *  # noqa: F403
+from s3_fixtures import S3Server
 
 from api.main import create_app
 from sage_core.broker import TASK_NAME
@@ -28,10 +30,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
+            s3_server: S3Server) -> Iterator[Cluster]:
     with throwaway_postgres() as db_url, redis_namespace() as (broker_url, prefix):
-        cluster = Cluster(tmp_path_factory.mktemp("cluster"), db_url, broker_url, prefix,
-                          models_dir)
+        root = tmp_path_factory.mktemp("cluster")
+        cluster = Cluster(root, db_url, broker_url, prefix, models_dir,
+                          s3_server.env(prefix=root.name))
         try:
             cluster.wait_ready(cluster.start_worker("w1"), cluster.start_worker("w2"))
             yield cluster
@@ -141,23 +145,23 @@ def test_cancel_stops_the_job_process(cluster: Cluster, api: Api) -> None:
 
 
 def test_pause_frees_the_worker_and_resume_continues(cluster: Cluster, api: Api) -> None:
-    job_id = api.create_job(760)
+    job_id = api.create_job(480)
     wait_for(lambda: cluster.job(job_id).step >= 3, 120, "the job to train a few steps")
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause")["status"] == "running"
     job = cluster.wait_status(job_id, {"paused"}, 30)
     paused_at = job.step
     wait_for(lambda: not job_pids(job_id), 15, "the job's process to exit")
-    assert paused_at < 190
+    assert paused_at < 120
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/resume")["status"] == "queued"
     job = cluster.wait_status(job_id, {"succeeded", "failed"}, 180)
-    assert (job.status, job.attempt, job.step) == ("succeeded", 2, 190)
+    assert (job.status, job.attempt, job.step) == ("succeeded", 2, 120)
     assert resumed_step(cluster, job_id) == paused_at
     steps = [m.step for m in cluster.metric_rows(job_id) if m.kind == "train"]
-    assert steps == list(range(1, 191))  # continued after the pause, not from 0
+    assert steps == list(range(1, 121))  # continued after the pause, not from 0
 
 
 def test_a_killed_worker_s_job_resumes_on_another(cluster: Cluster, api: Api) -> None:
-    job_id = api.create_job(760, checkpoint_every_steps=10)
+    job_id = api.create_job(480, checkpoint_every_steps=10)
     wait_for(lambda: cluster.job(job_id).step >= 12, 120, "a checkpoint to be saved")
     victim = cluster.worker_holding(job_id)
     victim.proc.kill()  # SIGKILL: no chance to checkpoint, requeue or stop its job
@@ -174,6 +178,6 @@ def test_a_killed_worker_s_job_resumes_on_another(cluster: Cluster, api: Api) ->
     steps = [m.step for m in cluster.metric_rows(job_id) if m.kind == "train"]
     # The second attempt continues at the checkpoint's next step, not at 1; the first one
     # logged every step up to the crash.
-    second = len(steps) - (190 - resumed)
-    assert steps[second:] == list(range(resumed + 1, 191))
+    second = len(steps) - (120 - resumed)
+    assert steps[second:] == list(range(resumed + 1, 121))
     assert steps[:second] == list(range(1, second + 1)) and second >= resumed
