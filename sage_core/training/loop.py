@@ -156,7 +156,7 @@ class Trainer:
     def __init__(self, spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
                  validation_file: Path | None = None, callbacks: Callbacks | None = None,
                  device: str | None = None, resume: bool = True, max_steps: int | None = None,
-                 log_every: int | None = None) -> None:
+                 log_every: int | None = None, job_id: str | None = None) -> None:
         self.spec = spec
         self.hp = spec.hyperparameters
         self.train_file = Path(train_file)
@@ -167,6 +167,7 @@ class Trainer:
         self.resume = resume
         self.max_steps = max_steps
         self.requested_log_every = log_every
+        self.log_prefix = f"[{job_id}] " if job_id else ""
         self.progress = Progress()
         self._metrics_fh: Any = None
         self._pending: list[tuple[torch.Tensor, torch.Tensor, float, int]] = []
@@ -454,7 +455,7 @@ class Trainer:
         self.callbacks.on_metrics(dict(row))
 
     def _event(self, level: str, message: str) -> None:
-        getattr(LOG, level)(message)
+        getattr(LOG, level)(self.log_prefix + message)
         self.callbacks.on_event(level, message)
 
     # ---------------------------------------------------------------- evaluate
@@ -574,19 +575,20 @@ class Trainer:
 def run_training(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
                  validation_file: Path | None = None, callbacks: Callbacks | None = None,
                  device: str | None = None, resume: bool = True, max_steps: int | None = None,
-                 log_every: int | None = None) -> TrainResult:
+                 log_every: int | None = None, job_id: str | None = None) -> TrainResult:
     """Fine-tune `spec.model` on `train_file`, writing checkpoints/, final/ and metrics.jsonl
     under `output_dir`; resume from the latest checkpoint there unless `resume` is False
     (which deletes what an earlier run left).
 
     `max_steps` ends the run early, as a stop does (the schedule still spans the whole
     run): for benchmarks and smoke tests. `log_every` overrides the train-row interval.
+    `job_id` prefixes the engine's own log lines ("[ftjob-...] ..."), not on_event's.
     Raises InvalidSpecError, DataFileError, UnknownModelError before any training starts,
     and TrainingError (code "nan_loss") for a non-finite loss.
     """
     trainer = Trainer(spec, train_file, output_dir, validation_file=validation_file,
                       callbacks=callbacks, device=device, resume=resume, max_steps=max_steps,
-                      log_every=log_every)
+                      log_every=log_every, job_id=job_id)
     try:
         trainer.setup()
         return trainer.train()
