@@ -3,19 +3,22 @@ that answer 404 for anything the key does not own, so handlers stay thin."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from functools import cache
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.dispatch import Dispatcher
 from api.errors import AuthenticationError
+from api.services.jobs import queue_position_expr, remember_position
 from api.uploads import Upload, read_upload
 from sage_core.artifacts import ArtifactStore
-from sage_core.db.keys import find_key
+from sage_core.db.keys import KEY_PREFIX, find_key, hash_key
 from sage_core.db.models import ApiKey, Checkpoint, File, Job
 from sage_core.errors import NotFoundError
 from sage_core.settings import Settings
@@ -23,21 +26,34 @@ from sage_core.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="An API key from `sagetrain keys create`")
 
 
-def get_settings(request: Request) -> Settings:
+# FastAPI runs a plain `def` dependency in a worker thread: one thread hop per dependency
+# per request. Dependencies that do no I/O are `async def` so they run on the event loop.
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # Creating a session does no I/O. Closing one that still holds a connection returns it
+    # to the pool (a ROLLBACK round trip), so that happens in a worker thread; lookups that
+    # end their own transaction (the ownership dependencies) leave nothing to do here.
+    session = request.app.state.session_factory()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -46,52 +62,103 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_key(
-    session: SessionDep,
+async def get_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
+) -> str:
+    """The bearer token, checked for shape only (no I/O: runs on the event loop)."""
     if credentials is None:
         raise AuthenticationError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
-    key = find_key(session, credentials.credentials)
+    if not credentials.credentials.startswith(KEY_PREFIX) or len(credentials.credentials) > 200:
+        raise AuthenticationError("Incorrect API key provided.")
+    return credentials.credentials
+
+
+Token = Annotated[str, Depends(get_token)]
+
+
+def _authenticate(session: Session, token: str) -> ApiKey:
+    key = find_key(session, token)
     if key is None:
         raise AuthenticationError("Incorrect API key provided.")
     return key
 
 
+def get_current_key(session: SessionDep, token: Token) -> ApiKey:
+    return _authenticate(session, token)
+
+
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+# Ownership lookups check the key in the same query (a join on the key's hash), so a request
+# for an object costs one query and one worker-thread hop. Only on a miss does a second query
+# tell a bad key (401) from someone else's or a missing object (404).
+_LIVE_KEY = (ApiKey.revoked_at.is_(None),)
 
 
 def _not_found(kind: str, ident: str, param: str) -> NotFoundError:
     return NotFoundError(f"No such {kind}: '{ident}'", param=param)
 
 
-def get_owned_file(file_id: Annotated[str, Path(max_length=64)], key: CurrentKey,
+# Statements built once with bind parameters: SQLAlchemy memoizes a statement's cache key, so
+# reusing the object skips rebuilding and re-keying it on every request.
+@cache
+def _owned_file_query() -> Select[tuple[File]]:
+    return select(File).join(ApiKey, ApiKey.id == File.owner_id).where(
+        File.id == bindparam("file_id"), ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY)
+
+
+@cache
+def _owned_job_query() -> Select[tuple[Job, int | None]]:
+    return select(Job, queue_position_expr()).join(ApiKey, ApiKey.id == Job.owner_id).where(
+        Job.id == bindparam("job_id"), ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY)
+
+
+@cache
+def _owned_checkpoint_query() -> Select[tuple[Checkpoint]]:
+    return (select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
+            .join(ApiKey, ApiKey.id == Job.owner_id).where(
+                Checkpoint.id == bindparam("checkpoint_id"),
+                Checkpoint.job_id == bindparam("job_id"),
+                ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY))
+
+
+def get_owned_file(file_id: Annotated[str, Path(max_length=64)], token: Token,
                    session: SessionDep) -> File:
-    row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id))
+    row = session.scalar(_owned_file_query(), {"file_id": file_id, "key_hash": hash_key(token)})
     if row is None:
+        _authenticate(session, token)
         raise _not_found("file", file_id, "file_id")
+    session.commit()  # end the read: the connection goes back to the pool in this thread
     return row
 
 
-def get_owned_job(job_id: Annotated[str, Path(max_length=64)], key: CurrentKey,
+def get_owned_job(job_id: Annotated[str, Path(max_length=64)], token: Token,
                   session: SessionDep) -> Job:
-    row = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == key.id))
-    if row is None:
+    found = session.execute(_owned_job_query(),
+                            {"job_id": job_id, "key_hash": hash_key(token)}).one_or_none()
+    if found is None:
+        _authenticate(session, token)
         raise _not_found("fine-tuning job", job_id, "fine_tuning_job_id")
-    return row
+    job, position = found
+    remember_position(session, job.id, position)  # saves GET a query for queue_position
+    session.commit()  # end the read: the connection goes back to the pool in this thread
+    return job
 
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
 
 
-def get_owned_checkpoint(checkpoint_id: Annotated[str, Path(max_length=64)], job: OwnedJob,
+def get_owned_checkpoint(job_id: Annotated[str, Path(max_length=64)],
+                         checkpoint_id: Annotated[str, Path(max_length=64)], token: Token,
                          session: SessionDep) -> Checkpoint:
-    row = session.scalar(select(Checkpoint).where(
-        Checkpoint.id == checkpoint_id, Checkpoint.job_id == job.id))
+    row = session.scalar(_owned_checkpoint_query(), {
+        "checkpoint_id": checkpoint_id, "job_id": job_id, "key_hash": hash_key(token)})
     if row is None:
+        _authenticate(session, token)
         raise _not_found("checkpoint", checkpoint_id, "checkpoint_id")
+    session.commit()  # end the read: the connection goes back to the pool in this thread
     return row
 
 

@@ -51,7 +51,7 @@ def list_files(key: CurrentKey, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-def get_file(file: OwnedFile) -> FilePublic:
+async def get_file(file: OwnedFile) -> FilePublic:
     return FilePublic.from_row(file)
 
 

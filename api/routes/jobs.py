@@ -60,7 +60,8 @@ def list_jobs(key: CurrentKey, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+async def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    # async: OwnedJob already fetched the job and its queue position, so this does no I/O.
     return service.to_public(session, [job])[0]
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from functools import cache
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from api.errors import InvalidRequestError
 from api.schemas import JobCreate, JobPublic
@@ -31,8 +32,61 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _training_file(session: Session, key: ApiKey, file_id: str, param: str) -> File:
-    row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id))
+# Positions computed along with a job's lookup (deps.get_owned_job), kept in session.info
+# for the rest of the request; dropped whenever a handler changes a job's state.
+_KNOWN_POSITIONS = "queue_positions"
+
+
+@cache
+def queue_position_expr() -> ColumnElement[int | None]:
+    """SQL for a job's 1-based place among all queued jobs, NULL if it is not queued: one
+    correlated count, evaluated only for queued rows. Built once: constructing the alias
+    costs more CPU than running the query."""
+    ahead = aliased(Job)
+    count = (select(func.count()).select_from(ahead).where(
+        ahead.status == S.QUEUED,
+        or_(ahead.queued_at < Job.queued_at,
+            and_(ahead.queued_at == Job.queued_at, ahead.id < Job.id)))
+        .correlate(Job).scalar_subquery())
+    return case((Job.status == S.QUEUED, count + 1), else_=None)
+
+
+@cache
+def _position() -> Select[tuple[int | None]]:
+    return select(queue_position_expr()).where(Job.id == bindparam("job_id"))
+
+
+@cache
+def _owned_file() -> Select[tuple[File]]:
+    return select(File).where(File.id == bindparam("file_id"),
+                              File.owner_id == bindparam("owner_id"))
+
+
+def remember_position(session: Session, job_id: str, position: int | None) -> None:
+    session.info.setdefault(_KNOWN_POSITIONS, {})[job_id] = position
+
+
+def forget_positions(session: Session) -> None:
+    session.info.pop(_KNOWN_POSITIONS, None)
+
+
+def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int | None]:
+    """1-based position among all queued jobs (of every key) for each queued job given."""
+    known: dict[str, int | None] = session.info.get(_KNOWN_POSITIONS, {})
+    positions = {j.id: known[j.id] for j in jobs if j.id in known}
+    queued = [j.id for j in jobs if j.status == S.QUEUED and j.id not in positions]
+    if len(queued) == 1:
+        positions[queued[0]] = session.scalar(_position(), {"job_id": queued[0]})
+    elif queued:
+        order = session.scalars(select(Job.id).where(Job.status == S.QUEUED)
+                                .order_by(Job.queued_at, Job.id)).all()
+        wanted = set(queued)
+        positions.update({job_id: i for i, job_id in enumerate(order, start=1)
+                          if job_id in wanted})
+    return positions
+
+
+def _check_file(row: File | None, file_id: str, param: str) -> File:
     if row is None:
         raise InvalidRequestError(f"No such file: '{file_id}'", param=param,
                                   code="invalid_file")
@@ -60,11 +114,12 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
     if idempotency_key and (earlier := _replay(session, key, idempotency_key, digest)):
         return earlier, False
     resolve_model(body.model, settings)
-    training = _training_file(session, key, body.training_file, "training_file")
-    ensure_file_for_task(training, body.task, store, settings, "training_file")
-    if body.validation_file is not None:
-        validation = _training_file(session, key, body.validation_file, "validation_file")
-        ensure_file_for_task(validation, body.task, store, settings, "validation_file")
+    for file_id, param in ((body.training_file, "training_file"),
+                           (body.validation_file, "validation_file")):
+        if file_id is not None:
+            row = session.scalar(_owned_file(), {"file_id": file_id, "owner_id": key.id})
+            ensure_file_for_task(_check_file(row, file_id, param), body.task, store, settings,
+                                 param)
     # OpenAI's behaviour: with no seed given, one is chosen, stored and shown on the job.
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     spec = JobSpec(model=body.model, task=body.task, seed=seed,
@@ -80,6 +135,9 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
     session.add(job)
     add_event(session, job_id, f"Created fine-tuning job: {job_id}")
     try:
+        session.flush()
+        # In the same transaction, so the answer needs no second one.
+        remember_position(session, job_id, session.scalar(_position(), {"job_id": job_id}))
         session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
@@ -90,30 +148,13 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
     return job, True
 
 
-def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
-    """1-based position among all queued jobs (of every key) for each queued job given."""
-    queued = [j for j in jobs if j.status == S.QUEUED]
-    if not queued:
-        return {}
-    if len(queued) == 1:
-        job = queued[0]
-        ahead = session.scalar(select(func.count()).select_from(Job).where(
-            Job.status == S.QUEUED,
-            (Job.queued_at < job.queued_at) | ((Job.queued_at == job.queued_at)
-                                               & (Job.id < job.id))))
-        return {job.id: int(ahead or 0) + 1}
-    order = session.scalars(select(Job.id).where(Job.status == S.QUEUED)
-                            .order_by(Job.queued_at, Job.id)).all()
-    wanted = {j.id for j in queued}
-    return {job_id: i for i, job_id in enumerate(order, start=1) if job_id in wanted}
-
-
 def to_public(session: Session, jobs: list[Job]) -> list[JobPublic]:
     positions = queue_positions(session, jobs)
     return [JobPublic.from_row(job, positions.get(job.id)) for job in jobs]
 
 
 def cancel_job(session: Session, job: Job) -> None:
+    forget_positions(session)
     if transitions.cancel(session, job.id):
         add_event(session, job.id, "Job cancelled")
         session.commit()
@@ -124,6 +165,7 @@ def cancel_job(session: Session, job: Job) -> None:
 
 
 def pause_job(session: Session, job: Job) -> None:
+    forget_positions(session)
     if transitions.request_pause(session, job.id):
         add_event(session, job.id, "Pause requested" if job.status == S.RUNNING else "Job paused")
         session.commit()
@@ -135,6 +177,7 @@ def pause_job(session: Session, job: Job) -> None:
 
 def resume_job(session: Session, job: Job) -> bool:
     """paused -> queued (True: dispatch it). A running job asked to pause keeps running."""
+    forget_positions(session)
     if transitions.resume(session, job.id):
         add_event(session, job.id, "Job resumed; queued to continue from its last checkpoint")
         session.commit()

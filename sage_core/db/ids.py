@@ -34,7 +34,8 @@ def _encode(value: int, width: int) -> str:
 
 def new_id(prefix: str) -> str:
     """`prefix-<time><random>`, e.g. `ftjob-01h2x...`."""
-    random_part = "".join(secrets.choice(_ALPHABET) for _ in range(13))
+    # 65 random bits, encoded as 13 base32 characters (one system call, not thirteen)
+    random_part = _encode(int.from_bytes(secrets.token_bytes(9)) >> 7, 13)
     return f"{prefix}-{_encode(_monotonic_us(), 11)}{random_part}"
 
 

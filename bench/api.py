@@ -1,0 +1,317 @@
+"""API overhead: `sagetrain serve` against a bare FastAPI + SQLAlchemy app, on PostgreSQL.
+
+Both run as uvicorn processes on loopback, on the same freshly migrated database:
+- sagetrain: `sagetrain serve --executor none` (the real app: auth, ownership, validation,
+  serialization; no jobs run);
+- bare: one FastAPI app whose GET reads a job row by id and whose POST inserts one, with no
+  auth and no logic (`python bench/api.py bare ...`).
+Measured for GET /v1/fine_tuning/jobs/{id} and POST /v1/fine_tuning/jobs: requests/s with
+32 concurrent keep-alive clients, and p50/p99 latency with one client. The load generator is
+a minimal HTTP/1.1 client on asyncio streams, to keep its own CPU cost low on a small
+machine. Each phase runs twice, alternating the apps, and the better run is reported.
+
+    python bench/api.py [--requests 3000] [--latency-requests 500]
+
+Environment: SAGETRAIN_BENCH_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test)
+is where a throwaway database `sagetrain_bench_<random>` is created and dropped.
+Goals: sagetrain >= 0.8 x the bare app's throughput; p50 at one client < 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ADMIN_URL = os.environ.get("SAGETRAIN_BENCH_PG_URL",
+                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+CONCURRENCY = 32
+
+
+# --- the bare app -------------------------------------------------------------------------
+
+def bare_app(database_url: str, owner_id: str) -> Any:
+    """FastAPI + SQLAlchemy with nothing else: read or insert a jobs row."""
+    from fastapi import FastAPI
+    from sqlalchemy import select
+
+    from sage_core.db.ids import new_id
+    from sage_core.db.models import Job, utcnow
+    from sage_core.db.session import make_engine, make_session_factory
+
+    sessions = make_session_factory(make_engine(database_url))
+    app = FastAPI()
+
+    @app.get("/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        with sessions() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            assert job is not None
+            return {"id": job.id, "status": job.status, "model": job.model,
+                    "created_at": int(job.created_at.timestamp()), "seed": job.seed,
+                    "hyperparameters": job.spec.get("hyperparameters")}
+
+    @app.post("/jobs")
+    def create_job(body: dict[str, Any]) -> dict[str, Any]:
+        job_id = new_id("ftjob")
+        with sessions.begin() as s:
+            s.add(Job(id=job_id, owner_id=owner_id, model=body["model"],
+                      task="text-classification", spec={"hyperparameters": {}}, seed=1,
+                      training_file_id=body["training_file"], status="queued",
+                      queued_at=utcnow(), artifact_prefix=f"jobs/{job_id}",
+                      result_file_ids=[]))
+        return {"id": job_id, "status": "queued"}
+
+    return app
+
+
+def run_bare(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(bare_app(args.database_url, args.owner_id), host="127.0.0.1", port=args.port,
+                log_level="warning", access_log=False)
+    return 0
+
+
+# --- load generation ----------------------------------------------------------------------
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; just enough protocol for uvicorn's answers."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await self.reader.readexactly(length)
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_request(method: str, path: str, headers: dict[str, str],
+                  body: dict[str, Any] | None = None) -> bytes:
+    data = json.dumps(body).encode() if body is not None else b""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: keep-alive",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+async def _throughput(port: int, raw: bytes, total: int, concurrency: int) -> float:
+    remaining = [total]
+    connections = [Connection(port) for _ in range(concurrency)]
+
+    async def client(conn: Connection) -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            status, body = await conn.request(raw)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    elapsed = time.perf_counter() - start
+    for c in connections:
+        c.close()
+    return total / elapsed
+
+
+async def _latencies(port: int, raw: bytes, count: int) -> list[float]:
+    conn = Connection(port)
+    out = []
+    for _ in range(count):
+        start = time.perf_counter()
+        status, body = await conn.request(raw)
+        out.append((time.perf_counter() - start) * 1000)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+    conn.close()
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"sagetrain_bench_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def server(argv: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+    import httpx
+
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "exited")
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import httpx
+
+    from sage_core.db.migrate import upgrade
+
+    with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+        upgrade(url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAGETRAIN_")}
+        env.update(SAGETRAIN_DATABASE_URL=url, SAGETRAIN_DATA_DIR=tmp)
+        cli = [sys.executable, "-m", "sagetrain.cli"]
+        key_out = subprocess.run([*cli, "keys", "create", "--name", "bench"], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+        key = key_out.strip().splitlines()[-1]
+        st_port, bare_port = free_port(), free_port()
+        st_argv = [*cli, "serve", "--executor", "none", "--port", str(st_port),
+                   "--no-access-log", "--log-level", "warning"]
+        with server(st_argv, env, st_port):
+            auth = {"Authorization": f"Bearer {key}"}
+            base = f"http://127.0.0.1:{st_port}"
+            data = b"".join(json.dumps({"text": f"message {i}", "label": ["ham", "spam"][i % 2]})
+                            .encode() + b"\n" for i in range(100))
+            file_id = httpx.post(f"{base}/v1/files", headers=auth, files={
+                "file": ("t.jsonl", data)}, data={"purpose": "fine-tune"}).json()["id"]
+            body = {"model": "sentence-transformers/all-MiniLM-L6-v2", "training_file": file_id}
+            created = httpx.post(f"{base}/v1/fine_tuning/jobs", headers=auth, json=body)
+            created.raise_for_status()
+            job_id = created.json()["id"]
+            owner_id = created.json()["organization_id"]
+            bare_argv = [sys.executable, __file__, "bare", "--port", str(bare_port),
+                         "--database-url", url, "--owner-id", owner_id]
+            with server(bare_argv, env, bare_port):
+                cases = {
+                    "GET job": {
+                        "sagetrain": (st_port, build_request(
+                            "GET", f"/v1/fine_tuning/jobs/{job_id}", auth)),
+                        "bare": (bare_port, build_request("GET", f"/jobs/{job_id}", {}))},
+                    "POST job": {
+                        "sagetrain": (st_port, build_request(
+                            "POST", "/v1/fine_tuning/jobs", auth, body)),
+                        "bare": (bare_port, build_request("POST", "/jobs", {}, body))},
+                }
+                results = measure(cases, args)
+    report(results, args)
+    return 0
+
+
+def measure(cases: dict[str, dict[str, tuple[int, bytes]]],
+            args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for case, apps in cases.items():
+        results[case] = {app: {"rps": 0.0, "p50": float("inf"), "p99": float("inf")}
+                         for app in apps}
+        for port, raw in apps.values():  # warm up pools, caches, code paths
+            asyncio.run(_throughput(port, raw, 300, CONCURRENCY))
+        for _round in range(2):
+            for app, (port, raw) in apps.items():
+                rps = asyncio.run(_throughput(port, raw, args.requests, CONCURRENCY))
+                lat = asyncio.run(_latencies(port, raw, args.latency_requests))
+                best = results[case][app]
+                best["rps"] = max(best["rps"], rps)
+                best["p50"] = min(best["p50"], statistics.median(lat))
+                best["p99"] = min(best["p99"], percentile(lat, 0.99))
+    return results
+
+
+def report(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
+    print(f"API overhead on PostgreSQL: {args.requests} requests at {CONCURRENCY} concurrent "
+          f"clients (req/s), {args.latency_requests} sequential (ms); best of 2 rounds")
+    print(f"{'case':<10} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}")
+    for case, apps in results.items():
+        bare = apps["bare"]["rps"]
+        for app, r in apps.items():
+            ratio = r["rps"] / bare if bare else float("nan")
+            print(f"{case:<10} {app:<10} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                  f"{ratio:>8.2f}")
+    for case, apps in results.items():
+        ratio = apps["sagetrain"]["rps"] / apps["bare"]["rps"]
+        p50 = apps["sagetrain"]["p50"]
+        print(f"{case}: throughput ratio {ratio:.2f} (goal >= 0.80: "
+              f"{'met' if ratio >= 0.8 else 'NOT met'}), p50 {p50:.2f} ms (goal < 5 ms: "
+              f"{'met' if p50 < 5 else 'NOT met'})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    bare = sub.add_parser("bare", help="(internal) serve the bare comparison app")
+    bare.add_argument("--port", type=int, required=True)
+    bare.add_argument("--database-url", required=True)
+    bare.add_argument("--owner-id", required=True)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--latency-requests", type=int, default=500)
+    args = parser.parse_args(argv)
+    if args.command == "bare":
+        return run_bare(args)
+    return run_bench(args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
