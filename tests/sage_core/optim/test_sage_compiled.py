@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from sage_testing import make_params, run_steps
+from sage_testing import make_grads, make_params, run_steps
 from test_sage_parity import LRS, STEPS, TOLERANCES
 
 import sage_core.optim.compiled as compiled_module
@@ -42,12 +42,32 @@ def _assert_matches_reference(dtype: torch.dtype, fast: dict[str, Any], **option
         ("adamw", True, 0.1, torch.bfloat16),
     ],
 )
+@pytest.mark.parametrize("own_call_min_numel", [4096, 20])
 def test_compiled_matches_reference(
-    base: str, use_sage: bool, weight_decay: float, dtype: torch.dtype
+    base: str, use_sage: bool, weight_decay: float, dtype: torch.dtype,
+    own_call_min_numel: int, monkeypatch: pytest.MonkeyPatch,
 ):
+    """4096: every tensor is packed into one call; 20: the larger ones get their own call."""
+    monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", own_call_min_numel)
     _assert_matches_reference(
         dtype, dict(compiled=True), base=base, sage=use_sage, weight_decay=weight_decay
     )
+
+
+def test_params_at_different_steps_match_reference(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", 20)
+    results = []
+    for options in (dict(foreach=False), dict(compiled=True)):
+        params = make_params()
+        optimizer = sage_module.SAGE(params, weight_decay=0.1, **options)
+        for step in range(6):
+            grads = make_grads(params, step)
+            for index, (p, g) in enumerate(zip(params, grads, strict=True)):
+                p.grad = g if step >= index else None  # param i joins at step i
+            optimizer.step()
+        results.append(params)
+    for r, g in zip(*results, strict=True):
+        torch.testing.assert_close(g, r, **TOLERANCES[torch.float32])
 
 
 def test_default_for_large_steps_is_compiled_and_matches_reference(
@@ -66,20 +86,24 @@ def test_default_for_large_steps_is_compiled_and_matches_reference(
     assert len(calls) == STEPS
 
 
-def test_first_step_and_zero_params_with_compiled_kernel():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_step_and_zero_params_with_compiled_kernel(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", 20)
     lr, wd = 0.1, 0.2
-    got, _ = run_steps(1, compiled=True, lr=lr, weight_decay=wd)
-    for p0, p1 in zip(make_params(), got, strict=True):
-        assert torch.equal(p1, p0.detach() * (1 - lr * wd))
-    got, _ = run_steps(25, compiled=True, lr=lr, weight_decay=wd)
-    assert torch.equal(got[0][0, :3], torch.zeros(3))
+    got, _ = run_steps(1, dtype=dtype, compiled=True, lr=lr, weight_decay=wd)
+    for p0, p1 in zip(make_params(dtype), got, strict=True):
+        assert torch.equal(p1, (p0.detach().float() * (1 - lr * wd)).to(dtype))
+    got, _ = run_steps(25, dtype=dtype, compiled=True, lr=lr, weight_decay=wd)
+    assert torch.equal(got[0][0, :3], torch.zeros(3, dtype=dtype))
 
 
 def test_no_recompilation_across_lr_steps_and_sizes():
     run_steps(2, compiled=True, base="adamw")  # warm: compiled here or in an earlier test
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     run_steps(STEPS, compiled=True, base="adamw", lr_schedule=LRS)
-    params = [torch.randn(n, requires_grad=True) for n in (3, 1000, 77)]
+    params = [torch.randn(n, requires_grad=True) for n in (3, 5000, 77, 4096 * 3)]
     optimizer = sage_module.SAGE(params, compiled=True, weight_decay=0.3, beta3=0.6)
     for step in range(3):
         optimizer.param_groups[0]["lr"] = 1e-3 * (step + 1)
@@ -104,3 +128,14 @@ def test_compile_failure_falls_back_to_foreach(
         assert torch.equal(r, g)
     assert "using the foreach implementation" in caplog.text
     assert compiled_module._BROKEN  # not retried on the next step
+
+
+def test_automatic_choice(monkeypatch: pytest.MonkeyPatch):
+    small = [torch.zeros(10)]
+    assert not sage_module._use_compiled(small, None)  # too small to repay a compilation
+    assert sage_module._use_compiled(small, True)
+    assert not sage_module._use_compiled([torch.zeros(4 << 20)], False)
+    assert sage_module._use_compiled([torch.zeros(4 << 20)], None)
+    monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", 0)
+    # other devices (CUDA included) default to foreach
+    assert not sage_module._use_compiled([torch.empty(4 << 20, device="meta")], None)
