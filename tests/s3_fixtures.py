@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ def s3_server() -> Iterator[S3Server]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"moto[server] is required when CI=true: {exc}")
         pytest.skip(f"moto[server] is not installed: {exc}")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

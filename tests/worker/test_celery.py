@@ -160,6 +160,23 @@ def test_pause_frees_the_worker_and_resume_continues(cluster: Cluster, api: Api)
     assert steps == list(range(1, 121))  # continued after the pause, not from 0
 
 
+def test_a_worker_shut_down_hands_its_job_over(cluster: Cluster, api: Api) -> None:
+    """SIGTERM (`docker stop`, a deploy): the job saves a checkpoint, goes back to the
+    queue and is sent again at once; another worker continues it. No lease is lost."""
+    job_id = api.create_job(480)
+    wait_for(lambda: cluster.job(job_id).step >= 3, 120, "the job to train a few steps")
+    leaving = cluster.worker_holding(job_id)
+    leaving.proc.terminate()
+    assert leaving.proc.wait(60) == 0, leaving.text()[-3000:]
+    job = cluster.wait_status(job_id, {"succeeded", "failed"}, 180)
+    assert (job.status, job.attempt, job.lost_leases) == ("succeeded", 2, 0), job.error
+    stopped = [e for e in cluster.events(job_id) if e.startswith("Worker shut down at step")]
+    assert len(stopped) == 1
+    assert resumed_step(cluster, job_id) == int(stopped[0].split()[5].rstrip(";"))
+    assert cluster.worker_holding(job_id) is not leaving
+    cluster.workers.remove(leaving)
+
+
 def test_a_killed_worker_s_job_resumes_on_another(cluster: Cluster, api: Api) -> None:
     job_id = api.create_job(480, checkpoint_every_steps=10)
     wait_for(lambda: cluster.job(job_id).step >= 12, 120, "a checkpoint to be saved")
