@@ -4,12 +4,13 @@ that answer 404 for anything the key does not own, so handlers stay thin."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import cache
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -75,6 +76,7 @@ async def get_token(
 
 
 Token = Annotated[str, Depends(get_token)]
+_LIVE_KEY = (ApiKey.revoked_at.is_(None),)
 
 
 def _authenticate(session: Session, token: str) -> ApiKey:
@@ -90,10 +92,48 @@ def get_current_key(session: SessionDep, token: Token) -> ApiKey:
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
+
+async def _peek_training_file(request: Request) -> str | None:
+    """`training_file` from the raw JSON body, before validation (FastAPI has read and
+    cached the body already; a bad body is validated, and refused, later)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    value = body.get("training_file") if isinstance(body, dict) else None
+    return value if isinstance(value, str) and len(value) <= 64 else None
+
+
+@cache
+def _key_and_file_query() -> Select[tuple[ApiKey, File]]:
+    return select(ApiKey, File).outerjoin(File, and_(
+        File.owner_id == ApiKey.id, File.id == bindparam("file_id"))).where(
+        ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY)
+
+
+@dataclass(frozen=True)
+class KeyWithFile:
+    key: ApiKey
+    training_file: File | None  # the key's file named by the body's training_file, if any
+
+
+def get_key_with_training_file(
+        session: SessionDep, token: Token,
+        file_id: Annotated[str | None, Depends(_peek_training_file)]) -> KeyWithFile:
+    """The caller's key and the training file the body names, in one query: a job's
+    creation checks both, and the key must be checked before the body is."""
+    found = session.execute(_key_and_file_query(),
+                            {"key_hash": hash_key(token), "file_id": file_id}).one_or_none()
+    if found is None:
+        raise AuthenticationError("Incorrect API key provided.")
+    return KeyWithFile(found[0], found[1])
+
+
+KeyAndTrainingFile = Annotated[KeyWithFile, Depends(get_key_with_training_file)]
+
 # Ownership lookups check the key in the same query (a join on the key's hash), so a request
 # for an object costs one query and one worker-thread hop. Only on a miss does a second query
 # tell a bad key (401) from someone else's or a missing object (404).
-_LIVE_KEY = (ApiKey.revoked_at.is_(None),)
 
 
 def _not_found(kind: str, ident: str, param: str) -> NotFoundError:

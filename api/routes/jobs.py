@@ -12,6 +12,7 @@ from sqlalchemy import select
 from api.deps import (
     CurrentKey,
     DispatcherDep,
+    KeyAndTrainingFile,
     OwnedCheckpoint,
     OwnedJob,
     SessionDep,
@@ -37,13 +38,14 @@ def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
 
 
 @router.post("", response_model=JobPublic)
-def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, store: StoreDep,
+def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep, store: StoreDep,
                settings: SettingsDep, dispatcher: DispatcherDep, response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
                ) -> JobPublic:
     """Queue a fine-tuning job. The same Idempotency-Key and body return the same job."""
-    job, created = service.create_job(session, key, body, idempotency_key=idempotency_key,
-                                      store=store, settings=settings)
+    job, created = service.create_job(session, caller.key, body, idempotency_key=idempotency_key,
+                                      store=store, settings=settings,
+                                      training_file=caller.training_file)
     if created:
         dispatcher.dispatch(job.id)  # only after the row is committed
     else:

@@ -108,16 +108,19 @@ def _replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) ->
 
 
 def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_key: str | None,
-               store: ArtifactStore, settings: Settings) -> tuple[Job, bool]:
-    """Validate and queue a job. Returns (job, created); created is False on a replay."""
-    digest = request_hash(body)
-    if idempotency_key and (earlier := _replay(session, key, idempotency_key, digest)):
+               store: ArtifactStore, settings: Settings,
+               training_file: File | None = None) -> tuple[Job, bool]:
+    """Validate and queue a job. Returns (job, created); created is False on a replay.
+    `training_file`: the key's row for body.training_file when the caller has it already."""
+    digest = request_hash(body) if idempotency_key else None
+    if idempotency_key and digest and (earlier := _replay(session, key, idempotency_key, digest)):
         return earlier, False
     resolve_model(body.model, settings)
     for file_id, param in ((body.training_file, "training_file"),
                            (body.validation_file, "validation_file")):
         if file_id is not None:
-            row = session.scalar(_owned_file(), {"file_id": file_id, "owner_id": key.id})
+            row = training_file if training_file is not None and training_file.id == file_id \
+                else session.scalar(_owned_file(), {"file_id": file_id, "owner_id": key.id})
             ensure_file_for_task(_check_file(row, file_id, param), body.task, store, settings,
                                  param)
     # OpenAI's behaviour: with no seed given, one is chosen, stored and shown on the job.
@@ -131,7 +134,7 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
               user_metadata=body.metadata, training_file_id=body.training_file,
               validation_file_id=body.validation_file, status=S.QUEUED, created_at=now,
               queued_at=now, artifact_prefix=f"jobs/{job_id}", result_file_ids=[],
-              idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None)
+              idempotency_key=idempotency_key, request_hash=digest)
     session.add(job)
     add_event(session, job_id, f"Created fine-tuning job: {job_id}")
     try:
@@ -142,7 +145,8 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
         session.rollback()
-        if idempotency_key and (earlier := _replay(session, key, idempotency_key, digest)):
+        if idempotency_key and digest and (
+                earlier := _replay(session, key, idempotency_key, digest)):
             return earlier, False
         raise
     return job, True
