@@ -63,3 +63,17 @@ def _permanent_sqlite_error(exc: BaseException) -> bool:
         text = str(orig).lower()
         return "locked" not in text and "busy" not in text
     return False
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device or host out-of-memory error: the job needs a smaller batch or sequence
+    length, or a bigger GPU. Checked by name, so that this module never imports torch."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"OutOfMemoryError", "MemoryError"}) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory ({first}); try a smaller batch_size or max_seq_length, or "
+            "gradient_accumulation_steps")

@@ -45,7 +45,12 @@ from sage_core.db.session import get_engine, make_session_factory
 from sage_core.errors import SageTrainError
 from sage_core.schemas import ResolvedSpec
 from sage_core.settings import Settings, get_settings
-from sage_core.transient import TransientJobError, is_transient
+from sage_core.transient import (
+    TransientJobError,
+    is_out_of_memory,
+    is_transient,
+    out_of_memory_message,
+)
 from worker.restore import restore_latest_checkpoint
 
 log = logging.getLogger("sagetrain.worker")
@@ -123,8 +128,11 @@ class JobRunner:
                 # running under our lease for the supervisor (or, failing that, the
                 # reaper once the lease expires) to put back in the queue.
                 raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
-            log.exception("[%s] unexpected error", self.job_id)
-            self._fail("internal_error", f"{type(exc).__name__}: {exc}", None)
+            if is_out_of_memory(exc):  # the job's size, not a bug: say what to change
+                self._fail("out_of_memory", out_of_memory_message(exc), "hyperparameters")
+            else:
+                log.exception("[%s] unexpected error", self.job_id)
+                self._fail("internal_error", f"{type(exc).__name__}: {exc}", None)
             if not isinstance(exc, Exception):
                 raise
         finally:

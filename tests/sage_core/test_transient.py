@@ -52,3 +52,17 @@ def test_an_error_while_handling_one_is_judged_by_itself() -> None:
             raise ValueError("a bug in the handler")  # noqa: B904
     except ValueError as exc:
         assert not is_transient(exc)
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (matched by name)."""
+
+
+def test_out_of_memory_is_recognised_and_explained() -> None:
+    from sage_core.transient import is_out_of_memory, out_of_memory_message
+
+    oom = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert is_out_of_memory(oom) and is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate: out of memory"))
+    assert not is_out_of_memory(ValueError("bad label")) and not is_transient(oom)
+    assert "smaller batch_size" in out_of_memory_message(oom)

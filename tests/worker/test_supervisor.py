@@ -90,3 +90,19 @@ def test_runner_leaves_a_job_to_retry_on_a_database_outage(
         run_job(job_id, env.settings, worker_id="w1")
     job = env.job(job_id)
     assert (job.status, job.lease_owner, job.error) == ("running", "w1", None)
+
+
+def test_out_of_memory_fails_with_a_clear_error(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def oom(self: JobRunner, row: dict[str, Any]) -> None:
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(JobRunner, "_on_metrics", oom)
+    job_id = env.add_job()
+    assert run_job(job_id, env.settings) == "failed"
+    error = env.job(job_id).error
+    assert error is not None and error["code"] == "out_of_memory"
+    assert "smaller batch_size" in error["message"]
