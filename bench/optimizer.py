@@ -83,11 +83,16 @@ def run_layout(
 
     from sage_core.optim import SAGE
 
+    def own(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # an optimizer fills its defaults into the group dicts it is given: never share them
+        return [dict(g) for g in groups]
+
     optimizers: dict[str, torch.optim.Optimizer] = {
-        "adamw": torch.optim.AdamW(groups, lr=1e-5, eps=1e-6, fused=True),
-        "foreach": SAGE(groups, lr=1e-5, foreach=True),
-        "compiled": SAGE(groups, lr=1e-5, compiled=True),
+        "adamw": torch.optim.AdamW(own(groups), lr=1e-5, eps=1e-6, fused=True),
+        "foreach": SAGE(own(groups), lr=1e-5, foreach=True),
+        "compiled": SAGE(own(groups), lr=1e-5, compiled=True),
     }
+    assert optimizers["foreach"].param_groups[0]["foreach"] is True
     results: dict[str, float] = {}
     # the first compiled step compiles the kernels it needs; the second one is warm
     first = timed(optimizers["compiled"].step, sync)
