@@ -1,6 +1,7 @@
 """How the API hands a queued job to whatever runs jobs: by id only, after the row that
 holds it has been committed. The composition root (`sagetrain serve`) supplies the
-implementation: the embedded local executor, or (later) Celery's send_task."""
+implementation: the embedded local executor, or Celery's send_task by task name
+(`sagetrain.dispatchers.CeleryDispatcher`)."""
 
 from __future__ import annotations
 
