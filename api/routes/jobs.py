@@ -27,9 +27,10 @@ from sage_core.db.models import Checkpoint, Job, JobEvent, JobMetric
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
-# Files a checkpoint folder may carry for resuming; a download ships the model only.
-RESUME_STATE = frozenset({"resume", "trainer_state", "optimizer.pt", "scheduler.pt", "rng.pt",
-                          "training_state.pt", "resume_state.pt"})
+# The resume state the training engine writes into each checkpoint folder
+# (sage_core/training/checkpoints.py: STATE_FILE, PROGRESS_FILE; not imported: it loads
+# torch). A download ships the Hugging Face model folder only.
+RESUME_STATE = frozenset({"training_state.pt", "trainer_state.json"})
 
 
 def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]

@@ -34,7 +34,7 @@ def _all_models(key_id: str, session: SessionDep, settings: Settings) -> list[Mo
             Job.owner_id == key_id, Job.status == JobStatus.SUCCEEDED,
             Job.fine_tuned_model.is_not(None)).order_by(Job.created_at.desc())).all()
     return base + [ModelPublic(id=name, created=ts(done) or 0, owned_by=key_id)
-                   for name, done in tuned]
+                   for name, done in tuned if name]
 
 
 @router.get("", response_model=ListPage[ModelPublic])

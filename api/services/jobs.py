@@ -52,12 +52,12 @@ def queue_position_expr() -> ColumnElement[int | None]:
 
 
 @cache
-def _position() -> Select[tuple[int | None]]:
+def _position() -> Select[int | None]:
     return select(queue_position_expr()).where(Job.id == bindparam("job_id"))
 
 
 @cache
-def _owned_file() -> Select[tuple[File]]:
+def _owned_file() -> Select[File]:
     return select(File).where(File.id == bindparam("file_id"),
                               File.owner_id == bindparam("owner_id"))
 

@@ -16,7 +16,7 @@ from sage_core.errors import NotFoundError
 R = TypeVar("R")
 
 
-def page(session: Session, stmt: Select[tuple[R]], *, created: InstrumentedAttribute[Any],
+def page(session: Session, stmt: Select[R], *, created: InstrumentedAttribute[Any],
          ident: InstrumentedAttribute[Any], after: str | None, limit: int,
          ) -> tuple[list[R], bool]:
     """The next `limit` rows of `stmt` (already filtered to the caller) and whether more

@@ -34,7 +34,7 @@ def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
 
 
 @cache
-def _by_hash() -> Select[tuple[ApiKey]]:
+def _by_hash() -> Select[ApiKey]:
     # Built once: the statement object memoizes its cache key, which saves CPU per request.
     return select(ApiKey).where(ApiKey.key_hash == bindparam("key_hash"))
 

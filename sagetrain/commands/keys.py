@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
                     state = "revoked" if row.revoked_at else "active"
                     print(f"{row.id}\t{row.prefix}…\t{state}\t{row.name}")
             else:
-                row = session.get(ApiKey, args.key_id)
-                if row is None:
+                found = session.get(ApiKey, args.key_id)
+                if found is None:
                     print(f"no such key: {args.key_id}")
                     return 1
-                row.revoked_at = row.revoked_at or utcnow()
-                print(f"revoked {row.id}")
+                found.revoked_at = found.revoked_at or utcnow()
+                print(f"revoked {found.id}")
     finally:
         engine.dispose()
     return 0

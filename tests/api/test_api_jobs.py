@@ -186,8 +186,8 @@ def test_events_metrics_checkpoints(service: Service) -> None:
         folder = service.settings.data_dir / "ck"
         folder.mkdir()
         (folder / "config.json").write_text("{}")
-        (folder / "resume").mkdir()
-        (folder / "resume" / "optimizer.pt").write_bytes(b"x")
+        (folder / "training_state.pt").write_bytes(b"x")
+        (folder / "trainer_state.json").write_text("{}")
         store.put_tree(key, folder)
         s.add(Checkpoint(id=new_id("ftckpt"), job_id=job_id, step=2, storage_key=key,
                          metrics={"valid_loss": 0.5}, fine_tuned_model_checkpoint="ft:x:ckpt-2"))

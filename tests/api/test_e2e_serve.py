@@ -72,7 +72,9 @@ def test_job_succeeds_and_checkpoint_loads(live_server: LiveServer, tmp_path: Pa
     with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
         tar.extractall(tmp_path, filter="data")
     (folder,) = tmp_path.iterdir()
-    assert not (folder / "training_state.pt").exists()  # resume state stays on the server
+    # the resume state stays on the server
+    assert not (folder / "training_state.pt").exists()
+    assert not (folder / "trainer_state.json").exists()
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
