@@ -101,3 +101,19 @@ def test_a_key_sees_nothing_of_others_in_lists(service: Service, owned: dict[str
     assert service.client.get("/v1/fine_tuning/jobs", headers=other).json()["data"] == []
     r = service.client.get(f"/v1/fine_tuning/jobs?after={owned['job']}", headers=other)
     assert r.status_code == 404
+
+
+def test_a_revoked_key_is_401_at_once(service: Service, owned: dict[str, str]) -> None:
+    from sqlalchemy import update
+
+    from sage_core.db.keys import hash_key
+    from sage_core.db.models import ApiKey, utcnow
+
+    engine = make_engine(service.settings.resolved_database_url)
+    with make_session_factory(engine).begin() as s:
+        s.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(service.key))
+                  .values(revoked_at=utcnow()))
+    engine.dispose()
+    for path in ("/v1/files", f"/v1/fine_tuning/jobs/{owned['job']}",
+                 f"/v1/files/{owned['file']}"):
+        assert service.client.get(path, headers=service.auth()).status_code == 401
