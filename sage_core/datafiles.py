@@ -167,12 +167,13 @@ class _ValidatingReader:
         if pair is not None and not isinstance(pair, str):
             self._issue(line, "text_pair", f"must be a string, got {type(pair).__name__}")
             return
-        label = self._label(line, row.get("label", None), "label" in row, from_csv)
+        label = self._label(line, row.get("label"), "label" in row, from_csv)
         if label is None:
             return
         self.examples.append(Example(text=text, label=label, text_pair=pair))
 
-    def _label(self, line: int, value: Any, present: bool, from_csv: bool) -> str | int | float | None:
+    def _label(self, line: int, value: Any, present: bool,
+               from_csv: bool) -> str | int | float | None:
         if not present or value is None or value == "":
             self._issue(line, "label", "required")
             return None

@@ -42,25 +42,36 @@ class Hyperparameters(BaseModel):
         "auto", description="Scales the optimizer's default learning rate (auto: 1)"
     )
     # sagetrain's own.
-    optimizer: OptimizerName = Field("sage", description="sage (AdamW-SAGE), adamax-sage, adamw, adamax")
+    optimizer: OptimizerName = Field(
+        "sage", description="sage (AdamW-SAGE), adamax-sage, adamw, adamax"
+    )
     learning_rate: float | None = Field(
         None, gt=0, le=1, description="Peak learning rate; overrides the default and multiplier"
     )
     beta3: float = Field(0.85, gt=0, lt=1, description="SAGE's sensitivity EMA coefficient")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warmup")
-    weight_decay: float = Field(0.01, ge=0, le=1, description="Decay for non-bias, non-norm weights")
+    weight_decay: float = Field(
+        0.01, ge=0, le=1, description="Decay for non-bias, non-norm weights"
+    )
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Global gradient-norm clipping before each step; null disables"
     )
-    max_seq_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step")
+    max_seq_length: int = Field(
+        128, ge=8, le=4096, description="Tokens per example after truncation"
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches per step"
+    )
     eval_every_steps: int | None = Field(None, ge=1, description="Also evaluate every N steps")
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="Save a checkpoint every N steps")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N steps"
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement"
     )
     sage_scope: Literal["blocks", "all"] = Field(
-        "blocks", description="blocks: SAGE on the repeated blocks' linear layers; all: every tensor"
+        "blocks",
+        description="blocks: SAGE on the repeated blocks' linear layers; all: every tensor",
     )
 
     @model_validator(mode="after")

@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Celery broker (redis://...); unset: run jobs with the local executor"
     )
-    artifacts_dir: Path | None = Field(None, description="Artifact store; default DATA_DIR/artifacts")
+    artifacts_dir: Path | None = Field(
+        None, description="Artifact store; default DATA_DIR/artifacts"
+    )
     models_dir: Path | None = Field(None, description="Folders of extra base models, one per name")
     max_upload_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted upload")
     max_file_rows: int = Field(1_000_000, description="Most rows in one training file")

@@ -26,7 +26,9 @@ def tiny_vocab() -> list[str]:
 def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
     """Save a randomly initialised tiny BERT (base model, no head) with its tokenizer."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    # transformers 5 serves BertTokenizerFast lazily, out of sight of its type stubs
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
