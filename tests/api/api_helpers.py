@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
+from process_helpers import pids_with_args
 
 from sage_core.settings import Settings
 
@@ -114,27 +114,5 @@ class LiveServer:
 
 
 def worker_pids(job_id: str) -> list[int]:
-    """Processes running `python -m worker run <job_id>` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in argv and job_id.encode() in argv:
-            found.append(int(entry.name))
-    return found
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """Processes running `python -m worker run <job_id>`."""
+    return pids_with_args("worker", job_id)

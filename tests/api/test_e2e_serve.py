@@ -11,7 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from api_helpers import LiveServer, wait_for, worker_pids
+from api_helpers import LiveServer, worker_pids
+from process_helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

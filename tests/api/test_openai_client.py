@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from api_helpers import LiveServer, wait_for
+from api_helpers import LiveServer
+from process_helpers import wait_for
 from test_e2e_serve import rows
 
 pytestmark = pytest.mark.slow

@@ -17,14 +17,14 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from process_helpers import pids_with_args, wait_for
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
@@ -260,30 +260,8 @@ class Api:
 
 
 def job_pids(job_id: str) -> list[int]:
-    """Processes whose command line names the job (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if job_id.encode() in argv:
-            found.append(int(entry.name))
-    return found
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """Processes whose command line names the job."""
+    return pids_with_args(job_id)
 
 
 def kill_quietly(pid: int) -> None:

@@ -144,8 +144,13 @@ def test_cancel_stops_the_job_process(cluster: Cluster, api: Api) -> None:
     assert any(e.startswith("Training stopped at step") for e in cluster.events(job_id))
 
 
+# 120 steps, each big enough that a job cannot finish between two of the runner's stop polls
+# (about a second apart) on a quiet machine.
+LONG_JOB = {"n_rows": 120 * 64, "batch_size": 64}
+
+
 def test_pause_frees_the_worker_and_resume_continues(cluster: Cluster, api: Api) -> None:
-    job_id = api.create_job(480)
+    job_id = api.create_job(**LONG_JOB)
     wait_for(lambda: cluster.job(job_id).step >= 3, 120, "the job to train a few steps")
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause")["status"] == "running"
     job = cluster.wait_status(job_id, {"paused"}, 30)
@@ -163,7 +168,7 @@ def test_pause_frees_the_worker_and_resume_continues(cluster: Cluster, api: Api)
 def test_a_worker_shut_down_hands_its_job_over(cluster: Cluster, api: Api) -> None:
     """SIGTERM (`docker stop`, a deploy): the job saves a checkpoint, goes back to the
     queue and is sent again at once; another worker continues it. No lease is lost."""
-    job_id = api.create_job(480)
+    job_id = api.create_job(**LONG_JOB)
     wait_for(lambda: cluster.job(job_id).step >= 3, 120, "the job to train a few steps")
     leaving = cluster.worker_holding(job_id)
     leaving.proc.terminate()
@@ -178,7 +183,7 @@ def test_a_worker_shut_down_hands_its_job_over(cluster: Cluster, api: Api) -> No
 
 
 def test_a_killed_worker_s_job_resumes_on_another(cluster: Cluster, api: Api) -> None:
-    job_id = api.create_job(480, checkpoint_every_steps=10)
+    job_id = api.create_job(**LONG_JOB, checkpoint_every_steps=10)
     wait_for(lambda: cluster.job(job_id).step >= 12, 120, "a checkpoint to be saved")
     victim = cluster.worker_holding(job_id)
     victim.proc.kill()  # SIGKILL: no chance to checkpoint, requeue or stop its job
