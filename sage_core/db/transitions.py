@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, select, update
+from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.orm import Session
 
 from sage_core.db.models import Job, JobStatus, utcnow
@@ -120,22 +120,6 @@ def requeue(session: Session, job_id: str, *, owner: str) -> bool:
     """running -> queued by its worker (it was told to shut down); it resumes later."""
     return transition(session, job_id, to=S.QUEUED, allowed=(S.RUNNING,), lease_owner=owner,
                       queued_at=utcnow(), estimated_finish=None)
-
-
-def requeue_expired(session: Session, now: datetime | None = None) -> list[str]:
-    """Running jobs whose worker stopped heartbeating go back to the queue. Returns their ids."""
-    now = now or utcnow()
-    expired = session.scalars(
-        select(Job.id).where(Job.status == S.RUNNING, Job.lease_expires_at < now)
-    ).all()
-    moved = []
-    for job_id in expired:
-        stmt = update(Job).where(
-            Job.id == job_id, Job.status == S.RUNNING, Job.lease_expires_at < now
-        ).values(status=S.QUEUED, queued_at=now, estimated_finish=None)
-        if _changed(session, stmt):
-            moved.append(job_id)
-    return moved
 
 
 def withdraw_pause(session: Session, job_id: str) -> bool:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sage_core.db import transitions as t
 from sage_core.db.ids import new_id
 from sage_core.db.models import ApiKey, Job, JobStatus, utcnow
+from sage_core.db.recovery import reap_expired_leases
 from sage_core.db.session import make_engine, make_session_factory
 
 
@@ -71,7 +72,8 @@ def test_only_the_lease_holder_finishes(factory: sessionmaker[Session]) -> None:
         assert t.claim(s, job_id, owner="w1", lease_seconds=60)
     # w1 goes silent; its lease expires and the job is requeued and claimed by w2
     with factory.begin() as s:
-        assert t.requeue_expired(s, now=utcnow() + timedelta(seconds=61)) == [job_id]
+        assert reap_expired_leases(s, max_lost_leases=3,
+                                   now=utcnow() + timedelta(seconds=61)) == {job_id: "queued"}
         assert t.claim(s, job_id, owner="w2", lease_seconds=60)
     with factory.begin() as s:
         assert not t.heartbeat(s, job_id, owner="w1", lease_seconds=60)
@@ -102,10 +104,10 @@ def test_pause_and_resume(factory: sessionmaker[Session]) -> None:
     assert job.status == "queued" and not job.pause_requested
 
 
-def test_requeue_expired_leaves_live_leases(factory: sessionmaker[Session]) -> None:
+def test_reaping_leaves_live_leases(factory: sessionmaker[Session]) -> None:
     job_id = _job(factory)
     with factory.begin() as s:
         assert t.claim(s, job_id, owner="w", lease_seconds=60)
     with factory.begin() as s:
-        assert t.requeue_expired(s) == []
+        assert reap_expired_leases(s, max_lost_leases=3) == {}
     assert _status(factory, job_id).status == "running"
