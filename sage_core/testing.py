@@ -7,7 +7,10 @@ other base model when the folder sits under SAGETRAIN_MODELS_DIR.
 
 from __future__ import annotations
 
+import secrets
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _WORDS = (
@@ -44,3 +47,31 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def throwaway_postgres(admin_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database for one test or bench run, dropped (with
+    FORCE) afterwards. `admin_url` names an existing database to connect through; a failure
+    to reach it raises at entry, before anything is created."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from sage_core.db.session import dispose_engines
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{secrets.token_hex(5)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception:
+        admin.dispose()
+        raise
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        # pooled connections into the database would make DROP wait for them
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -10,14 +10,15 @@ except with CI=true, where they fail.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+
+from sage_core.testing import throwaway_postgres
 
 ADMIN_URL = os.environ.get(
     "SAGETRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -34,24 +35,12 @@ def _unreachable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """URL of a fresh, empty PostgreSQL database, dropped at the end of the session."""
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"sagetrain_test_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # any connection failure means "unreachable"
-        admin.dispose()
-        _unreachable(f"{type(exc).__name__}: {exc}".splitlines()[0])
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_postgres(ADMIN_URL, "sagetrain_test"))
+        except Exception as exc:  # any connection failure means "unreachable"
+            _unreachable(f"{type(exc).__name__}: {exc}".splitlines()[0])
         yield url
-    finally:
-        from sage_core.db.session import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

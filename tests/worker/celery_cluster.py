@@ -18,19 +18,19 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from process_helpers import pids_with_args, wait_for
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from sage_core.db.models import Job, JobEvent, JobMetric
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
+from sage_core.testing import throwaway_postgres as new_postgres_database
 
 PG_ADMIN_URL = os.environ.get(
     "SAGETRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -63,27 +63,15 @@ def rows(n: int, seed: int = 0) -> bytes:
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """A migrated PostgreSQL database of its own, dropped afterwards."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"sagetrain_celery_{secrets.token_hex(5)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        unreachable("PostgreSQL", f"{type(exc).__name__}: {exc}".splitlines()[0])
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        from sage_core.db.migrate import upgrade
+    from sage_core.db.migrate import upgrade
 
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(new_postgres_database(PG_ADMIN_URL, "sagetrain_celery"))
+        except Exception as exc:
+            unreachable("PostgreSQL", f"{type(exc).__name__}: {exc}".splitlines()[0])
         upgrade(url)
         yield url
-    finally:
-        from sage_core.db.session import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager
