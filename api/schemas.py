@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sage_core.db.models import Checkpoint, File, Job, JobEvent
+from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric
 from sage_core.schemas import Hyperparameters, TaskName
 
 T = TypeVar("T")
@@ -185,6 +185,10 @@ class MetricRow(BaseModel):
 
     step: int
     epoch: float | None = None
+
+    @classmethod
+    def from_row(cls, row: JobMetric) -> MetricRow:
+        return cls(**{**row.data, "step": row.step})
 
 
 # --- models ------------------------------------------------------------------------------

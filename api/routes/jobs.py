@@ -1,13 +1,14 @@
-"""/v1/fine_tuning/jobs: create, list, get, cancel, pause, resume, events, metrics,
-checkpoints and checkpoint downloads."""
+"""/v1/fine_tuning/jobs: create, list, get, cancel, pause, resume, events, metrics, the live
+stream, checkpoints and checkpoint downloads."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sse_starlette import EventSourceResponse
 
 from api.deps import (
     CurrentKey,
@@ -23,6 +24,7 @@ from api.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic, Lis
 from api.services import jobs as service
 from api.services.archive import stream_tree_targz
 from api.services.paging import page
+from api.services.stream import PING_SECONDS, job_stream, parse_cursor
 from sage_core.db.models import Checkpoint, Job, JobEvent, JobMetric
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -106,8 +108,36 @@ def list_metrics(job: OwnedJob, session: SessionDep,
     rows = session.scalars(
         select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step >= from_step)
         .order_by(JobMetric.step, JobMetric.id).limit(limit + 1)).all()
-    data = [MetricRow(**{**r.data, "step": r.step}) for r in rows[:limit]]
+    data = [MetricRow.from_row(r) for r in rows[:limit]]
     return ListPage(data=data, has_more=len(rows) > limit)
+
+
+STREAM_DESCRIPTION = """The job's events and metrics rows as Server-Sent Events, as they are
+written, oldest first; the stream ends once the job has ended.
+
+Messages: `event: event` (data: a `fine_tuning.job.event`), `event: metrics` (data: a row as
+/metrics gives it) and, last, `event: end` (data: `{"status": "<final status>"}`). A comment
+line is sent every 15 s to keep the connection alive.
+
+Every message's `id` is the stream's cursor, `<event id>.<metrics row id>`: the last event
+and the last metrics row sent so far, `0` for either before the first of its kind (e.g.
+`ftevent-01jd8v2k3m4n5p6q7r8s9t0.12`, or `0.3` with no event yet). Send the last one received
+as the `Last-Event-ID` header to resume after it, with nothing repeated; a malformed cursor,
+or one naming no event of this job, is 400."""
+
+
+@router.get("/{job_id}/stream", response_class=EventSourceResponse,
+            description=STREAM_DESCRIPTION,
+            responses={200: {"content": {"text/event-stream": {}}}})
+def stream_job(job: OwnedJob, session: SessionDep, request: Request,
+               last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+               ) -> EventSourceResponse:
+    """Events and metrics as Server-Sent Events until the job ends; resumes from
+    `Last-Event-ID` (cursor format in api/services/stream.py)."""
+    cursor = parse_cursor(session, job.id, last_event_id)
+    session.commit()  # the stream polls with sessions of its own
+    return EventSourceResponse(job_stream(request.app.state.session_factory, job.id, cursor),
+                               ping=PING_SECONDS)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])

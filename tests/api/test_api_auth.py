@@ -30,6 +30,7 @@ ENDPOINTS: list[tuple[str, str, bool]] = [
     ("POST", "/v1/fine_tuning/jobs/{job}/resume", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/events", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/metrics", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/stream", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints/{ckpt}/content", True),
     ("GET", "/v1/models", False),
@@ -90,9 +91,9 @@ def test_another_keys_objects_are_404(service: Service, owned: dict[str, str], m
     assert r.status_code == 404, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     # ...and the owner still sees it untouched
-    if method == "GET":
-        r = service.client.get(path.format(**owned), headers=service.auth())
-        assert r.status_code == (404 if "{model}" in path else 200)
+    if method == "GET":  # headers only: a queued job's /stream does not end
+        with service.client.stream("GET", path.format(**owned), headers=service.auth()) as r:
+            assert r.status_code == (404 if "{model}" in path else 200)
 
 
 def test_a_key_sees_nothing_of_others_in_lists(service: Service, owned: dict[str, str]) -> None:
