@@ -9,7 +9,8 @@ from fastapi import FastAPI
 
 from api.dispatch import Dispatcher, NullDispatcher
 from api.errors import install_error_handlers
-from api.routes import files, health, jobs, models
+from api.prometheus import RequestDurationMiddleware, make_registry
+from api.routes import files, health, jobs, models, prometheus
 from sage_core import __version__
 from sage_core.artifacts import ArtifactStore, get_artifact_store
 from sage_core.db.session import make_engine, make_session_factory
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.state.store = store or get_artifact_store(settings)
     app.state.dispatcher = dispatcher or NullDispatcher()
     install_error_handlers(app)
-    for module in (health, files, jobs, models):
+    app.state.metrics_registry, durations = make_registry(app.state.session_factory)
+    app.add_middleware(RequestDurationMiddleware, histogram=durations)
+    for module in (health, prometheus, files, jobs, models):
         app.include_router(module.router)
     return app
