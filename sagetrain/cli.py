@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("worker", "run a Celery worker that trains queued jobs (distributed mode)"),
     "migrate": ("migrate", "apply database migrations"),
     "keys": ("keys", "manage API keys"),
+    "files": ("files", "upload and list training files on a server"),
+    "jobs": ("jobs", "create, control and watch fine-tuning jobs on a server"),
+    "checkpoints": ("checkpoints", "list and download a job's checkpoints from a server"),
 }
 
 

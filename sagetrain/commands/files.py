@@ -1,0 +1,46 @@
+"""`sagetrain files`: upload and list training files on a sagetrain server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sage_core.schemas import TASKS
+from sagetrain.commands.jobs import CONNECTION_HELP, add_connection_arguments, call, print_json
+
+if TYPE_CHECKING:
+    from sagetrain.client import Client
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Upload and list training and validation files. " + CONNECTION_HELP
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    upload = sub.add_parser("upload", help="upload a file (prints it as JSON, with its id)",
+                            description="Upload a training or validation file: JSONL, or "
+                            "CSV/TSV with a header; columns text, label, optional text_pair. "
+                            "The server validates it; prints the file as JSON.")
+    upload.add_argument("file", metavar="FILE", type=Path)
+    upload.add_argument("--task", choices=TASKS, default=None,
+                        help="the task to validate the rows for (server default "
+                             "text-classification)")
+    listing = sub.add_parser("list", help="list your files, newest first (JSON)",
+                             description="List your files, newest first, as JSON.")
+    listing.add_argument("--limit", metavar="N", type=int, default=None)
+    listing.add_argument("--after", metavar="ID", default=None,
+                         help="start after this file id (paging)")
+    add_connection_arguments(upload)
+    add_connection_arguments(listing)
+
+
+def run(args: argparse.Namespace) -> int:
+    def action(client: Client) -> int:
+        if args.action == "upload":
+            return print_json(client.upload_file(args.file, task=args.task))
+        return print_json(client.list_files(after=args.after, limit=args.limit))
+
+    if args.action == "upload" and not args.file.is_file():
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return 1
+    return call(args, action)

@@ -1,0 +1,242 @@
+"""`sagetrain jobs`: create, list, inspect, control and watch fine-tuning jobs on a server.
+
+Also holds what the other client commands (`files`, `checkpoints`) share: the connection
+options and the one place that turns client errors into `error: ...` and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sage_core.schemas import OPTIMIZERS, TASKS
+
+if TYPE_CHECKING:
+    from sagetrain.client import Client
+
+CONNECTION_HELP = ("Talks to a sagetrain server: SAGETRAIN_BASE_URL (e.g. "
+                   "http://127.0.0.1:8000) and SAGETRAIN_API_KEY, or --base-url/--api-key.")
+WATCH_EXIT_CODES = ("exit status: 0 if the job succeeded, 1 if it failed (its error is "
+                    "printed) or on an API error, 2 if it was cancelled")
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2
+RECONNECTS = 5
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--base-url", metavar="URL", default=None,
+                       help="server URL (default: SAGETRAIN_BASE_URL)")
+    group.add_argument("--api-key", metavar="KEY", default=None,
+                       help="API key (default: SAGETRAIN_API_KEY)")
+
+
+def call(args: argparse.Namespace, action: Callable[[Client], int]) -> int:
+    """Run `action` with a client; client errors print `error: ...` and return 1."""
+    from sagetrain.client import Client, SageTrainAPIError, SageTrainError
+
+    try:
+        with Client(base_url=args.base_url, api_key=args.api_key) as client:
+            return action(client)
+    except SageTrainAPIError as exc:
+        where = f" (param: {exc.param})" if exc.param else ""
+        print(f"error: {exc.message}{where}", file=sys.stderr)
+        return 1
+    except SageTrainError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def print_json(value: Any) -> int:
+    print(json.dumps(value, indent=2))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Manage fine-tuning jobs on a sagetrain server. " + CONNECTION_HELP
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    create = sub.add_parser("create", help="create a fine-tuning job (prints it as JSON)",
+                            description="Create a fine-tuning job and print it as JSON; "
+                            "hyperparameters left out take the server's defaults. With "
+                            "--watch, then follow it as `jobs watch` does (same " +
+                            WATCH_EXIT_CODES.removeprefix("exit status: ") + ").")
+    create.add_argument("--model", metavar="NAME", required=True,
+                        help="base model name the server knows (see GET /v1/models)")
+    create.add_argument("--training-file", metavar="ID", required=True,
+                        help="id of an uploaded file (file-...)")
+    create.add_argument("--validation-file", metavar="ID", default=None,
+                        help="id of an uploaded validation file")
+    create.add_argument("--task", choices=TASKS, default=None,
+                        help="what to train (server default text-classification)")
+    create.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                        help="sage (default), adamw, adamax-sage or adamax")
+    create.add_argument("--epochs", metavar="N", type=int, default=None,
+                        help="passes over the training file")
+    create.add_argument("--batch-size", metavar="N", type=int, default=None,
+                        help="examples per optimizer step")
+    lr = create.add_mutually_exclusive_group()
+    lr.add_argument("--learning-rate", metavar="X", type=float, default=None,
+                    help="peak learning rate")
+    lr.add_argument("--learning-rate-multiplier", metavar="X", type=float, default=None,
+                    help="scales the optimizer's default learning rate")
+    create.add_argument("--max-seq-length", metavar="N", type=int, default=None,
+                        help="tokens per example after truncation")
+    create.add_argument("--suffix", metavar="S", default=None,
+                        help="added to the fine-tuned model's name")
+    create.add_argument("--seed", metavar="N", type=int, default=None, help="random seed")
+    create.add_argument("--idempotency-key", metavar="KEY", default=None,
+                        help="the same key and options return the same job")
+    create.add_argument("--watch", action="store_true",
+                        help="then follow the job until it ends")
+    _add_progress_flag(create)
+
+    listing = sub.add_parser("list", help="list your jobs, newest first (JSON)",
+                             description="List your jobs, newest first, as JSON.")
+    listing.add_argument("--limit", metavar="N", type=int, default=None)
+    listing.add_argument("--after", metavar="ID", default=None,
+                         help="start after this job id (paging)")
+
+    for name, help_text in (("get", "show a job (JSON)"),
+                            ("cancel", "cancel a queued, running or paused job"),
+                            ("pause", "pause a job; a running one saves a checkpoint first"),
+                            ("resume", "queue a paused job again, from its last checkpoint")):
+        action = sub.add_parser(name, help=help_text,
+                                description=f"{help_text[0].upper()}{help_text[1:]}; prints "
+                                "the job as JSON.")
+        action.add_argument("job_id", metavar="JOB_ID")
+
+    watch = sub.add_parser("watch", help="follow a job live until it ends",
+                           description="Follow a job's live stream: a progress bar with "
+                           "step/total, loss, learning rate, throughput and ETA, and its "
+                           "events as lines, until it ends. " + WATCH_EXIT_CODES + ".")
+    watch.add_argument("job_id", metavar="JOB_ID")
+    _add_progress_flag(watch)
+
+    for each in (create, listing, watch, *[sub.choices[n] for n in
+                                           ("get", "cancel", "pause", "resume")]):
+        add_connection_arguments(each)
+
+
+def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (events and the outcome are still printed)")
+
+
+def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"optimizer": "optimizer", "epochs": "n_epochs", "batch_size": "batch_size",
+             "learning_rate": "learning_rate",
+             "learning_rate_multiplier": "learning_rate_multiplier",
+             "max_seq_length": "max_seq_length"}
+    return {field: getattr(args, option) for option, field in names.items()
+            if getattr(args, option) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    def action(client: Client) -> int:
+        if args.action == "create":
+            job = client.create_job(
+                args.model, args.training_file, validation_file=args.validation_file,
+                hyperparameters=_hyperparameters(args) or None, suffix=args.suffix,
+                seed=args.seed, task=args.task, idempotency_key=args.idempotency_key)
+            print_json(job)
+            return watch(client, job["id"], args.progress) if args.watch else 0
+        if args.action == "list":
+            return print_json(client.list_jobs(after=args.after, limit=args.limit))
+        if args.action == "watch":
+            return watch(client, args.job_id, args.progress)
+        method = {"get": client.get_job, "cancel": client.cancel_job,
+                  "pause": client.pause_job, "resume": client.resume_job}[args.action]
+        return print_json(method(args.job_id))
+
+    return call(args, action)
+
+
+class _Bar:
+    """A tqdm bar fed by the stream's metrics rows; event lines print above it."""
+
+    def __init__(self, enabled: bool, total: int | None) -> None:
+        self.enabled, self.total = enabled, total
+        self.bar: Any = None
+        self.postfix: dict[str, str] = {}
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None and self.enabled:
+            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, desc="training")
+        for key, label, fmt in (("train_loss", "loss", ".4f"), ("learning_rate", "lr", ".2e"),
+                                ("samples_per_second", "samples/s", ".1f"),
+                                ("valid_loss", "valid_loss", ".4f"),
+                                ("valid_accuracy", "valid_accuracy", ".4f"),
+                                ("valid_spearman", "valid_spearman", ".4f")):
+            if isinstance(row.get(key), int | float):
+                self.postfix[label] = format(row[key], fmt)
+        if self.bar is not None:
+            self.bar.update(int(row["step"]) - self.bar.n)
+            self.bar.set_postfix(self.postfix, refresh=True)
+
+    def write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is not None:
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def watch(client: Client, job_id: str, progress: bool = True) -> int:
+    """Follow the job's stream to its end, reconnecting from the last cursor if the
+    connection drops; the exit status follows the job's outcome."""
+    import httpx
+
+    job = client.get_job(job_id)
+    bar = _Bar(progress, (job.get("progress") or {}).get("total_steps"))
+    cursor: str | None = None
+    drops = 0
+    try:
+        while True:
+            try:
+                for name, data, message_id in client.stream(job_id, last_event_id=cursor):
+                    cursor = message_id or cursor
+                    if name == "metrics":
+                        if bar.total is None:
+                            bar.total = (client.get_job(job_id).get("progress") or {}).get(
+                                "total_steps")
+                        bar.metrics(data)
+                    elif name == "event" and data.get("type") != "metrics":
+                        when = datetime.fromtimestamp(data.get("created_at", 0))
+                        level = data.get("level", "info")
+                        prefix = "" if level == "info" else f"{level}: "
+                        bar.write(f"[{when:%H:%M:%S}] {prefix}{data.get('message', '')}")
+                    elif name == "end":
+                        break
+                break
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout):
+                drops += 1
+                if drops > RECONNECTS:
+                    raise
+    finally:
+        bar.close()
+    return _outcome(client.get_job(job_id))
+
+
+def _outcome(job: dict[str, Any]) -> int:
+    step = job.get("progress") or {}
+    print(f"status: {job['status']} at step {step.get('step')}/{step.get('total_steps')}")
+    if job["status"] == "succeeded":
+        if job.get("fine_tuned_model"):
+            print(f"fine-tuned model: {job['fine_tuned_model']}")
+        return EXIT_SUCCEEDED
+    if job["status"] == "cancelled":
+        return EXIT_CANCELLED
+    error = job.get("error") or {}
+    print(f"error: {error.get('message') or 'the job failed'}", file=sys.stderr)
+    return EXIT_FAILED
