@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.dispatch import Dispatcher, NullDispatcher
 from api.errors import install_error_handlers
 from api.prometheus import RequestDurationMiddleware, make_registry
-from api.routes import dashboard, files, health, jobs, models, prometheus
+from api.routes import dashboard, files, health, jobs, models, prometheus, webhooks
 from sage_core import __version__
 from sage_core.artifacts import ArtifactStore, get_artifact_store
 from sage_core.db.session import make_engine, make_session_factory
@@ -40,6 +40,6 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     install_error_handlers(app)
     app.state.metrics_registry, durations = make_registry(app.state.session_factory)
     app.add_middleware(RequestDurationMiddleware, histogram=durations)
-    for module in (health, prometheus, files, jobs, models, dashboard):
+    for module in (health, prometheus, files, jobs, models, dashboard, webhooks):
         app.include_router(module.router)
     return app

@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric
+from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric, WebhookEndpoint
 from sage_core.schemas import Hyperparameters, TaskName
 
 T = TypeVar("T")
@@ -203,3 +203,42 @@ class ModelPublic(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+WebhookEvent = Literal[
+    "fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, description="http(s) URL that receives the POSTs")
+    events: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="Event types to send; default: all three")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+            raise ValueError("must be an http:// or https:// URL")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain spaces")
+        return value
+
+
+class WebhookPublic(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    created_at: int
+    secret: str | None = Field(None, description="Signing secret; returned only on create")
+
+    @classmethod
+    def from_row(cls, row: WebhookEndpoint, *, with_secret: bool = False) -> WebhookPublic:
+        return cls(id=row.id, url=row.url, events=list(row.events),
+                   created_at=ts(row.created_at) or 0,
+                   secret=row.secret if with_secret else None)

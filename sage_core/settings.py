@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a cancelled or shut-down job may take to stop "
         "before its process is killed"
     )
+    webhook_interval: float = Field(
+        2.0, gt=0, description="Seconds between rounds of the webhook sender in `serve`"
+    )
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds one webhook POST may take")
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Tries of one webhook delivery before it is marked failed"
+    )
+    webhook_backoff_base: float = Field(
+        10.0, gt=0, description="Seconds before a failed webhook's first retry; doubles each try"
+    )
+    webhook_backoff_cap: float = Field(
+        3600.0, gt=0, description="Longest wait between two tries of a webhook delivery"
+    )
     artifacts_url: str | None = Field(
         None, description="s3://bucket/prefix: keep artifacts in an S3-compatible store "
         "instead of ARTIFACTS_DIR"

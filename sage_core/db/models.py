@@ -1,4 +1,5 @@
-"""Typed SQLAlchemy models: api_keys, files, jobs, job_events, job_metrics, checkpoints.
+"""Typed SQLAlchemy models: api_keys, files, jobs, job_events, job_metrics, checkpoints,
+webhook_endpoints, webhook_deliveries.
 
 Every public row id is a string from `sage_core.db.ids`; lists page on (created_at, id).
 Timestamps are timezone-aware UTC on every backend (`UTCDateTime`).
@@ -197,3 +198,42 @@ class JobStatus:
     CANCELLED = "cancelled"
 
     FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class WebhookEndpoint(Base):
+    """A URL that receives a key's job events, signed with its own secret."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_owner_created", "owner_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    # Kept as given: the server signs with it, so it cannot be hashed like an API key.
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[Any]] = mapped_column()
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint; its id is the `webhook-id` header, the same on retries."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ID)
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)

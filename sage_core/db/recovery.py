@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from sage_core.db.events import add_event
 from sage_core.db.models import Job, JobStatus, utcnow
+from sage_core.db.webhooks import enqueue_job_ended
 
 S = JobStatus
 WORKER_LOST = "worker_lost"
@@ -63,6 +64,8 @@ def release_lost_job(session: Session, job_id: str, *, reason: str, max_lost_lea
     if result.rowcount != 1:
         return None
     add_event(session, job_id, message, level="warn" if lost < max_lost_leases else "error")
+    if values["status"] == S.FAILED:
+        enqueue_job_ended(session, job_id)
     return str(values["status"])
 
 

@@ -6,7 +6,8 @@ cancel racing a finish cannot put a job into two states. Transitions made by a w
 require that it still holds the job's lease (`lease_owner`), so a worker whose lease
 expired cannot overwrite the work of the one that took the job over.
 
-Each function executes in the caller's session and transaction; the caller commits.
+Each function executes in the caller's session and transaction; the caller commits. A move
+to succeeded, failed or cancelled also queues the job's webhook deliveries there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.orm import Session
 
 from sage_core.db.models import Job, JobStatus, utcnow
+from sage_core.db.webhooks import enqueue_job_ended
 
 S = JobStatus
 CANCELLABLE = (S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.PAUSED)
@@ -37,7 +39,10 @@ def transition(session: Session, job_id: str, *, to: str, allowed: Iterable[str]
     stmt = update(Job).where(Job.id == job_id, Job.status.in_(list(allowed)))
     if lease_owner is not None:
         stmt = stmt.where(Job.lease_owner == lease_owner)
-    return _changed(session, stmt.values(status=to, **values))
+    changed = _changed(session, stmt.values(status=to, **values))
+    if changed and to in S.FINAL:
+        enqueue_job_ended(session, job_id)
+    return changed
 
 
 def queue(session: Session, job_id: str, *, allowed: Iterable[str] = (S.VALIDATING_FILES,),

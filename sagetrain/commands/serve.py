@@ -1,6 +1,7 @@
-"""`sagetrain serve`: migrations, the HTTP API (uvicorn) and the local job executor, with
-nothing else to set up. SQLite and artifacts live under SAGETRAIN_DATA_DIR. With
-SAGETRAIN_BROKER_URL set, jobs go to Celery workers (`sagetrain worker`) instead."""
+"""`sagetrain serve`: migrations, the HTTP API (uvicorn), the local job executor and the
+webhook sender, with nothing else to set up. SQLite and artifacts live under
+SAGETRAIN_DATA_DIR. With SAGETRAIN_BROKER_URL set, jobs go to Celery workers (`sagetrain
+worker`) instead."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from api.main import create_app
     from sage_core.db.migrate import upgrade
     from sage_core.settings import get_settings
+    from sage_core.webhooks import WebhookSender
     from sagetrain.dispatchers import build_job_running
 
     logging.basicConfig(level=args.log_level.upper(),
@@ -43,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     app = create_app(settings, dispatcher=jobs.dispatcher)
     jobs.start()
+    webhooks = WebhookSender(settings, app.state.session_factory).start()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log)
     try:
         uvicorn.Server(config).run()
     finally:
+        webhooks.stop()
         jobs.stop()
     return 0

@@ -35,12 +35,15 @@ ENDPOINTS: list[tuple[str, str, bool]] = [
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints/{ckpt}/content", True),
     ("GET", "/v1/models", False),
     ("GET", "/v1/models/{model}", True),
+    ("POST", "/v1/webhooks", False),
+    ("GET", "/v1/webhooks", False),
+    ("DELETE", "/v1/webhooks/{webhook}", True),
 ]
 
 
 def _route_key(method: str, path: str) -> tuple[str, str]:
     for name in ("{file}", "{file_id}", "{job}", "{job_id}", "{ckpt}", "{checkpoint_id}",
-                 "{model}", "{model:path}"):
+                 "{model}", "{model:path}", "{webhook}", "{webhook_id}"):
         path = path.replace(name, "{}")
     return method, path
 
@@ -68,15 +71,18 @@ def owned(service: Service) -> dict[str, str]:
         s.add(Checkpoint(id=ckpt_id, job_id=job["id"], step=1, storage_key=key,
                          fine_tuned_model_checkpoint="ft:tiny-bert::x:ckpt-step-1"))
     engine.dispose()
+    webhook = service.client.post("/v1/webhooks", headers=service.auth(),
+                                  json={"url": "https://example.com/hook"}).json()
     return {"file": job["training_file"], "job": job["id"], "ckpt": ckpt_id,
-            "model": "ft:tiny-bert::secret"}
+            "model": "ft:tiny-bert::secret", "webhook": webhook["id"]}
 
 
 @pytest.mark.parametrize(("method", "path", "_"), ENDPOINTS)
 @pytest.mark.parametrize("header", [None, "Bearer sk-st-wrong", "Basic abc"])
 def test_no_or_wrong_key_is_401(service: Service, method: str, path: str, _: bool,
                                 header: str | None) -> None:
-    ids = {"file": "file-x", "job": "ftjob-x", "ckpt": "ftckpt-x", "model": "tiny-bert"}
+    ids = {"file": "file-x", "job": "ftjob-x", "ckpt": "ftckpt-x", "model": "tiny-bert",
+           "webhook": "wh-x"}
     headers = {"Authorization": header} if header is not None else {}
     r = service.client.request(method, path.format(**ids), headers=headers)
     assert r.status_code == 401, r.text
@@ -100,6 +106,7 @@ def test_a_key_sees_nothing_of_others_in_lists(service: Service, owned: dict[str
     other = service.auth(service.other_key)
     assert service.client.get("/v1/files", headers=other).json()["data"] == []
     assert service.client.get("/v1/fine_tuning/jobs", headers=other).json()["data"] == []
+    assert service.client.get("/v1/webhooks", headers=other).json()["data"] == []
     r = service.client.get(f"/v1/fine_tuning/jobs?after={owned['job']}", headers=other)
     assert r.status_code == 404
 
