@@ -51,3 +51,6 @@ class TrainResult:
     final_dir: Path | None  # HF folder of the final model; None when stopped
     metrics: dict[str, Any] = field(default_factory=dict)  # last evaluation (valid_*)
     trained_tokens: int = 0  # non-padding tokens seen in training
+    # The final model's sensitivity report (training/sensitivity.py), also written to
+    # final/sensitivity.json; None without a validation file or when stopped.
+    sensitivity: dict[str, Any] | None = None

@@ -15,6 +15,9 @@ Choices a caller may rely on:
   stopping. The newest KEEP_LAST of them are kept, plus the one with the best main metric
   (among checkpoints taken at an evaluation); the rest are deleted.
 - `final/` holds the model of the last step (early stopping included), not the best one.
+  With a validation file it also holds sensitivity.json, the final model's sensitivity
+  report (`sensitivity.py`, on the first SENSITIVITY_BATCHES validation micro-batches),
+  also returned as TrainResult.sensitivity; None without a validation file or at a stop.
 - Step losses stay on the device until a row is logged (or an evaluation or checkpoint
   comes), so a non-finite loss raises TrainingError("nan_loss") at most `log_every` steps
   after it happened, naming its step, and never after a checkpoint of its weights.
@@ -49,12 +52,14 @@ from sage_core.settings import get_settings
 from sage_core.training import checkpoints as ckpt
 from sage_core.training.interface import Callbacks, TrainResult
 from sage_core.training.preflight import check_spec
-from sage_core.training.tasks import Encoded, Task, get_task
+from sage_core.training.tasks import Batch, Encoded, Task, get_task
 
 LOG = logging.getLogger(__name__)
 
 KEEP_LAST = 2  # resume checkpoints kept besides the best one
 STATE_VERSION = 1
+SENSITIVITY_FILE = "sensitivity.json"  # in final/, beside the model
+SENSITIVITY_BATCHES = 8  # validation micro-batches for the final sensitivity pass
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -557,10 +562,52 @@ class Trainer:
                 self.output_dir / ckpt.FINAL_DIR, lambda f: self.task.save_model(self.model, f))
             if status == "completed":
                 self._event("info", f"training completed at step {self.progress.step}")
+        sensitivity = None
+        if final_dir is not None and self.valid_items:
+            # After every checkpoint and final/ are saved, so the pass changes nothing a
+            # resume or a download reads.
+            sensitivity = self._sensitivity()
+            if sensitivity is not None:
+                (final_dir / SENSITIVITY_FILE).write_text(json.dumps(sensitivity, indent=1))
         return TrainResult(
             status=status, step=self.progress.step, total_steps=self.total_steps,
             epoch=self.progress.step / self.steps_per_epoch, final_dir=final_dir,
-            metrics=dict(self.progress.last_eval), trained_tokens=self.progress.trained_tokens)
+            metrics=dict(self.progress.last_eval), trained_tokens=self.progress.trained_tokens,
+            sensitivity=sensitivity)
+
+    def _sensitivity(self) -> dict[str, Any] | None:
+        """The final model's sensitivity report on the first validation batches; None (with
+        a warning) if it fails, which never fails the run. RNG states are restored."""
+        from sage_core.training.sensitivity import sensitivity_report
+
+        assert self.valid_items is not None
+        items = self.valid_items
+        size = self.micro_batch
+
+        def batches() -> Iterator[Batch]:
+            for start in range(0, len(items), size):
+                yield self.task.collate(items[start:start + size],
+                                        self.pad_multiple).to(self.device)
+
+        def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+            with self.precision.autocast():
+                outputs = model(**batch.inputs)
+            return self.task.loss(outputs, batch.targets)
+
+        rng = ckpt.capture_rng()
+        start = time.perf_counter()
+        try:
+            report = sensitivity_report(self.model, batches(), loss_fn,
+                                        max_batches=SENSITIVITY_BATCHES)
+        except Exception as exc:  # a diagnostic: never lose the trained model over it
+            LOG.exception("%ssensitivity pass failed", self.log_prefix)
+            self._event("warning", f"sensitivity report skipped: {exc}")
+            return None
+        finally:
+            ckpt.restore_rng(rng)
+        report["step"] = self.progress.step
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        return report
 
     def cleanup(self) -> None:
         if self._metrics_fh is not None:
