@@ -49,6 +49,24 @@ DEFAULT_MAX_BATCHES = 8
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
+class _TensorStats:
+    """Counts of one tensor's values, computed once and added to each of its groups."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        finite = torch.isfinite(values)
+        self.nonfinite = int(values.numel() - finite.sum())
+        values_f = values[finite] if self.nonfinite else values
+        self.sum = float(values_f.double().sum())
+        zero = values_f == 0
+        self.zeros = int(zero.sum())
+        positive = values_f[~zero]
+        edges = torch.tensor(HIST_EDGES, dtype=torch.float32)
+        # bucket 0: below -12 (underflow); 1..24: the bins; 25: >= 0 (overflow)
+        buckets = torch.bucketize(torch.log10(positive), edges, right=True)
+        self.bins = torch.bincount(buckets, minlength=len(HIST_EDGES) + 1)
+        self.below = [int((values_f < t).sum()) for t in THRESHOLDS]
+
+
 class _Group:
     """Streaming statistics of one group of sensitivity values."""
 
@@ -66,25 +84,18 @@ class _Group:
     def sampled(self) -> bool:
         return self.total > SAMPLE_CAP
 
-    def add(self, values: torch.Tensor, generator: torch.Generator) -> None:
-        values = values.detach().reshape(-1).float().cpu()
+    def add(self, values: torch.Tensor, stats: _TensorStats,
+            generator: torch.Generator) -> None:
+        """Add one tensor's values (flat, fp32, CPU) with their precomputed `stats`."""
         n = values.numel()
         if n == 0:
             return
         self.count += n
-        finite = torch.isfinite(values)
-        self.nonfinite += int(n - finite.sum())
-        values_f = values[finite]
-        self.sum += float(values_f.double().sum())
-        zero = values_f == 0
-        self.zeros += int(zero.sum())
-        positive = values_f[~zero]
-        edges = torch.tensor(HIST_EDGES, dtype=torch.float32)
-        # bucket 0: below -12 (underflow); 1..24: the bins; 25: >= 0 (overflow)
-        buckets = torch.bucketize(torch.log10(positive), edges, right=True)
-        self.bins += torch.bincount(buckets, minlength=len(HIST_EDGES) + 1)
-        for i, t in enumerate(THRESHOLDS):
-            self.below[i] += int((values_f < t).sum())
+        self.nonfinite += stats.nonfinite
+        self.sum += stats.sum
+        self.zeros += stats.zeros
+        self.bins += stats.bins
+        self.below = [a + b for a, b in zip(self.below, stats.below, strict=True)]
         if self.sampled:
             k = max(1, round(n * SAMPLE_CAP / self.total))
             index = torch.randint(0, n, (min(k, n),), generator=generator)
@@ -101,9 +112,9 @@ class _Group:
         sample = torch.cat(self.samples) if self.samples else torch.zeros(0)
         sample = sample[torch.isfinite(sample)]
         if sample.numel():
-            qs = torch.quantile(sample.double(),
-                                torch.tensor([q for _, q in QUANTILES], dtype=torch.float64))
-            out.update({name: float(v) for (name, _), v in zip(QUANTILES, qs, strict=True)})
+            out.update({name: v for (name, _), v in
+                        zip(QUANTILES, _quantiles(sample, [q for _, q in QUANTILES]),
+                            strict=True)})
         else:
             out.update({name: None for name, _ in QUANTILES})
         out["sampled"] = self.sampled
@@ -114,6 +125,19 @@ class _Group:
         out["fraction_below"] = {
             f"{t:g}": (b / n if n else None) for t, b in zip(THRESHOLDS, self.below, strict=True)}
         return out
+
+
+def _quantiles(values: torch.Tensor, qs: list[float]) -> list[float]:
+    """torch.quantile's linear interpolation, from one fp32 sort (torch.quantile sorts in
+    the input dtype and refuses inputs of over 16M elements)."""
+    ordered = values.sort().values.double()
+    last = ordered.numel() - 1
+    out = []
+    for q in qs:
+        pos = q * last
+        lo, hi = math.floor(pos), math.ceil(pos)
+        out.append(float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)))
+    return out
 
 
 def _owners(model: nn.Module) -> list[tuple[str, str | None, nn.Parameter]]:
@@ -175,11 +199,12 @@ def _report_from_grads(model: nn.Module) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(SAMPLE_SEED)
     for module_name, block, p in owners:
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
-        values = (p.detach().float() * grad.float()).abs()
-        groups[("modules", module_name)].add(values, generator)
+        values = (p.detach().float() * grad.float()).abs().reshape(-1).cpu()
+        stats = _TensorStats(values)
+        groups[("modules", module_name)].add(values, stats, generator)
         if block is not None:
-            groups[("blocks", block)].add(values, generator)
-        groups[("overall", "")].add(values, generator)
+            groups[("blocks", block)].add(values, stats, generator)
+        groups[("overall", "")].add(values, stats, generator)
     report: dict[str, Any] = {
         "thresholds": list(THRESHOLDS),
         "overall": groups[("overall", "")].report() if ("overall", "") in groups
