@@ -191,6 +191,21 @@ class MetricRow(BaseModel):
         return cls(**{**row.data, "step": row.step})
 
 
+class SensitivityPublic(BaseModel):
+    """The final model's sensitivity report, I = |theta * dL/dtheta| (SAGE.md): an
+    "overall" entry, one per repeated block ("blocks") and one per module ("modules"), each
+    with counts, mean, quantiles, a log10(I) histogram and fraction_below thresholds
+    (sage_core/training/sensitivity.py), plus the examples it was measured on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    object: Literal["fine_tuning.job.sensitivity"] = "fine_tuning.job.sensitivity"
+    fine_tuning_job_id: str
+    overall: dict[str, Any]
+    blocks: dict[str, Any] = Field(default_factory=dict)
+    modules: dict[str, Any] = Field(default_factory=dict)
+
+
 # --- models ------------------------------------------------------------------------------
 
 class ModelPublic(BaseModel):

@@ -78,3 +78,10 @@ class TrainingError(SageTrainError):
     """A job that failed for a reason that retrying will not fix (NaN loss, bad data, OOM)."""
 
     code = "training_failed"
+
+
+class SensitivityNotAvailableError(NotFoundError):
+    """A job with no sensitivity report: not succeeded (yet), or trained without a
+    validation file."""
+
+    code = "sensitivity_not_available"

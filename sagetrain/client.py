@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import httpx
 
@@ -225,6 +225,29 @@ class Client:
                          limit: int | None = None) -> dict[str, Any]:
         return self._request("GET", f"/fine_tuning/jobs/{job_id}/checkpoints",
                              params=self._params(after=after, limit=limit))
+
+    @overload
+    def sensitivity(self, job_id: str, format: Literal["json"] = "json") -> dict[str, Any]: ...
+
+    @overload
+    def sensitivity(self, job_id: str, format: Literal["png"]) -> bytes: ...
+
+    def sensitivity(self, job_id: str, format: str = "json") -> dict[str, Any] | bytes:
+        """The job's final parameter sensitivity report: the JSON report as a dict, or with
+        format="png" a plot of it as PNG bytes. A job with no report (not succeeded, or
+        trained without a validation file) raises SageTrainAPIError, code
+        sensitivity_not_available."""
+        if format not in ("json", "png"):
+            raise SageTrainError(f"unknown format {format!r}: json or png")
+        path = f"/fine_tuning/jobs/{job_id}/sensitivity"
+        if format == "json":
+            return self._request("GET", path)
+        try:
+            response = self._http.get(path, params={"format": "png"})
+        except httpx.TransportError as exc:
+            raise SageTrainError(f"cannot reach {self.base_url}: {exc}") from exc
+        _raise_for_error(response)
+        return response.content
 
     def download_checkpoint(self, job_id: str, checkpoint_id: str | None = None,
                             dest: str | os.PathLike[str] = ".") -> Path:

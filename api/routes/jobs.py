@@ -1,9 +1,9 @@
 """/v1/fine_tuning/jobs: create, list, get, cancel, pause, resume, events, metrics, the live
-stream, checkpoints and checkpoint downloads."""
+stream, checkpoints and checkpoint downloads, the sensitivity report."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -20,8 +20,17 @@ from api.deps import (
     SettingsDep,
     StoreDep,
 )
-from api.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic, ListPage, MetricRow
+from api.schemas import (
+    CheckpointPublic,
+    EventPublic,
+    JobCreate,
+    JobPublic,
+    ListPage,
+    MetricRow,
+    SensitivityPublic,
+)
 from api.services import jobs as service
+from api.services import sensitivity as sensitivity_service
 from api.services.archive import stream_tree_targz
 from api.services.paging import page
 from api.services.stream import PING_SECONDS, job_stream, parse_cursor
@@ -157,3 +166,22 @@ def download_checkpoint(checkpoint: OwnedCheckpoint, store: StoreDep) -> Streami
     body = stream_tree_targz(store, checkpoint.storage_key, name, skip=RESUME_STATE)
     return StreamingResponse(body, media_type="application/gzip", headers={
         "Content-Disposition": f'attachment; filename="{name}.tar.gz"'})
+
+
+@router.get("/{job_id}/sensitivity", response_model=SensitivityPublic,
+            responses={200: {"content": {"image/png": {}}},
+                       404: {"description": "No such job, or it has no report (code "
+                                            "`sensitivity_not_available`)"}})
+def get_sensitivity(job: OwnedJob,
+                    format: Literal["json", "png"] = "json") -> SensitivityPublic | Response:
+    """The final model's parameter sensitivity report (I = |θ·∂L/∂θ|, measured on the
+    validation data once the job has succeeded). `format=png`: a plot of the overall
+    log10(I) histogram and each block's mean sensitivity. 404 with code
+    `sensitivity_not_available` while the job has not succeeded, or when it was trained
+    without a validation file."""
+    report = sensitivity_service.report_of(job)
+    if format == "png":
+        return Response(sensitivity_service.render_png(job, report), media_type="image/png",
+                        headers={"Content-Disposition":
+                                 f'inline; filename="{job.id}-sensitivity.png"'})
+    return SensitivityPublic.model_validate(sensitivity_service.to_body(job, report))

@@ -139,6 +139,9 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(400), default=None)
     result_file_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # the final model's sensitivity report (sage_core/training/sensitivity.py); None until
+    # the job succeeds, and after it without a validation file
+    sensitivity: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     artifact_prefix: Mapped[str] = mapped_column(String(256))  # jobs/<id> in the store
     # Idempotency-Key header and a hash of the request body it came with
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sage_core.schemas import OPTIMIZERS, TASKS
@@ -116,7 +117,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("job_id", metavar="JOB_ID")
     _add_progress_flag(watch)
 
-    for each in (create, listing, watch, *[sub.choices[n] for n in
+    sensitivity = sub.add_parser(
+        "sensitivity", help="show a finished job's parameter sensitivity report",
+        description="Print a succeeded job's parameter sensitivity report (I = "
+        "|theta * grad|, measured on its validation data) as JSON, or save it with --output: "
+        "a .png file gets a plot (log10(I) histogram and per-block means), any other name "
+        "the JSON. A job still running, or trained without a validation file, has none "
+        "(exit status 1).")
+    sensitivity.add_argument("job_id", metavar="JOB_ID")
+    sensitivity.add_argument("--output", "-o", metavar="FILE", default=None,
+                             help="save to FILE instead of printing: PNG if it ends in "
+                             ".png, else JSON")
+
+    for each in (create, listing, watch, sensitivity, *[sub.choices[n] for n in
                                            ("get", "cancel", "pause", "resume")]):
         add_connection_arguments(each)
 
@@ -148,11 +161,25 @@ def run(args: argparse.Namespace) -> int:
             return print_json(client.list_jobs(after=args.after, limit=args.limit))
         if args.action == "watch":
             return watch(client, args.job_id, args.progress)
+        if args.action == "sensitivity":
+            return _sensitivity(client, args.job_id, args.output)
         method = {"get": client.get_job, "cancel": client.cancel_job,
                   "pause": client.pause_job, "resume": client.resume_job}[args.action]
         return print_json(method(args.job_id))
 
     return call(args, action)
+
+
+def _sensitivity(client: Client, job_id: str, output: str | None) -> int:
+    if output is None:
+        return print_json(client.sensitivity(job_id))
+    path = Path(output)
+    if path.suffix.lower() == ".png":
+        path.write_bytes(client.sensitivity(job_id, format="png"))
+    else:
+        path.write_text(json.dumps(client.sensitivity(job_id), indent=2) + "\n")
+    print(f"saved {path}", file=sys.stderr)
+    return 0
 
 
 class _Bar:

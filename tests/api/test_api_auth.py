@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 from api_helpers import Service
+from sqlalchemy import update
 
 from api.main import create_app
 from sage_core.artifacts import get_artifact_store
 from sage_core.db.ids import new_id
-from sage_core.db.models import Checkpoint
+from sage_core.db.models import Checkpoint, Job
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
 
@@ -33,6 +34,7 @@ ENDPOINTS: list[tuple[str, str, bool]] = [
     ("GET", "/v1/fine_tuning/jobs/{job}/stream", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints/{ckpt}/content", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/sensitivity", True),
     ("GET", "/v1/models", False),
     ("GET", "/v1/models/{model}", True),
     ("POST", "/v1/webhooks", False),
@@ -70,6 +72,9 @@ def owned(service: Service) -> dict[str, str]:
     with make_session_factory(engine).begin() as s:
         s.add(Checkpoint(id=ckpt_id, job_id=job["id"], step=1, storage_key=key,
                          fine_tuned_model_checkpoint="ft:tiny-bert::x:ckpt-step-1"))
+        # a report, so that the owner's GET .../sensitivity answers 200
+        s.execute(update(Job).where(Job.id == job["id"]).values(
+            sensitivity={"overall": {"count": 0}, "blocks": {}, "modules": {}}))
     engine.dispose()
     webhook = service.client.post("/v1/webhooks", headers=service.auth(),
                                   json={"url": "https://example.com/hook"}).json()

@@ -66,6 +66,20 @@ def test_job_runs_to_succeeded(env: WorkerEnv) -> None:
     events = env.events(job_id)
     assert events[-1] == "The job has successfully completed"
     assert "Checkpoint saved at step 8" in events
+    # the sensitivity report, recorded with the success (the job has a validation file)
+    report = job.sensitivity
+    assert report is not None and report["examples"] == 16
+    assert report["overall"]["count"] > 0 and report["blocks"] and report["modules"]
+    assert set(report["overall"]) >= {"mean", "median", "histogram_log10", "fraction_below"}
+
+
+def test_no_sensitivity_report_without_validation_file(env: WorkerEnv) -> None:
+    job_id = env.add_job(rows=16, validation=False, n_epochs=1)
+    assert run_job(job_id, env.settings) == "succeeded"
+    assert env.job(job_id).sensitivity is None
+    with env.sessions() as s:  # SQL NULL, not a JSON null
+        assert s.scalar(select(Job.id).where(Job.id == job_id,
+                                             Job.sensitivity.is_(None))) == job_id
 
 
 def test_a_claimed_job_is_not_run_twice(env: WorkerEnv) -> None:
