@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from api_helpers import Service
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from sage_core.db import transitions
 from sage_core.db.models import Job
@@ -109,7 +109,8 @@ def test_a_json_null_report_is_no_report(service: Service) -> None:
     _finish(service, job["id"], None)
     engine = make_engine(service.settings.resolved_database_url)
     with make_session_factory(engine).begin() as s:  # JSON null rather than SQL NULL
-        s.execute(update(Job).where(Job.id == job["id"]).values(sensitivity={}))
+        s.execute(update(Job).where(Job.id == job["id"]).values(sensitivity=None))
+        assert s.scalar(select(Job.id).where(Job.sensitivity.is_(None))) is None
     engine.dispose()
     _not_available(service, job["id"])
 
