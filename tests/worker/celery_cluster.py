@@ -26,8 +26,9 @@ import pytest
 from fastapi.testclient import TestClient
 from process_helpers import pids_with_args, wait_for
 from sqlalchemy import select
+from worker_helpers import JobRows
 
-from sage_core.db.models import Job, JobEvent, JobMetric
+from sage_core.db.models import Job, JobMetric
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
 from sage_core.testing import throwaway_postgres as new_postgres_database
@@ -118,7 +119,7 @@ class WorkerProcess:
                 self.proc.wait()
 
 
-class Cluster:
+class Cluster(JobRows):
     def __init__(self, root: Path, database_url: str, broker_url: str, prefix: str,
                  models_dir: Path, artifacts: dict[str, str]):
         """`artifacts`: the environment for the shared artifact store (S3 settings and
@@ -181,17 +182,6 @@ class Cluster:
         return "\n".join(f"----- {w.name}\n{w.text()[-6000:]}" for w in self.workers)
 
     # --- the database --------------------------------------------------------------------------
-
-    def job(self, job_id: str) -> Job:
-        with self.sessions() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            return job
-
-    def events(self, job_id: str) -> list[str]:
-        with self.sessions() as s:
-            return list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)
-                                  .order_by(JobEvent.created_at, JobEvent.id)))
 
     def metric_rows(self, job_id: str) -> list[JobMetric]:
         with self.sessions() as s:

@@ -6,6 +6,7 @@ import json
 import random
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.artifacts import LocalArtifactStore, get_artifact_store
@@ -33,7 +34,24 @@ def spam_rows(n: int, seed: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class WorkerEnv:
+class JobRows:
+    """Reading a job's rows back, for tests that watch a runner or a worker from outside."""
+
+    sessions: sessionmaker[Session]
+
+    def job(self, job_id: str) -> Job:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def events(self, job_id: str) -> list[str]:
+        with self.sessions() as s:
+            return list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)
+                                  .order_by(JobEvent.created_at, JobEvent.id)))
+
+
+class WorkerEnv(JobRows):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store: LocalArtifactStore = get_artifact_store(settings)
@@ -68,15 +86,3 @@ class WorkerEnv:
             add_event(s, job_id, "created")
         return job_id
 
-    def job(self, job_id: str) -> Job:
-        with self.sessions() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            return job
-
-    def events(self, job_id: str) -> list[str]:
-        from sqlalchemy import select
-
-        with self.sessions() as s:
-            return list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)
-                                  .order_by(JobEvent.created_at, JobEvent.id)))
