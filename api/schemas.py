@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric, WebhookEndpoint
-from sage_core.schemas import Hyperparameters, TaskName
+from sage_core.schemas import Hyperparameters, OptimizerName, TaskName
 
 T = TypeVar("T")
 
@@ -62,6 +62,28 @@ class FileDeleted(BaseModel):
 _METADATA_MAX_PAIRS, _METADATA_KEY_MAX, _METADATA_VALUE_MAX = 16, 64, 512
 
 
+class SweepRequest(BaseModel):
+    """sagetrain: run one child job per value. Only learning_rate can be swept for now; any
+    other key is refused (400 naming sweep.<key>) by api/services/sweeps.py, which also
+    checks the values."""
+
+    model_config = ConfigDict(extra="allow")
+
+    learning_rate: list[float] | None = Field(
+        None, description="2 to 8 distinct peak learning rates, each in (0, 1]")
+
+
+class CompareToRequest(BaseModel):
+    """One optimizer to compare with, over its own learning-rate grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: OptimizerName
+    learning_rate: list[float] | None = Field(
+        None, description="1 to 8 distinct learning rates; default: the optimizer's default "
+                          "learning rate times 1/3, 1 and 3")
+
+
 class JobCreate(BaseModel):
     """POST /v1/fine_tuning/jobs. Unknown fields are rejected, naming the field."""
 
@@ -77,6 +99,13 @@ class JobCreate(BaseModel):
                              description="Random seed; default: one is chosen and stored")
     metadata: dict[str, str] | None = Field(None, description="Up to 16 string pairs")
     task: TaskName = Field("text-classification", description="sagetrain: the task to train")
+    sweep: SweepRequest | None = Field(
+        None, description="sagetrain: a parent job with one child job per value "
+                          "(needs validation_file; see GET .../{id}/sweep)")
+    compare_to: list[OptimizerName | CompareToRequest] | None = Field(
+        None, min_length=1, max_length=3,
+        description="sagetrain: other optimizers to run on the same data, seed and schedule, "
+                    "each a name (its default grid) or {optimizer, learning_rate: [...]}")
 
     @field_validator("metadata")
     @classmethod
@@ -105,6 +134,22 @@ class Progress(BaseModel):
     epoch: float
 
 
+class SweepRun(BaseModel):
+    job_id: str
+    optimizer: str
+    learning_rate: float
+
+
+class SweepInfo(BaseModel):
+    """On a sweep's parent job: its children (one per optimizer and learning rate), the
+    metric they are ranked by, and, once it has succeeded, the best child."""
+
+    metric: str
+    greater_is_better: bool
+    runs: list[SweepRun]
+    best_job_id: str | None = None
+
+
 class JobPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -129,6 +174,8 @@ class JobPublic(BaseModel):
     task: str
     progress: Progress
     queue_position: int | None
+    parent_job_id: str | None = Field(None, description="The sweep this job is a child of")
+    sweep: SweepInfo | None = Field(None, description="On a sweep's parent job only")
 
     @classmethod
     def from_row(cls, job: Job, queue_position: int | None = None) -> JobPublic:
@@ -142,7 +189,8 @@ class JobPublic(BaseModel):
             error=JobError(**job.error) if job.error else None, organization_id=job.owner_id,
             suffix=job.suffix, task=job.task,
             progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch),
-            queue_position=queue_position,
+            queue_position=queue_position, parent_job_id=job.parent_id,
+            sweep=SweepInfo.model_validate(job.sweep) if job.sweep else None,
         )
 
 
@@ -204,6 +252,41 @@ class SensitivityPublic(BaseModel):
     overall: dict[str, Any]
     blocks: dict[str, Any] = Field(default_factory=dict)
     modules: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepChild(BaseModel):
+    id: str
+    optimizer: str
+    learning_rate: float
+    status: str
+    fine_tuned_model: str | None
+    metrics: dict[str, Any] = Field(description="The child's last validation metrics")
+    score: float | None = Field(description="metrics[metric], the value it is ranked by")
+
+
+class SweepBest(BaseModel):
+    """The best succeeded child of one optimizer (job_id null while none has succeeded),
+    with a compact summary of its sensitivity report."""
+
+    optimizer: str
+    job_id: str | None
+    learning_rate: float | None
+    score: float | None
+    metrics: dict[str, Any]
+    fine_tuned_model: str | None
+    sensitivity: dict[str, Any] | None = Field(
+        description="overall and encoder blocks: mean I and fraction_below per threshold")
+
+
+class SweepReport(BaseModel):
+    object: Literal["fine_tuning.job.sweep"] = "fine_tuning.job.sweep"
+    fine_tuning_job_id: str
+    status: str
+    metric: str
+    greater_is_better: bool
+    children: list[SweepChild]
+    best_per_optimizer: list[SweepBest]
+    best: SweepChild | None
 
 
 # --- models ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""/v1/fine_tuning/jobs: create, list, get, cancel, pause, resume, events, metrics, the live
-stream, checkpoints and checkpoint downloads, the sensitivity report."""
+"""/v1/fine_tuning/jobs: create (a sweep too), list, get, cancel, pause, resume, events,
+metrics, the live stream, checkpoints and checkpoint downloads, the sensitivity report, a
+sweep's report."""
 
 from __future__ import annotations
 
@@ -28,13 +29,16 @@ from api.schemas import (
     ListPage,
     MetricRow,
     SensitivityPublic,
+    SweepReport,
 )
 from api.services import jobs as service
 from api.services import sensitivity as sensitivity_service
+from api.services import sweeps as sweep_service
 from api.services.archive import stream_tree_targz
 from api.services.paging import page
 from api.services.stream import PING_SECONDS, job_stream, parse_cursor
 from sage_core.db.models import Checkpoint, Job, JobEvent, JobMetric
+from sage_core.errors import ConflictError
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -54,13 +58,23 @@ def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep,
                settings: SettingsDep, dispatcher: DispatcherDep, response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
                ) -> JobPublic:
-    """Queue a fine-tuning job. The same Idempotency-Key and body return the same job."""
-    job, created = service.create_job(session, caller.key, body, idempotency_key=idempotency_key,
-                                      store=store, settings=settings,
-                                      training_file=caller.training_file)
-    if created:
-        dispatcher.dispatch(job.id)  # only after the row is committed
+    """Queue a fine-tuning job. The same Idempotency-Key and body return the same job.
+
+    With `sweep` or `compare_to`: a parent job (`running`, never trained itself) and one
+    queued child job per optimizer and learning rate; the parent is returned."""
+    if sweep_service.is_sweep_request(body):
+        job, child_ids, created = sweep_service.create_sweep(
+            session, caller.key, body, idempotency_key=idempotency_key, store=store,
+            settings=settings, training_file=caller.training_file)
+        for child_id in child_ids:
+            dispatcher.dispatch(child_id)  # only after the rows are committed
     else:
+        job, created = service.create_job(session, caller.key, body,
+                                          idempotency_key=idempotency_key, store=store,
+                                          settings=settings, training_file=caller.training_file)
+        if created:
+            dispatcher.dispatch(job.id)  # only after the row is committed
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return service.to_public(session, [job])[0]
 
@@ -81,14 +95,19 @@ async def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    """Queued: cancelled at once. Running: cancelled at once; its process stops soon after."""
+    """Queued: cancelled at once. Running: cancelled at once; its process stops soon after.
+    A sweep's parent: cancelled with every unfinished child."""
     service.cancel_job(session, job)
     return service.to_public(session, [job])[0]
 
 
 @router.post("/{job_id}/pause", response_model=JobPublic)
 def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    """Queued: paused at once. Running: saves a checkpoint, stops, then reads `paused`."""
+    """Queued: paused at once. Running: saves a checkpoint, stops, then reads `paused`. A
+    sweep's parent cannot be paused (409); its children can."""
+    if job.sweep is not None:
+        raise ConflictError(f"Job {job.id} is a sweep; pause its child jobs instead",
+                            param="fine_tuning_job_id", code="invalid_job_state")
     service.pause_job(session, job)
     return service.to_public(session, [job])[0]
 
@@ -185,3 +204,13 @@ def get_sensitivity(job: OwnedJob,
                         headers={"Content-Disposition":
                                  f'inline; filename="{job.id}-sensitivity.png"'})
     return SensitivityPublic.model_validate(sensitivity_service.to_body(job, report))
+
+
+@router.get("/{job_id}/sweep", response_model=SweepReport,
+            responses={404: {"description": "No such job, or not a sweep's parent (code "
+                                            "`not_a_sweep`)"}})
+def get_sweep(job: OwnedJob, session: SessionDep) -> SweepReport:
+    """A sweep's report: every child (optimizer, learning rate, status, last validation
+    metrics), the best succeeded child of each optimizer side by side with a summary of its
+    sensitivity report, and the best overall (the one whose model the parent took)."""
+    return sweep_service.report(session, job)

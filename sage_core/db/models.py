@@ -143,6 +143,11 @@ class Job(Base):
     # the job succeeds, and after it without a validation file
     sensitivity: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     artifact_prefix: Mapped[str] = mapped_column(String(256))  # jobs/<id> in the store
+    # Sweeps (sage_core/db/sweeps.py): a child job names its parent (no FK, as for files: a
+    # child is an ordinary job); the parent holds its grid, its children's ids and, once
+    # settled, the best child's id. Both NULL for an ordinary job.
+    parent_id: Mapped[str | None] = mapped_column(ID, default=None, index=True)
+    sweep: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Idempotency-Key header and a hash of the request body it came with
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from sage_core.db.events import add_event
 from sage_core.db.models import Job, JobStatus, utcnow
-from sage_core.db.webhooks import enqueue_job_ended
+from sage_core.db.sweeps import lock_parent
+from sage_core.db.transitions import job_ended
 
 S = JobStatus
 WORKER_LOST = "worker_lost"
@@ -56,6 +57,8 @@ def release_lost_job(session: Session, job_id: str, *, reason: str, max_lost_lea
         values = {"status": S.FAILED, "error": error, "finished_at": now,
                   "pause_requested": False}
         message = f"Fine-tuning job failed: {error['message']}"
+    # a sweep child that fails may settle its parent (locked first, as transitions do)
+    parent_id = lock_parent(session, job_id) if values["status"] == S.FAILED else None
     stmt = (update(Job).where(*conditions)
             .values(lost_leases=lost, estimated_finish=None, **values)
             .execution_options(synchronize_session=False))
@@ -65,7 +68,7 @@ def release_lost_job(session: Session, job_id: str, *, reason: str, max_lost_lea
         return None
     add_event(session, job_id, message, level="warn" if lost < max_lost_leases else "error")
     if values["status"] == S.FAILED:
-        enqueue_job_ended(session, job_id)
+        job_ended(session, job_id, S.FAILED, parent_id=parent_id)
     return str(values["status"])
 
 

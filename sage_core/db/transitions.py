@@ -7,7 +7,9 @@ require that it still holds the job's lease (`lease_owner`), so a worker whose l
 expired cannot overwrite the work of the one that took the job over.
 
 Each function executes in the caller's session and transaction; the caller commits. A move
-to succeeded, failed or cancelled also queues the job's webhook deliveries there.
+to succeeded, failed or cancelled also queues the job's webhook deliveries there, and, for
+sweeps (`sage_core.db.sweeps`), cancels a cancelled parent's unfinished children and
+settles an ended child's parent once all its children are final.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.orm import Session
 
+from sage_core.db import sweeps
+from sage_core.db.events import add_event
 from sage_core.db.models import Job, JobStatus, utcnow
 from sage_core.db.webhooks import enqueue_job_ended
 
@@ -36,13 +40,29 @@ def transition(session: Session, job_id: str, *, to: str, allowed: Iterable[str]
                lease_owner: str | None = None, **values: Any) -> bool:
     """Move the job to `to` if it is in one of `allowed` (and held by `lease_owner`, if
     given), setting `values` too. True if this call changed the row."""
+    final = to in S.FINAL
+    # A sweep child's parent is locked before the child's row (sweeps: one lock order).
+    parent_id = sweeps.lock_parent(session, job_id) if final else None
     stmt = update(Job).where(Job.id == job_id, Job.status.in_(list(allowed)))
     if lease_owner is not None:
         stmt = stmt.where(Job.lease_owner == lease_owner)
     changed = _changed(session, stmt.values(status=to, **values))
-    if changed and to in S.FINAL:
-        enqueue_job_ended(session, job_id)
+    if changed and final:
+        job_ended(session, job_id, to, parent_id=parent_id)
     return changed
+
+
+def job_ended(session: Session, job_id: str, status: str, *, parent_id: str | None) -> None:
+    """What follows a job's move to a final status, in the same transaction: its webhooks;
+    a cancelled sweep's unfinished children cancelled; its sweep settled if it was the last
+    child. `parent_id`: from `sweeps.lock_parent`, called before the job's UPDATE."""
+    enqueue_job_ended(session, job_id)
+    if status == S.CANCELLED:
+        for child_id in sweeps.unfinished_children(session, job_id):
+            if cancel(session, child_id):
+                add_event(session, child_id, f"Job cancelled with its sweep {job_id}")
+    if parent_id is not None:
+        sweeps.settle(session, parent_id)
 
 
 def queue(session: Session, job_id: str, *, allowed: Iterable[str] = (S.VALIDATING_FILES,),

@@ -35,6 +35,7 @@ ENDPOINTS: list[tuple[str, str, bool]] = [
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints/{ckpt}/content", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/sensitivity", True),
+    ("GET", "/v1/fine_tuning/jobs/{job}/sweep", True),
     ("GET", "/v1/models", False),
     ("GET", "/v1/models/{model}", True),
     ("POST", "/v1/webhooks", False),
@@ -72,9 +73,11 @@ def owned(service: Service) -> dict[str, str]:
     with make_session_factory(engine).begin() as s:
         s.add(Checkpoint(id=ckpt_id, job_id=job["id"], step=1, storage_key=key,
                          fine_tuned_model_checkpoint="ft:tiny-bert::x:ckpt-step-1"))
-        # a report, so that the owner's GET .../sensitivity answers 200
+        # a report, and a (childless) sweep, so that the owner's GET .../sensitivity and
+        # GET .../sweep answer 200
         s.execute(update(Job).where(Job.id == job["id"]).values(
-            sensitivity={"overall": {"count": 0}, "blocks": {}, "modules": {}}))
+            sensitivity={"overall": {"count": 0}, "blocks": {}, "modules": {}},
+            sweep={"metric": "valid_f1_macro", "greater_is_better": True, "runs": []}))
     engine.dispose()
     webhook = service.client.post("/v1/webhooks", headers=service.auth(),
                                   json={"url": "https://example.com/hook"}).json()

@@ -1,0 +1,285 @@
+"""Sweeps and A/B comparisons: one request, a parent job and one ordinary child job per
+(optimizer, learning rate); and the parent's report.
+
+The grid: the job's own optimizer (hyperparameters.optimizer) runs over sweep.learning_rate
+if given, else over hyperparameters.learning_rate if given, else over its default grid;
+each optimizer in compare_to runs over the learning rates given with it, else its default
+grid. A default grid is the optimizer's default learning rate (times
+learning_rate_multiplier, if given) times 1/3, 1 and 3. Children share everything else:
+model, task, files, seed, suffix, metadata, schedule and other hyperparameters.
+
+The parent is `running` from its creation (it is never queued, so no worker or reaper ever
+picks it up) and is settled from its children by `sage_core.db.sweeps`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import InvalidRequestError
+from api.schemas import (
+    CompareToRequest,
+    JobCreate,
+    SweepBest,
+    SweepChild,
+    SweepReport,
+)
+from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task
+from api.services.jobs import request_hash
+from sage_core.artifacts import ArtifactStore
+from sage_core.catalog import resolve_model
+from sage_core.db import sweeps
+from sage_core.db.events import add_event
+from sage_core.db.ids import JOB, new_id
+from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
+from sage_core.errors import ConflictError, NotFoundError
+from sage_core.schemas import DEFAULT_LEARNING_RATE, Hyperparameters, JobSpec
+from sage_core.settings import Settings
+
+S = JobStatus
+MAX_VALUES = 8
+DEFAULT_GRID_FACTORS = (1 / 3, 1.0, 3.0)
+SWEEPABLE = ("learning_rate",)
+
+
+def is_sweep_request(body: JobCreate) -> bool:
+    return body.sweep is not None or body.compare_to is not None
+
+
+def _rounded(value: float) -> float:
+    return float(f"{value:.6g}")  # 1.5e-4 / 3 is 5e-05, not 4.9999999999999996e-05
+
+
+def _check_rates(values: list[float], param: str, *, least: int) -> list[float]:
+    if not least <= len(values) <= MAX_VALUES:
+        raise InvalidRequestError(f"Invalid value for '{param}': give {least} to {MAX_VALUES} "
+                                  f"learning rates, got {len(values)}", param=param,
+                                  code="invalid_value")
+    for value in values:
+        if not 0 < value <= 1:
+            raise InvalidRequestError(f"Invalid value for '{param}': each learning rate must "
+                                      f"be in (0, 1], got {value}", param=param,
+                                      code="invalid_value")
+    if len(set(values)) != len(values):
+        raise InvalidRequestError(f"Invalid value for '{param}': the learning rates must be "
+                                  f"distinct, got {values}", param=param, code="invalid_value")
+    return list(values)
+
+
+def _default_grid(optimizer: str, multiplier: float, param: str) -> list[float]:
+    grid = [_rounded(DEFAULT_LEARNING_RATE[optimizer] * multiplier * f)
+            for f in DEFAULT_GRID_FACTORS]
+    if grid[-1] > 1:
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': {optimizer}'s default learning-rate grid times "
+            f"{multiplier:g} reaches {grid[-1]:g}, over 1", param=param, code="invalid_value")
+    return grid
+
+
+def plan(body: JobCreate) -> list[tuple[str, float]]:
+    """The children to run, (optimizer, learning rate) in order, own optimizer first; a 400
+    naming the field for anything that cannot be honoured."""
+    hp = body.hyperparameters
+    if body.validation_file is None:
+        raise InvalidRequestError(
+            "A sweep or compare_to needs a validation_file: its child jobs are ranked by "
+            "their validation metrics", param="validation_file", code="invalid_value")
+    own = hp.optimizer
+    multiplier_set = "learning_rate_multiplier" in hp.model_fields_set \
+        and hp.learning_rate_multiplier != "auto"
+    multiplier = float(hp.learning_rate_multiplier) if multiplier_set else 1.0
+    if body.sweep is not None:
+        extra = sorted(body.sweep.model_extra or {})
+        if extra:
+            raise InvalidRequestError(
+                f"sweep.{extra[0]} cannot be swept: only learning_rate can be swept for now",
+                param=f"sweep.{extra[0]}", code="invalid_value")
+        if body.sweep.learning_rate is None:
+            raise InvalidRequestError("Missing required parameter: 'sweep.learning_rate'.",
+                                      param="sweep.learning_rate", code="invalid_value")
+        for name, given in (("learning_rate", hp.learning_rate is not None),
+                            ("learning_rate_multiplier", multiplier_set)):
+            if given:
+                raise InvalidRequestError(
+                    f"hyperparameters.{name} cannot be given with sweep.learning_rate: the "
+                    "sweep sets each child's learning rate", param=f"hyperparameters.{name}",
+                    code="invalid_value")
+        grids = {own: _check_rates(body.sweep.learning_rate, "sweep.learning_rate", least=2)}
+    elif hp.learning_rate is not None:
+        grids = {own: [hp.learning_rate]}
+    else:
+        grids = {own: _default_grid(own, multiplier, "hyperparameters.learning_rate_multiplier")}
+    for index, item in enumerate(body.compare_to or []):
+        other = item if isinstance(item, CompareToRequest) else CompareToRequest(optimizer=item)
+        param = f"compare_to.{index}"
+        if other.optimizer == own:
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': '{own}' is the job's own optimizer "
+                "(hyperparameters.optimizer); compare_to names the others",
+                param=param, code="invalid_value")
+        if other.optimizer in grids:
+            raise InvalidRequestError(f"Invalid value for '{param}': '{other.optimizer}' "
+                                      "is named twice", param=param, code="invalid_value")
+        grids[other.optimizer] = (
+            _check_rates(other.learning_rate, f"{param}.learning_rate", least=1)
+            if other.learning_rate is not None
+            else _default_grid(other.optimizer, multiplier,
+                               "hyperparameters.learning_rate_multiplier"))
+    return [(optimizer, lr) for optimizer, grid in grids.items() for lr in grid]
+
+
+def _owned_file(session: Session, key: ApiKey, file_id: str, param: str,
+                known: File | None) -> File:
+    row = known if known is not None and known.id == file_id else session.scalar(
+        select(File).where(File.id == file_id, File.owner_id == key.id))
+    if row is None:
+        raise InvalidRequestError(f"No such file: '{file_id}'", param=param, code="invalid_file")
+    if row.purpose != PURPOSE_FINE_TUNE:
+        raise InvalidRequestError(f"file {file_id} has purpose '{row.purpose}', not "
+                                  f"'{PURPOSE_FINE_TUNE}'", param=param, code="invalid_file")
+    return row
+
+
+def _replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(
+        Job.owner_id == key.id, Job.idempotency_key == idempotency_key))
+    if job is not None and job.request_hash != digest:
+        raise ConflictError("Idempotency-Key reused with a different request body",
+                            param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
+def _child_hyperparameters(hp: Hyperparameters, optimizer: str, lr: float) -> Hyperparameters:
+    return Hyperparameters.model_validate({**hp.model_dump(), "optimizer": optimizer,
+                                           "learning_rate": lr,
+                                           "learning_rate_multiplier": "auto"})
+
+
+def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
+                 idempotency_key: str | None, store: ArtifactStore, settings: Settings,
+                 training_file: File | None = None) -> tuple[Job, list[str], bool]:
+    """Validate and create the parent and its queued children in one transaction. Returns
+    (parent, the children's ids, created); created is False on an Idempotency-Key replay
+    (nothing to dispatch then)."""
+    digest = request_hash(body) if idempotency_key else None
+    if idempotency_key and digest and (earlier := _replay(session, key, idempotency_key, digest)):
+        return earlier, [], False
+    runs = plan(body)
+    resolve_model(body.model, settings)
+    for file_id, param in ((body.training_file, "training_file"),
+                           (body.validation_file, "validation_file")):
+        if file_id is not None:
+            row = _owned_file(session, key, file_id, param, training_file)
+            ensure_file_for_task(row, body.task, store, settings, param)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    now = utcnow()
+    common: dict[str, Any] = dict(
+        owner_id=key.id, model=body.model, task=body.task, seed=seed, suffix=body.suffix,
+        user_metadata=body.metadata, training_file_id=body.training_file,
+        validation_file_id=body.validation_file, created_at=now, result_file_ids=[])
+    parent_id = new_id(JOB)
+    ids = [new_id(JOB) for _ in runs]
+    children: list[Job] = []
+    for child_id, (optimizer, lr) in zip(ids, runs, strict=True):
+        spec = JobSpec(model=body.model, task=body.task, seed=seed, hyperparameters=(
+            _child_hyperparameters(body.hyperparameters, optimizer, lr))).resolve()
+        children.append(Job(id=child_id, spec=spec.model_dump(mode="json"), status=S.QUEUED,
+                            queued_at=now, artifact_prefix=f"jobs/{child_id}",
+                            parent_id=parent_id, **common))
+    metric, greater = sweeps.main_metric(body.task)
+    # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
+    # what each child trains with.
+    parent_spec = JobSpec(model=body.model, task=body.task, seed=seed,
+                          hyperparameters=body.hyperparameters).resolve()
+    parent = Job(id=parent_id, spec=parent_spec.model_dump(mode="json"), status=S.RUNNING,
+                 started_at=now, artifact_prefix=f"jobs/{parent_id}",
+                 idempotency_key=idempotency_key, request_hash=digest,
+                 sweep={"metric": metric, "greater_is_better": greater, "best_job_id": None,
+                        "runs": [{"job_id": i, "optimizer": o, "learning_rate": lr}
+                                 for i, (o, lr) in zip(ids, runs, strict=True)]},
+                 **common)
+    session.add(parent)
+    session.flush()  # the parent first: its children name it
+    session.add_all(children)
+    grid = ", ".join(f"{o} at {lr:g}" for o, lr in runs)
+    add_event(session, parent_id, f"Created sweep {parent_id}: {len(children)} child jobs "
+                                  f"({grid}), ranked by {metric}")
+    for child_id, (optimizer, lr) in zip(ids, runs, strict=True):
+        add_event(session, child_id, f"Created fine-tuning job: {child_id} (sweep {parent_id}: "
+                                     f"{optimizer}, learning rate {lr:g})")
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()  # a concurrent request with the same Idempotency-Key won
+        if idempotency_key and digest and (
+                earlier := _replay(session, key, idempotency_key, digest)):
+            return earlier, [], False
+        raise
+    return parent, ids, True
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def _weighted(entries: list[dict[str, Any]], value: Any) -> float | None:
+    pairs = [(value(e), e["count"]) for e in entries]
+    pairs = [(v, n) for v, n in pairs if isinstance(v, int | float)]
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total if total else None
+
+
+def sensitivity_summary(report: Any) -> dict[str, Any] | None:
+    """Mean I and fraction_below per threshold, overall and over the repeated (encoder)
+    blocks together (each block weighted by its parameter count)."""
+    if not isinstance(report, dict) or not isinstance(report.get("overall"), dict):
+        return None
+    overall = report["overall"]
+    out: dict[str, Any] = {"overall": {"mean": overall.get("mean"),
+                                       "fraction_below": overall.get("fraction_below") or {}}}
+    blocks = [b for b in (report.get("blocks") or {}).values()
+              if isinstance(b, dict) and isinstance(b.get("count"), int) and b["count"] > 0]
+    if blocks:
+        thresholds = list((blocks[0].get("fraction_below") or {}).keys())
+        out["blocks"] = {
+            "count": len(blocks), "mean": _weighted(blocks, lambda b: b.get("mean")),
+            "fraction_below": {t: _weighted(blocks, lambda b, t=t: (
+                b.get("fraction_below") or {}).get(t)) for t in thresholds}}
+    return out
+
+
+def _public(child: sweeps.ChildResult) -> SweepChild:
+    return SweepChild(id=child.id, optimizer=child.optimizer, learning_rate=child.learning_rate,
+                      status=child.status, fine_tuned_model=child.fine_tuned_model,
+                      metrics=child.metrics, score=child.score)
+
+
+def report(session: Session, parent: Job) -> SweepReport:
+    if parent.sweep is None:
+        why = (f"it is a child of the sweep '{parent.parent_id}'" if parent.parent_id
+               else "it was created without sweep or compare_to")
+        raise NotFoundError(f"Fine-tuning job '{parent.id}' is not a sweep: {why}.",
+                            param="fine_tuning_job_id", code="not_a_sweep")
+    metric, greater = sweeps.main_metric(parent.task)
+    results = sweeps.children(session, parent)
+    optimizers = list(dict.fromkeys(run["optimizer"] for run in parent.sweep.get("runs", [])))
+    optimizers += [c.optimizer for c in results if c.optimizer not in optimizers]
+    bests = {o: sweeps.best_of([c for c in results if c.optimizer == o],
+                               greater_is_better=greater) for o in optimizers}
+    ids = [b.id for b in bests.values() if b is not None]
+    reports: dict[str, Any] = dict(session.execute(  # type: ignore[arg-type]
+        select(Job.id, Job.sensitivity).where(Job.id.in_(ids))).all()) if ids else {}
+    side_by_side = [
+        SweepBest(optimizer=o, job_id=b.id if b else None,
+                  learning_rate=b.learning_rate if b else None, score=b.score if b else None,
+                  metrics=b.metrics if b else {}, fine_tuned_model=b.fine_tuned_model if b
+                  else None, sensitivity=sensitivity_summary(reports.get(b.id)) if b else None)
+        for o, b in bests.items()]
+    overall = sweeps.best_of(results, greater_is_better=greater)
+    return SweepReport(fine_tuning_job_id=parent.id, status=parent.status, metric=metric,
+                       greater_is_better=greater, children=[_public(c) for c in results],
+                       best_per_optimizer=side_by_side,
+                       best=_public(overall) if overall else None)
