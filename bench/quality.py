@@ -129,6 +129,8 @@ def low_sensitivity(report: dict[str, Any] | None) -> dict[str, float | None]:
 
 def run_one(optimizer: str, lr: float, seed: int, args: argparse.Namespace, train: Path,
             dev: Path, work: Path) -> dict[str, Any]:
+    import torch
+
     from sage_core.schemas import JobSpec
     from sage_core.training import run_training
 
@@ -143,7 +145,7 @@ def run_one(optimizer: str, lr: float, seed: int, args: argparse.Namespace, trai
     seconds = time.perf_counter() - start
     return {
         "optimizer": optimizer, "learning_rate": lr, "seed": seed, "steps": result.step,
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
         **{m: result.metrics.get(m) for m in METRICS},
         **low_sensitivity(result.sensitivity),
     }
@@ -206,8 +208,10 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, split: di
         "percent. \"Low sensitivity\": the fraction of the encoder layers' parameters with "
         f"I = |theta * grad| below {THRESHOLD} on the final model (the paper's measure of "
         "redundant parameters; lower means fewer left behind).",
-        f"- Wall time: {wall / 60:.1f} min for {len(runs)} runs "
-        f"({statistics.fmean(r['seconds'] for r in runs):.0f} s per run on average).",
+        f"- Time: {wall / 60:.1f} min of runs in all, {len(runs)} runs "
+        f"({statistics.fmean(r['seconds'] for r in runs):.0f} s per run on average, "
+        f"{'/'.join(sorted({str(r.get('threads', '?')) for r in runs}))} torch thread(s) "
+        "per run).",
         "",
         "## Best learning rate of each optimizer (by mean dev macro F1)",
         "",
@@ -291,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--only", choices=("sage", "adamw"), default=None,
+                        help="run one optimizer's share of the grid (two processes can share "
+                             "the work; a last run without --only writes the full report)")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore runs recorded by an earlier, interrupted benchmark")
     args = parser.parse_args(argv)
@@ -309,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
              "dev_spam": sum(r[0] == "spam" for r in dev_rows)}
     grid = [("adamw", lr, s) for lr in args.adamw_lrs for s in args.seeds] + [
         ("sage", lr, s) for lr in args.sage_lrs for s in args.seeds]
+    if args.only:
+        grid = [cell for cell in grid if cell[0] == args.only]
 
     done: list[dict[str, Any]] = []
     if log.exists() and not args.fresh:
