@@ -189,10 +189,17 @@ class Client:
     def create_job(self, model: str, training_file: str, validation_file: str | None = None,
                    hyperparameters: dict[str, Any] | None = None, suffix: str | None = None,
                    seed: int | None = None, task: str | None = None,
-                   idempotency_key: str | None = None) -> dict[str, Any]:
+                   idempotency_key: str | None = None,
+                   sweep: dict[str, list[float]] | None = None,
+                   compare_to: list[str | dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Create a job. With `sweep` ({"learning_rate": [...]}) or `compare_to` (optimizer
+        names, or {"optimizer": ..., "learning_rate": [...]}), the server creates a parent
+        job and one child job per optimizer and learning rate, and returns the parent (see
+        `sweep_report`)."""
         body = self._params(model=model, training_file=training_file,
                             validation_file=validation_file, hyperparameters=hyperparameters,
-                            suffix=suffix, seed=seed, task=task)
+                            suffix=suffix, seed=seed, task=task, sweep=sweep,
+                            compare_to=compare_to)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._request("POST", "/fine_tuning/jobs", json=body, headers=headers)
 
@@ -225,6 +232,12 @@ class Client:
                          limit: int | None = None) -> dict[str, Any]:
         return self._request("GET", f"/fine_tuning/jobs/{job_id}/checkpoints",
                              params=self._params(after=after, limit=limit))
+
+    def sweep_report(self, job_id: str) -> dict[str, Any]:
+        """A sweep's report: every child with its last validation metrics, the best child of
+        each optimizer side by side (with a sensitivity summary) and the best overall. An
+        ordinary job raises SageTrainAPIError, code not_a_sweep."""
+        return self._request("GET", f"/fine_tuning/jobs/{job_id}/sweep")
 
     @overload
     def sensitivity(self, job_id: str, format: Literal["json"] = "json") -> dict[str, Any]: ...

@@ -33,8 +33,11 @@ def _all_models(key_id: str, session: SessionDep, settings: Settings) -> list[Mo
         select(Job.fine_tuned_model, Job.finished_at).where(
             Job.owner_id == key_id, Job.status == JobStatus.SUCCEEDED,
             Job.fine_tuned_model.is_not(None)).order_by(Job.created_at.desc())).all()
-    return base + [ModelPublic(id=name, created=ts(done) or 0, owned_by=key_id)
-                   for name, done in tuned if name]
+    mine: dict[str, ModelPublic] = {}
+    for name, done in tuned:
+        if name and name not in mine:  # a sweep's parent names its best child's model
+            mine[name] = ModelPublic(id=name, created=ts(done) or 0, owned_by=key_id)
+    return base + list(mine.values())
 
 
 @router.get("", response_model=ListPage[ModelPublic])

@@ -86,6 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="scales the optimizer's default learning rate")
     create.add_argument("--max-seq-length", metavar="N", type=int, default=None,
                         help="tokens per example after truncation")
+    create.add_argument("--sweep-lr", metavar="X", type=float, nargs="+", default=None,
+                        help="a sweep: one child job per learning rate (2 to 8; needs "
+                        "--validation-file); the printed job is the parent")
+    create.add_argument("--compare-to", metavar="OPT[=X,...]", nargs="+", default=None,
+                        type=_compare_to,
+                        help="also run these optimizers on the same data, seed and "
+                        "schedule, each over the learning rates after '=' or else its "
+                        "default grid (e.g. adamw or adamw=5e-5,1e-4; needs "
+                        "--validation-file)")
     create.add_argument("--suffix", metavar="S", default=None,
                         help="added to the fine-tuned model's name")
     create.add_argument("--seed", metavar="N", type=int, default=None, help="random seed")
@@ -117,6 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("job_id", metavar="JOB_ID")
     _add_progress_flag(watch)
 
+    sweep = sub.add_parser(
+        "sweep", help="show a sweep's report (JSON)",
+        description="Print a sweep's report as JSON: every child job with its optimizer, "
+        "learning rate, status and last validation metrics, the best child of each "
+        "optimizer side by side with a summary of its sensitivity report, and the best "
+        "overall. JOB_ID is the parent, as `jobs create --sweep-lr/--compare-to` printed it.")
+    sweep.add_argument("job_id", metavar="JOB_ID")
+
     sensitivity = sub.add_parser(
         "sensitivity", help="show a finished job's parameter sensitivity report",
         description="Print a succeeded job's parameter sensitivity report (I = "
@@ -129,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              help="save to FILE instead of printing: PNG if it ends in "
                              ".png, else JSON")
 
-    for each in (create, listing, watch, sensitivity, *[sub.choices[n] for n in
+    for each in (create, listing, watch, sensitivity, sweep, *[sub.choices[n] for n in
                                            ("get", "cancel", "pause", "resume")]):
         add_connection_arguments(each)
 
@@ -137,6 +154,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar (events and the outcome are still printed)")
+
+
+def _compare_to(text: str) -> str | dict[str, Any]:
+    """`adamw` or `adamw=5e-5,1e-4` (argparse type)."""
+    name, sep, rates = text.partition("=")
+    if name not in OPTIMIZERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizer {name!r}: one of {', '.join(OPTIMIZERS)}")
+    if not sep:
+        return name
+    try:
+        return {"optimizer": name, "learning_rate": [float(x) for x in rates.split(",")]}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a list of learning rates: {rates!r} (e.g. adamw=5e-5,1e-4)") from None
 
 
 def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +186,9 @@ def run(args: argparse.Namespace) -> int:
             job = client.create_job(
                 args.model, args.training_file, validation_file=args.validation_file,
                 hyperparameters=_hyperparameters(args) or None, suffix=args.suffix,
-                seed=args.seed, task=args.task, idempotency_key=args.idempotency_key)
+                seed=args.seed, task=args.task, idempotency_key=args.idempotency_key,
+                sweep={"learning_rate": args.sweep_lr} if args.sweep_lr else None,
+                compare_to=args.compare_to)
             print_json(job)
             return watch(client, job["id"], args.progress) if args.watch else 0
         if args.action == "list":
@@ -163,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
             return watch(client, args.job_id, args.progress)
         if args.action == "sensitivity":
             return _sensitivity(client, args.job_id, args.output)
+        if args.action == "sweep":
+            return print_json(client.sweep_report(args.job_id))
         method = {"get": client.get_job, "cancel": client.cancel_job,
                   "pause": client.pause_job, "resume": client.resume_job}[args.action]
         return print_json(method(args.job_id))

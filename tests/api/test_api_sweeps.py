@@ -6,10 +6,12 @@ test_e2e_sweeps.py)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from api_helpers import TRAIN_JSONL, Service
 from sqlalchemy import func, select
@@ -19,6 +21,8 @@ from sage_core.db import transitions
 from sage_core.db.models import JobEvent, JobMetric, WebhookDelivery
 from sage_core.db.recovery import release_lost_job
 from sage_core.db.session import make_engine, make_session_factory
+from sagetrain.cli import main
+from sagetrain.client import Client, SageTrainAPIError
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -249,6 +253,9 @@ def test_parent_settles_on_the_best_child_by_last_eval(
     assert settled["fine_tuned_model"] == f"ft:{sage_hi}"
     assert settled["sweep"]["best_job_id"] == sage_hi
     assert settled["finished_at"] is not None
+    models = [m["id"] for m in service.client.get("/v1/models", headers=service.auth()).json()[
+        "data"]]
+    assert models.count(f"ft:{sage_hi}") == 1  # the parent shares it: listed once
 
     r = service.client.get(f"{JOBS}/{parent['id']}/sweep", headers=service.auth())
     assert r.status_code == 200, r.text
@@ -393,3 +400,62 @@ def test_a_report_while_running(service: Service, sessions: sessionmaker[Session
     assert [c["status"] for c in report["children"]] == ["queued", "succeeded"]
     assert report["children"][0]["learning_rate"] == 2e-4
 
+
+
+# --- client and CLI -----------------------------------------------------------------------
+
+@pytest.fixture
+def in_process(service: Service, monkeypatch: pytest.MonkeyPatch) -> Service:
+    """sagetrain.client.Client (and so the CLI) talking to the test app."""
+    def forward(request: httpx.Request) -> httpx.Response:
+        got = service.client.request(request.method, str(request.url), headers=request.headers,
+                                     content=request.content)
+        return httpx.Response(got.status_code, headers=got.headers, content=got.content)
+
+    transport = httpx.MockTransport(forward)
+    original = Client.__init__
+
+    def init(self: Client, base_url: str | None = None, api_key: str | None = None,
+             timeout: float = 30.0, **kwargs: Any) -> None:
+        original(self, base_url, api_key, timeout, transport=transport)
+
+    monkeypatch.setattr(Client, "__init__", init)
+    monkeypatch.setenv("SAGETRAIN_BASE_URL", "http://testserver")
+    monkeypatch.setenv("SAGETRAIN_API_KEY", service.key)
+    return service
+
+
+def test_client_and_cli(in_process: Service, sessions: sessionmaker[Session],
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    service = in_process
+    files = _files(service)
+    with Client() as client:
+        parent = client.create_job("tiny-bert", files["training_file"],
+                                   validation_file=files["validation_file"],
+                                   sweep={"learning_rate": [1e-4, 2e-4]},
+                                   compare_to=[{"optimizer": "adamw", "learning_rate": [5e-5]}])
+        assert [r["optimizer"] for r in parent["sweep"]["runs"]] == ["sage", "sage", "adamw"]
+        report = client.sweep_report(parent["id"])
+        assert [c["status"] for c in report["children"]] == ["queued"] * 3
+        plain = client.create_job("tiny-bert", files["training_file"])
+        with pytest.raises(SageTrainAPIError) as info:
+            client.sweep_report(plain["id"])
+        assert info.value.code == "not_a_sweep"
+
+    capsys.readouterr()
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file",
+                 files["training_file"], "--validation-file", files["validation_file"],
+                 "--optimizer", "adamw", "--sweep-lr", "1e-4", "3e-4",
+                 "--compare-to", "sage", "adamax=1e-4,2e-4"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert [(r["optimizer"], r["learning_rate"]) for r in created["sweep"]["runs"]] == [
+        ("adamw", 1e-4), ("adamw", 3e-4), ("sage", 5e-05), ("sage", 1.5e-4), ("sage", 4.5e-4),
+        ("adamax", 1e-4), ("adamax", 2e-4)]
+    assert main(["jobs", "sweep", created["id"]]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["fine_tuning_job_id"] == created["id"] and len(shown["children"]) == 7
+    assert main(["jobs", "sweep", plain["id"]]) == 1
+    assert "is not a sweep" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["jobs", "create", "--model", "m", "--training-file", "f", "--compare-to", "sgd"])
+    assert "unknown optimizer 'sgd'" in capsys.readouterr().err
