@@ -459,3 +459,14 @@ def test_client_and_cli(in_process: Service, sessions: sessionmaker[Session],
     with pytest.raises(SystemExit):
         main(["jobs", "create", "--model", "m", "--training-file", "f", "--compare-to", "sgd"])
     assert "unknown optimizer 'sgd'" in capsys.readouterr().err
+
+
+def test_the_openai_client_parses_a_parent_and_a_child(service: Service) -> None:
+    pytest.importorskip("openai")
+    from openai.types.fine_tuning import FineTuningJob
+
+    parent = _sweep(service, sweep={"learning_rate": [1e-4, 2e-4]})
+    for body in (parent, _get(service, _children(parent)[0])):
+        job = FineTuningJob.model_validate(body)
+        assert job.id == body["id"] and job.status == body["status"]
+        assert job.hyperparameters.n_epochs == 3
