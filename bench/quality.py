@@ -13,20 +13,22 @@ compares learning rates as much as optimizers: the "best of each" table puts eac
 optimizer's best rate (by mean dev macro F1 over seeds) side by side.
 
 Writes, under --output (default bench/results/):
-    quality.md          the tables, the split and the wall time
+    quality.md          the tables, the split and the time taken
     quality.png         dev macro F1 and the low-sensitivity fraction per learning rate
     quality_runs.jsonl  one line per finished run; a rerun skips the runs found there
                         (--fresh starts over), so an interrupted benchmark can go on
 
-    python bench/quality.py                     # the full grid, about an hour on 2 cores
+    python bench/quality.py        # the full grid, two runs at a time: under an hour on 2 cores
     python bench/quality.py --seeds 1 --sage-lrs 3e-4 --adamw-lrs 1e-4   # one pair
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -151,6 +153,20 @@ def run_one(optimizer: str, lr: float, seed: int, args: argparse.Namespace, trai
     }
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_cell(call: tuple[str, float, int, argparse.Namespace, Path]) -> dict[str, Any]:
+    optimizer, lr, seed, args, work = call
+    run = run_one(optimizer, lr, seed, args, work / "train.jsonl", work / "dev.jsonl", work)
+    run["model"] = args.model
+    shutil.rmtree(work / f"{optimizer}-{lr:g}-{seed}", ignore_errors=True)
+    return run
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -208,7 +224,7 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, split: di
         "percent. \"Low sensitivity\": the fraction of the encoder layers' parameters with "
         f"I = |theta * grad| below {THRESHOLD} on the final model (the paper's measure of "
         "redundant parameters; lower means fewer left behind).",
-        f"- Time: {wall / 60:.1f} min of runs in all, {len(runs)} runs "
+        f"- Time: {wall / 60:.1f} min of training summed over {len(runs)} runs "
         f"({statistics.fmean(r['seconds'] for r in runs):.0f} s per run on average, "
         f"{'/'.join(sorted({str(r.get('threads', '?')) for r in runs}))} torch thread(s) "
         "per run).",
@@ -298,13 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("sage", "adamw"), default=None,
                         help="run one optimizer's share of the grid (two processes can share "
                              "the work; a last run without --only writes the full report)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs trained at once, one thread each (default 2: one per core "
+                             "of a 2-core machine); 1 trains each run on every thread")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore runs recorded by an earlier, interrupted benchmark")
     args = parser.parse_args(argv)
 
     import torch
 
-    machine = f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
     args.output.mkdir(parents=True, exist_ok=True)
     log = args.output / "quality_runs.jsonl"
     source = args.data or sms_spam_file()
@@ -329,28 +348,36 @@ def main(argv: list[str] | None = None) -> int:
     finished = {(r["optimizer"], r["learning_rate"], r["seed"]) for r in done}
     print(f"{args.model}: {len(grid)} runs ({len(finished)} already done), "
           f"{split['train']} train / {split['dev']} dev messages; {machine}", flush=True)
-    wall = sum(r["seconds"] for r in done)
+    todo = [cell for cell in grid if cell not in finished]
+    jobs = max(1, min(args.jobs, len(todo)))
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="sagetrain-quality-") as tmp:
         work = Path(tmp)
         write_jsonl(train_rows, work / "train.jsonl")
         write_jsonl(dev_rows, work / "dev.jsonl")
-        for i, (optimizer, lr, seed) in enumerate(grid, 1):
-            if (optimizer, lr, seed) in finished:
-                continue
-            run = run_one(optimizer, lr, seed, args, work / "train.jsonl", work / "dev.jsonl",
-                          work)
-            run["model"] = args.model
-            wall += run["seconds"]
-            done.append(run)
-            with open(log, "a") as fh:
-                fh.write(json.dumps(run) + "\n")
-            shutil.rmtree(work / f"{optimizer}-{lr:g}-{seed}", ignore_errors=True)
-            print(f"[{i}/{len(grid)}] {optimizer:>5} lr {lr:<8g} seed {seed}: "
-                  f"acc {run['valid_accuracy']:.4f} F1 {run['valid_f1_macro']:.4f} "
-                  f"MCC {run['valid_mcc']:.4f}, low-sens "
-                  f"{run.get(f'blocks_below_{THRESHOLD}') or 0:.4f}, {run['seconds']:.0f} s",
-                  flush=True)
-
+        calls = [(optimizer, lr, seed, args, work) for optimizer, lr, seed in todo]
+        with contextlib.ExitStack() as stack:
+            if jobs > 1:
+                # Each process trains one run at a time on one thread: on a small CPU this
+                # beats one run on every thread (no intra-op synchronisation).
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                    jobs, initializer=_one_thread))
+                results = pool.imap_unordered(_run_cell, calls)
+            else:
+                results = map(_run_cell, calls)
+            for i, run in enumerate(results, len(finished) + 1):
+                done.append(run)
+                with open(log, "a") as fh:
+                    fh.write(json.dumps(run) + "\n")
+                print(f"[{i}/{len(grid)}] {run['optimizer']:>5} lr {run['learning_rate']:<8g} "
+                      f"seed {run['seed']}: acc {run['valid_accuracy']:.4f} "
+                      f"F1 {run['valid_f1_macro']:.4f} MCC {run['valid_mcc']:.4f}, low-sens "
+                      f"{run.get(f'blocks_below_{THRESHOLD}') or 0:.4f}, {run['seconds']:.0f} s",
+                      flush=True)
+    if todo:
+        print(f"{len(todo)} runs in {(time.time() - started) / 60:.1f} min wall time with "
+              f"{jobs} process(es)", flush=True)
+    wall = sum(r["seconds"] for r in done)
     (args.output / "quality.md").write_text(write_report(done, args, split, wall, machine))
     plot(done, args.output / "quality.png")
     print((args.output / "quality.md").read_text())

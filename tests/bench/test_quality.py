@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -78,11 +80,18 @@ def test_small_grid_end_to_end_and_resumes(quality: ModuleType, catalog: Path,
     argv = ["--model", "tiny-bert", "--train-size", "64", "--dev-size", "32", "--epochs", "1",
             "--seeds", "1", "2", "--sage-lrs", "1e-3", "3e-3", "--adamw-lrs", "1e-3",
             "--max-seq-length", "32", "--output", str(out)]
-    assert quality.main([*argv, "--only", "adamw"]) == 0
+    assert quality.main([*argv, "--only", "adamw", "--jobs", "1"]) == 0
     runs = [json.loads(line) for line in (out / "quality_runs.jsonl").read_text().splitlines()]
     assert [(r["optimizer"], r["seed"]) for r in runs] == [("adamw", 1), ("adamw", 2)]
 
-    assert quality.main(argv) == 0  # runs only sage's four, then reports all six
+    # The script itself, two runs at a time in spawned processes: runs only sage's four,
+    # then reports all six.
+    done = subprocess.run([sys.executable, str(BENCH), *argv, "--jobs", "2"],
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "SAGETRAIN_MODELS_DIR": str(catalog)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 runs (2 already done)" in done.stdout
+    assert "4 runs in" in done.stdout and "with 2 process(es)" in done.stdout
     runs = [json.loads(line) for line in (out / "quality_runs.jsonl").read_text().splitlines()]
     assert Counter(r["optimizer"] for r in runs) == {"adamw": 2, "sage": 4}
     for run in runs:
