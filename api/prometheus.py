@@ -41,7 +41,11 @@ def _running_progress_query() -> Select[Any]:
                                                  JobMetric.kind == "train")
                     .order_by(JobMetric.step.desc(), JobMetric.id.desc()).limit(1)
                     .correlate(Job).scalar_subquery())
-    return (select(Job.id, Job.lease_owner, Job.step, Job.total_steps, latest_train)
+    # Job.sweep comes along to leave out sweep parents: running, but never trained by a
+    # worker (their children are). It is SQL NULL or JSON null on other jobs, so the test is
+    # made in Python.
+    return (select(Job.id, Job.lease_owner, Job.step, Job.total_steps, latest_train,
+                   Job.sweep)
             .where(Job.status == JobStatus.RUNNING).order_by(Job.id))
 
 
@@ -66,7 +70,9 @@ class JobsCollector(Collector):
             jobs.add_metric([status], counts.pop(status, 0))
         for status, count in sorted(counts.items()):  # a status this module does not know
             jobs.add_metric([status], count)
-        for job_id, owner, job_step, total_steps, data in running:
+        for job_id, owner, job_step, total_steps, data, sweep in running:
+            if sweep is not None:
+                continue
             labels = [owner or NO_WORKER, job_id]
             step.add_metric(labels, job_step)
             if total_steps:

@@ -70,6 +70,16 @@ def test_running_job_progress_under_its_worker(service: Service) -> None:
     assert values(samples, "sagetrain_jobs", "status")["running"] == 1
 
 
+def test_sweep_parent_counts_as_running_but_has_no_worker_series(service: Service) -> None:
+    parent = service.create_job()
+    with sessions(service).begin() as s:
+        s.execute(update(Job).where(Job.id == parent["id"]).values(
+            status=JobStatus.RUNNING, sweep={"runs": []}))
+    samples = scrape(service)
+    assert values(samples, "sagetrain_jobs", "status")["running"] == 1
+    assert not [s for s in samples if s.name.startswith("sagetrain_worker_")]
+
+
 def test_request_latency_under_the_route_template(service: Service) -> None:
     job = service.create_job()
     for _ in range(2):
