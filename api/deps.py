@@ -3,15 +3,16 @@ that answer 404 for anything the key does not own, so handlers stay thin."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Select, and_, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 
 from api.dispatch import Dispatcher
@@ -21,6 +22,7 @@ from api.uploads import Upload, read_upload
 from sage_core.artifacts import ArtifactStore
 from sage_core.db.keys import KEY_PREFIX, find_key, hash_key
 from sage_core.db.models import ApiKey, Checkpoint, File, Job
+from sage_core.db.session import statements_commit_alone
 from sage_core.errors import NotFoundError
 from sage_core.settings import Settings
 
@@ -117,16 +119,82 @@ class KeyWithFile:
     training_file: File | None  # the key's file named by the body's training_file, if any
 
 
-def get_key_with_training_file(
-        session: SessionDep, token: Token,
-        file_id: Annotated[str | None, Depends(_peek_training_file)]) -> KeyWithFile:
-    """The caller's key and the training file the body names, in one query: a job's
-    creation checks both, and the key must be checked before the body is."""
+KEY_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    row: dict[str, Any]  # the api_keys row's values
+    read_at: float
+
+
+class KeyCache:
+    """Key hash -> the key's row, as read from the database at most `ttl` seconds ago; only
+    live keys are kept (a wrong key is looked up every time). Job creation uses it: its
+    insert checks the key again in the statement that writes (api/services/jobs.py), so a
+    revoked key never creates a job; the cache only lets a request skip the lookup before
+    its body is validated. Lives on the event loop: no lock."""
+
+    def __init__(self, ttl: float = KEY_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000):
+        self.ttl = ttl
+        self._clock = clock
+        self._max_keys = max_keys
+        self._rows: dict[str, _CachedKey] = {}
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        found = self._rows.get(key_hash)
+        if found is None:
+            return None
+        if self._clock() - found.read_at > self.ttl:
+            del self._rows[key_hash]
+            return None
+        key = ApiKey(**found.row)  # a row of the request's own, never a shared one
+        make_transient_to_detached(key)
+        return key
+
+    def put(self, key: ApiKey) -> None:
+        if len(self._rows) >= self._max_keys:
+            self._rows.clear()
+        self._rows[key.key_hash] = _CachedKey(
+            {attr: getattr(key, attr) for attr in _KEY_ATTRS}, self._clock())
+
+
+_KEY_ATTRS = ("id", "name", "key_hash", "prefix", "created_at", "revoked_at")
+
+
+def _key_cache(request: Request) -> KeyCache:
+    keys: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    if keys is None:
+        keys = request.app.state.key_cache = KeyCache()
+    return keys
+
+
+def _key_and_file(session: Session, key_hash: str, file_id: str | None) -> KeyWithFile | None:
+    alone = statements_commit_alone(session)
     found = session.execute(_key_and_file_query(),
-                            {"key_hash": hash_key(token), "file_id": file_id}).one_or_none()
+                            {"key_hash": key_hash, "file_id": file_id}).one_or_none()
+    if alone:
+        session.commit()  # no round trip: the connection goes back to the pool
+    return None if found is None else KeyWithFile(found[0], found[1])
+
+
+async def get_key_with_training_file(request: Request, session: SessionDep,
+                                     token: Token) -> KeyWithFile:
+    """The caller's key, checked before the body is, and the training file the body names
+    when it has to be read: a key read in the last KEY_CACHE_SECONDS costs no query and no
+    worker thread; otherwise the key and the file in one query."""
+    key_hash = hash_key(token)
+    keys = _key_cache(request)
+    key = keys.get(key_hash)
+    if key is not None:
+        return KeyWithFile(key, None)
+    found = await run_in_threadpool(_key_and_file, session, key_hash,
+                                    await _peek_training_file(request))
     if found is None:
         raise AuthenticationError("Incorrect API key provided.")
-    return KeyWithFile(found[0], found[1])
+    keys.put(found.key)
+    return found
 
 
 KeyAndTrainingFile = Annotated[KeyWithFile, Depends(get_key_with_training_file)]

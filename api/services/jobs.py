@@ -6,21 +6,35 @@ import hashlib
 import json
 import secrets
 from functools import cache
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from api.errors import InvalidRequestError
+from api.errors import AuthenticationError, InvalidRequestError
 from api.schemas import JobCreate, JobPublic
 from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task
 from sage_core.artifacts import ArtifactStore
 from sage_core.catalog import resolve_model
 from sage_core.db import transitions
-from sage_core.db.events import add_event
+from sage_core.db.events import EventValues, add_event, insert_event, log_event, new_event
 from sage_core.db.ids import JOB, new_id
-from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
-from sage_core.errors import ConflictError
+from sage_core.db.models import ApiKey, File, Job, JobEvent, JobStatus, utcnow
+from sage_core.db.session import statements_commit_alone
+from sage_core.errors import ConflictError, SageTrainError
 from sage_core.schemas import JobSpec
 from sage_core.settings import Settings
 
@@ -96,26 +110,29 @@ def _check_file(row: File | None, file_id: str, param: str) -> File:
     return row
 
 
+@cache
+def _replay_query() -> Select[Job]:
+    # Only for a live key: the caller's key may come from a cache (api/deps.py).
+    return select(Job).join(ApiKey, ApiKey.id == Job.owner_id).where(
+        Job.owner_id == bindparam("owner_id"),
+        Job.idempotency_key == bindparam("idempotency_key"), ApiKey.revoked_at.is_(None))
+
+
 def _replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> Job | None:
     """The job an earlier request with this Idempotency-Key made, if any (409 if the body
     differed)."""
-    job = session.scalar(select(Job).where(
-        Job.owner_id == key.id, Job.idempotency_key == idempotency_key))
+    job = session.scalar(_replay_query(), {"owner_id": key.id,
+                                           "idempotency_key": idempotency_key})
     if job is not None and job.request_hash != digest:
         raise ConflictError("Idempotency-Key reused with a different request body",
                             param="Idempotency-Key", code="idempotency_key_reused")
     return job
 
 
-def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_key: str | None,
-               store: ArtifactStore, settings: Settings,
-               training_file: File | None = None) -> tuple[Job, bool]:
-    """Validate and queue a job. Returns (job, created); created is False on a replay.
-    `training_file`: the key's row for body.training_file when the caller has it already."""
-    digest = request_hash(body) if idempotency_key else None
-    if idempotency_key and digest and (earlier := _replay(session, key, idempotency_key, digest)):
-        return earlier, False
-    resolve_model(body.model, settings)
+def _check_files(session: Session, key: ApiKey, body: JobCreate, store: ArtifactStore,
+                 settings: Settings, training_file: File | None) -> None:
+    """Each file the body names: the key's, for fine-tuning, valid for the task (a file
+    validated for another task is parsed again); the error names the field at fault."""
     for file_id, param in ((body.training_file, "training_file"),
                            (body.validation_file, "validation_file")):
         if file_id is not None:
@@ -123,24 +140,155 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
                 else session.scalar(_owned_file(), {"file_id": file_id, "owner_id": key.id})
             ensure_file_for_task(_check_file(row, file_id, param), body.task, store, settings,
                                  param)
+
+
+def _file_ready(file_param: str) -> ColumnElement[bool]:
+    """The key owns the file, uploaded for fine-tuning and validated for the job's task."""
+    return exists().where(File.id == bindparam(file_param, type_=File.id.type),
+                          File.owner_id == bindparam("owner_id", type_=File.owner_id.type),
+                          File.purpose == PURPOSE_FINE_TUNE,
+                          File.task == bindparam("task", type_=File.task.type))
+
+
+# The columns create_job sets; the rest take their column defaults. `metadata` is the
+# column behind Job.user_metadata.
+_JOB_COLUMNS = ("id", "owner_id", "model", "task", "spec", "seed", "suffix", "metadata",
+                "training_file_id", "validation_file_id", "status", "created_at", "queued_at",
+                "artifact_prefix", "result_file_ids", "idempotency_key", "request_hash")
+
+
+@cache
+def _insert_job(*, files_checked: bool) -> Insert:
+    """INSERT INTO jobs ... SELECT <the values> WHERE the key is live (and, unless the files
+    were checked already, every file the body names is ready): no row means a guard failed,
+    and the careful path says which. The key is checked in the statement that writes, so a
+    revoked key can never create a job."""
+    table = Job.__table__
+    columns = [table.c[name] for name in _JOB_COLUMNS]
+    guards: list[ColumnElement[bool]] = [exists().where(
+        ApiKey.id == bindparam("owner_id", type_=ApiKey.id.type), ApiKey.revoked_at.is_(None))]
+    if not files_checked:
+        guards += [_file_ready("training_file_id"),
+                   or_(bindparam("validation_file_id", type_=File.id.type).is_(None),
+                       _file_ready("validation_file_id"))]
+    values = select(*(bindparam(c.key, type_=c.type) for c in columns)).where(*guards)
+    return insert(Job).from_select(columns, values).returning(*table.c)
+
+
+@cache
+def _insert_job_with_event(*, files_checked: bool) -> Select[Job, int]:
+    """PostgreSQL: the job, its creation event and its queue position in one statement (and
+    one round trip). The count reads the snapshot the statement started with, which does not
+    hold the new row: a new job's place is one after the queued jobs ahead of it."""
+    j = _insert_job(files_checked=files_checked).cte("new_job")
+    event = insert(JobEvent).from_select(
+        [JobEvent.id, JobEvent.job_id, JobEvent.created_at, JobEvent.level, JobEvent.type,
+         JobEvent.message],
+        select(bindparam("event_id", type_=JobEvent.id.type), j.c.id, j.c.created_at,
+               bindparam("event_level", type_=JobEvent.level.type),
+               bindparam("event_type", type_=JobEvent.type.type),
+               bindparam("event_message", type_=JobEvent.message.type))).cte("new_event")
+    new_job = aliased(Job, j)
+    ahead = aliased(Job)
+    # Two counts, not one with OR: the first is a range of ix_jobs_status_queued alone
+    # (status, queued_at), which an index-only scan counts without reading the rows.
+    earlier = select(func.count()).select_from(ahead).where(
+        ahead.status == S.QUEUED, ahead.queued_at < new_job.queued_at).scalar_subquery()
+    same_time = select(func.count()).select_from(ahead).where(
+        ahead.status == S.QUEUED, ahead.queued_at == new_job.queued_at,
+        ahead.id < new_job.id).scalar_subquery()
+    return select(new_job, earlier + same_time + 1).add_cte(event)
+
+
+def _insert(session: Session, params: dict[str, Any], event: EventValues, *,
+            files_checked: bool) -> Job | None:
+    """Insert the job and its creation event; None (nothing written) if a guard failed."""
+    if session.get_bind().dialect.name == "postgresql":
+        found = session.execute(_insert_job_with_event(files_checked=files_checked),
+                                {**params, "event_id": event.id, "event_level": event.level,
+                                 "event_type": event.type, "event_message": event.message}
+                                ).one_or_none()
+        if found is None:
+            return None
+        job, position = found
+    else:  # no INSERT inside WITH: three statements in the one transaction
+        job = session.scalar(select(Job).from_statement(
+            _insert_job(files_checked=files_checked)), params)
+        if job is None:
+            return None
+        session.execute(insert_event(), event.params())
+        position = session.scalar(_position(), {"job_id": job.id})
+    remember_position(session, job.id, position)
+    return job
+
+
+def _is_live(session: Session, key: ApiKey) -> bool:
+    return session.scalar(_live_key(), {"key_id": key.id}) is not None
+
+
+@cache
+def _live_key() -> Select[str]:
+    return select(ApiKey.id).where(ApiKey.id == bindparam("key_id"), ApiKey.revoked_at.is_(None))
+
+
+def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_key: str | None,
+               store: ArtifactStore, settings: Settings,
+               training_file: File | None = None) -> tuple[Job, bool]:
+    """Validate and queue a job. Returns (job, created); created is False on a replay.
+    `training_file`: the key's row for body.training_file when the caller has it already.
+
+    The job, its creation event and (on PostgreSQL) its queue position are written and read
+    in one statement that also checks the key and the files; only when that writes nothing
+    are the files looked up one by one, to say what is wrong with them (or to validate one
+    for another task), and the insert tried again. Every answer is for a live key only: the
+    key may come from a cache (api/deps.py), so an error re-reads it."""
+    try:
+        return _create_job(session, key, body, idempotency_key=idempotency_key, store=store,
+                           settings=settings, training_file=training_file)
+    except SageTrainError as exc:
+        if not isinstance(exc, AuthenticationError) and not _is_live(session, key):
+            raise AuthenticationError("Incorrect API key provided.") from None
+        raise
+
+
+def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_key: str | None,
+                store: ArtifactStore, settings: Settings,
+                training_file: File | None) -> tuple[Job, bool]:
+    digest = request_hash(body) if idempotency_key else None
+    if idempotency_key and digest and (earlier := _replay(session, key, idempotency_key, digest)):
+        return earlier, False
+    resolve_model(body.model, settings)
+    if training_file is not None:  # no I/O: refuse a file the caller already holds early
+        _check_file(training_file, training_file.id, "training_file")
     # OpenAI's behaviour: with no seed given, one is chosen, stored and shown on the job.
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-    spec = JobSpec(model=body.model, task=body.task, seed=seed,
-                   hyperparameters=body.hyperparameters).resolve()
+    try:
+        spec = JobSpec(model=body.model, task=body.task, seed=seed,
+                       hyperparameters=body.hyperparameters).resolve()
+    except Exception:
+        _check_files(session, key, body, store, settings, training_file)  # reported first
+        raise
     job_id = new_id(JOB)
     now = utcnow()
-    job = Job(id=job_id, owner_id=key.id, model=body.model, task=body.task,
-              spec=spec.model_dump(mode="json"), seed=seed, suffix=body.suffix,
-              user_metadata=body.metadata, training_file_id=body.training_file,
-              validation_file_id=body.validation_file, status=S.QUEUED, created_at=now,
-              queued_at=now, artifact_prefix=f"jobs/{job_id}", result_file_ids=[],
-              idempotency_key=idempotency_key, request_hash=digest)
-    session.add(job)
-    add_event(session, job_id, f"Created fine-tuning job: {job_id}")
+    params: dict[str, Any] = {
+        "id": job_id, "owner_id": key.id, "model": body.model, "task": body.task,
+        "spec": spec.model_dump(mode="json"), "seed": seed, "suffix": body.suffix,
+        "metadata": body.metadata, "training_file_id": body.training_file,
+        "validation_file_id": body.validation_file, "status": S.QUEUED, "created_at": now,
+        "queued_at": now, "artifact_prefix": f"jobs/{job_id}", "result_file_ids": [],
+        "idempotency_key": idempotency_key, "request_hash": digest}
+    event = new_event(job_id, f"Created fine-tuning job: {job_id}", created_at=now)
+    # PostgreSQL writes everything in one statement: no transaction around it is needed.
+    statements_commit_alone(session)
     try:
-        session.flush()
-        # In the same transaction, so the answer needs no second one.
-        remember_position(session, job_id, session.scalar(_position(), {"job_id": job_id}))
+        job = _insert(session, params, event, files_checked=False)
+        if job is None:
+            if not _is_live(session, key):
+                raise AuthenticationError("Incorrect API key provided.")
+            _check_files(session, key, body, store, settings, training_file)
+            job = _insert(session, params, event, files_checked=True)
+            if job is None:  # the key was revoked in between
+                raise AuthenticationError("Incorrect API key provided.")
         session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
@@ -149,6 +297,7 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
                 earlier := _replay(session, key, idempotency_key, digest)):
             return earlier, False
         raise
+    log_event(event)
     return job, True
 
 
