@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sage_core.optim.sage import _multi_tensor_sage
 
-__all__ = ["compiled_kernels_available"]
+__all__ = ["compiled_kernels_available", "kernel_is_warm"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,12 @@ def compiled_kernels_available(device: torch.device) -> bool:
 
         return has_triton()
     return False
+
+
+def kernel_is_warm(base: str, sage: bool, device: torch.device) -> bool:
+    """Whether this process has already compiled the kernel for (base, sage) on this device
+    type, so that using it for more tensors costs no compilation."""
+    return any(signature[:3] == (base, sage, device.type) for signature in _WARM)
 
 
 def _step_scalars(

@@ -9,6 +9,9 @@ keyword-only signature:
 - `_compiled_sage` (sage_core.optim.compiled): one fused elementwise kernel per tensor,
   built by `torch.compile` once per process and reused.
 
+`SAGE.step` runs the same compiled kernel once over a whole group where the group's
+tensors live in flat buffers (sage_core.optim.flat; CPU).
+
 Imports only torch.
 """
 
@@ -83,11 +86,15 @@ class SAGE(Optimizer):
             False forces the single-tensor reference; True forces ``torch._foreach_*``.
         compiled: True forces the torch.compile'd fused kernels (sage_core.optim.compiled),
             False forbids them, None (default) uses them when ``foreach`` is None, the
-            group's step has at least ``COMPILE_MIN_NUMEL`` (2M) elements on CPU and
-            torch.compile works there (a C++ compiler); on CUDA the default is foreach,
-            which measured faster for BERT-sized tensors. The kernels compile once per
-            process (a few seconds; dynamic shapes; lr and step are passed as tensors, so
-            a scheduler never triggers a recompile).
+            group's step has at least ``COMPILE_MIN_NUMEL`` (2M) elements on CPU (or the
+            kernel is already compiled in this process) and torch.compile works there (a
+            C++ compiler); on CUDA the default is foreach, which measured faster for
+            BERT-sized tensors. The kernels compile once per process (a few seconds;
+            dynamic shapes; lr and step are passed as tensors, so a scheduler never
+            triggers a recompile). On CPU a group that takes them is put in flat buffers
+            (sage_core.optim.flat): its parameters' ``.data`` and gradients become views
+            of one buffer each, and a step is one kernel call where the gradients stay
+            put between steps.
         sage: the default for groups without a ``"sage"`` key (default True).
 
     Contracts: state (``step``, ``exp_avg``, ``exp_avg_sq`` or ``exp_inf``, and
@@ -128,6 +135,56 @@ class SAGE(Optimizer):
         for group in self.param_groups:
             group.setdefault("compiled", None)
             group.setdefault("sage", True)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # new group dicts and state: the flat buffers are rebuilt (state copied) next step
+        self._flat_groups: dict[int, Any] = {}
+        self._flat_off: set[int] = set()
+
+    def _flat_step(self, group: dict[str, Any]) -> bool:
+        """Step ``group`` over its flat buffers (sage_core.optim.flat) where it qualifies:
+        the compiled kernels are its implementation and every parameter has a gradient.
+        False: nothing was done, take the per-tensor path."""
+        from sage_core.optim.flat import FLAT_DEVICE_TYPES, FlatGroup
+
+        flat_groups: dict[int, FlatGroup] = self.__dict__.setdefault("_flat_groups", {})
+        flat_off: set[int] = self.__dict__.setdefault("_flat_off", set())
+        key = id(group)
+        flat = flat_groups.get(key)
+        if flat is not None and not flat.valid(group, self.state):
+            flat_groups.pop(key)
+            flat = None
+        if flat is None:
+            params = group["params"]
+            if (
+                key in flat_off or not params or group["foreach"] is not None
+                or params[0].device.type not in FLAT_DEVICE_TYPES
+                or not _use_compiled(params, group["compiled"], group["base"], group["sage"])
+            ):
+                return False
+            flat = FlatGroup.build(group, self.state, _SECOND_MOMENT_KEY[group["base"]])
+            if flat is None:
+                if all(p.grad is not None for p in params):
+                    flat_off.add(key)  # it will not qualify later either
+                return False
+            flat_groups[key] = flat
+        if not flat.all_have_grads():
+            # from here on its params' steps differ: the per-tensor path, for good
+            flat_groups.pop(key)
+            flat_off.add(key)
+            return False
+        if not flat.take_grads():
+            return False  # new gradient tensors again: per-tensor calls over the views
+        beta1, beta2 = group["betas"]
+        if not flat.step(
+            lr=group["lr"], beta1=beta1, beta2=beta2, beta3=group["beta3"], eps=group["eps"],
+            weight_decay=group["weight_decay"],
+        ):
+            flat_groups.pop(key)
+            flat_off.add(key)
+            return False
+        return True
 
     def _init_group(
         self,
@@ -177,6 +234,8 @@ class SAGE(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if self._flat_step(group):
+                continue
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
@@ -265,7 +324,7 @@ def sage(
     impl: Callable[..., None]
     if foreach is False:
         impl = _single_tensor_sage
-    elif foreach is None and _use_compiled(params, compiled) or compiled is True:
+    elif foreach is None and _use_compiled(params, compiled, base, sage) or compiled is True:
         from sage_core.optim.compiled import _compiled_sage
 
         impl = _compiled_sage
@@ -290,16 +349,22 @@ COMPILE_MIN_NUMEL = 1 << 21
 AUTO_COMPILED_DEVICE_TYPES: frozenset[str] = frozenset({"cpu"})
 
 
-def _use_compiled(params: list[Tensor], compiled: bool | None) -> bool:
+def _use_compiled(
+    params: list[Tensor], compiled: bool | None, base: str | None = None, sage: bool = True
+) -> bool:
+    """The automatic choice: large steps on CPU, and smaller ones whose kernel (``base``,
+    ``sage``) this process has compiled already (for a larger group), which costs nothing."""
     if compiled is not None:
         return compiled
     device = params[0].device
     if device.type not in AUTO_COMPILED_DEVICE_TYPES:
         return False
-    if sum(p.numel() for p in params) < COMPILE_MIN_NUMEL:
-        return False
-    from sage_core.optim.compiled import compiled_kernels_available
+    from sage_core.optim.compiled import compiled_kernels_available, kernel_is_warm
 
+    if sum(p.numel() for p in params) < COMPILE_MIN_NUMEL and not (
+        base is not None and kernel_is_warm(base, sage, device)
+    ):
+        return False
     return compiled_kernels_available(device)
 
 

@@ -1,7 +1,9 @@
-"""The torch.compile'd per-tensor kernels: agree with the reference, are chosen by default
-for large steps, compile once per variant, and fall back to foreach when compiling fails.
+"""The torch.compile'd kernels: agree with the reference (over flat buffers, one call per
+tensor, or packed), are chosen by default for large steps, compile once per variant, and
+fall back to foreach when compiling fails.
 
-Tensors are tiny so that each kernel variant compiles in about a second."""
+Tensors are tiny so that each kernel variant compiles in about a second. Tests of the
+per-tensor calls switch the flat layout off; test_sage_flat covers the rest of it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sage_testing import make_grads, make_params, run_steps
 from test_sage_parity import LRS, STEPS, TOLERANCES
 
 import sage_core.optim.compiled as compiled_module
+import sage_core.optim.flat as flat_module
 import sage_core.optim.sage as sage_module
 
 pytestmark = pytest.mark.skipif(
@@ -42,12 +45,16 @@ def _assert_matches_reference(dtype: torch.dtype, fast: dict[str, Any], **option
         ("adamw", True, 0.1, torch.bfloat16),
     ],
 )
-@pytest.mark.parametrize("own_call_min_numel", [4096, 20])
+@pytest.mark.parametrize("layout", ["flat", "packed", "own calls"])
 def test_compiled_matches_reference(
-    base: str, use_sage: bool, weight_decay: float, dtype: torch.dtype,
-    own_call_min_numel: int, monkeypatch: pytest.MonkeyPatch,
+    base: str, use_sage: bool, weight_decay: float, dtype: torch.dtype, layout: str,
+    monkeypatch: pytest.MonkeyPatch,
 ):
-    """4096: every tensor is packed into one call; 20: the larger ones get their own call."""
+    """flat: one call over the group's buffers (not for bf16, which keeps per-tensor calls);
+    packed: every tensor is packed into one call; own calls: the larger ones get their own."""
+    if layout != "flat":
+        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
+    own_call_min_numel = 20 if layout == "own calls" else 4096
     monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", own_call_min_numel)
     _assert_matches_reference(
         dtype, dict(compiled=True), base=base, sage=use_sage, weight_decay=weight_decay
@@ -55,6 +62,7 @@ def test_compiled_matches_reference(
 
 
 def test_params_at_different_steps_match_reference(monkeypatch: pytest.MonkeyPatch):
+    """Also for the flat layout, which never forms for a group whose steps differ."""
     monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", 20)
     results = []
     for options in (dict(foreach=False), dict(compiled=True)):
@@ -70,26 +78,38 @@ def test_params_at_different_steps_match_reference(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(g, r, **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("layout", ["flat", "per tensor"])
 def test_default_for_large_steps_is_compiled_and_matches_reference(
-    monkeypatch: pytest.MonkeyPatch,
+    layout: str, monkeypatch: pytest.MonkeyPatch,
 ):
     monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", 0)
+    if layout == "per tensor":
+        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
     calls: list[int] = []
     real = compiled_module._compiled_sage
+    real_flat = flat_module.FlatGroup.step
 
     def spy(params: list[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         calls.append(len(params))
         real(params, *args, **kwargs)
 
+    def flat_spy(self: flat_module.FlatGroup, **kwargs: Any) -> bool:
+        calls.append(len(self.params))
+        return real_flat(self, **kwargs)
+
     monkeypatch.setattr(compiled_module, "_compiled_sage", spy)
+    monkeypatch.setattr(flat_module.FlatGroup, "step", flat_spy)
     _assert_matches_reference(torch.float32, {}, base="adamw", weight_decay=0.1)
     assert len(calls) == STEPS
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["flat", "per tensor"])
 def test_first_step_and_zero_params_with_compiled_kernel(
-    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    dtype: torch.dtype, layout: str, monkeypatch: pytest.MonkeyPatch
 ):
+    if layout == "per tensor":
+        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
     monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", 20)
     lr, wd = 0.1, 0.2
     got, _ = run_steps(1, dtype=dtype, compiled=True, lr=lr, weight_decay=wd)
@@ -113,9 +133,12 @@ def test_no_recompilation_across_lr_steps_and_sizes():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
 
 
+@pytest.mark.parametrize("layout", ["flat", "per tensor"])
 def test_compile_failure_falls_back_to_foreach(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    layout: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
+    if layout == "per tensor":
+        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
     def broken(*args: Any) -> None:
         raise RuntimeError("no compiler")
 

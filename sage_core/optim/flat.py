@@ -1,0 +1,249 @@
+"""SAGE's flat layout: one param group's parameters, gradients and state each in one
+contiguous buffer, so that one compiled kernel call steps the whole group.
+
+A kernel call per tensor costs host time (dynamo guards, AOT wrappers, Python) on every
+one of a BERT's ~100 tensors, and the packing of small tensors costs extra memory passes;
+over flat buffers a step is one call per group that reads p, g, m, v, Ibar once and writes
+p, m, v, Ibar once (SAGE.md's 9 passes).
+
+How the buffers are made, on the first step a group qualifies (`FlatGroup.build`):
+- state (``exp_avg``, the second moment, ``exp_avg_ipt``) lives in flat buffers and
+  ``optimizer.state[p]`` holds views of them, so ``state_dict()`` and ``load_state_dict()``
+  work as before (a loaded state is copied into new buffers on the next step, bit for bit);
+- each parameter's ``.data`` is re-pointed to a view of a flat parameter buffer (values
+  unchanged; the Parameter objects, and so the model, stay the same);
+- gradients are copied into a flat gradient buffer once and ``p.grad`` is re-pointed to
+  views of it. Where the caller keeps them (``zero_grad(set_to_none=False)``, or gradients
+  set once) backward accumulates into the views and every step is one kernel call. Where
+  autograd hands over new tensors each step (``zero_grad(set_to_none=True)``), copying them
+  in would cost about half a fused AdamW step on CPU, so those steps make one kernel call
+  per tensor over the views instead (sage_core.optim.compiled), reading the gradients
+  where they are.
+
+A group qualifies when every parameter has a dense gradient, all share one device and the
+state's dtype (fp32 or fp64; bf16 parameters keep the per-tensor path), all are at the same
+step, and each parameter owns its storage or lies in a flat buffer made here before (no
+parameter is a view of memory something else may own). The buffers are checked on every
+step (data pointers, state identity); if anything changed underneath (a parameter moved, a
+state was replaced), they are rebuilt, and if a parameter lacks a gradient the group goes
+back to the per-tensor path for good (its parameters' steps now differ). The flat buffers
+take as much memory as the per-tensor layout, plus one gradient buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from sage_core.optim import compiled
+
+__all__ = ["FLAT_DEVICE_TYPES", "FlatGroup"]
+
+# Device types where a compiled-kernel group is put in flat buffers. CUDA would gain most
+# (one launch per group) but is not yet measured there.
+FLAT_DEVICE_TYPES: frozenset[str] = frozenset({"cpu"})
+
+# The flat parameter buffers made in this process (weakly held, by storage), of any SAGE
+# optimizer, live or not: params that are views of them may be moved again.
+_PARAM_STORAGES: dict[int, StorageWeakRef] = {}
+
+
+def _is_flat_param_storage(t: Tensor) -> bool:
+    ref = _PARAM_STORAGES.get(StorageWeakRef(t.untyped_storage()).cdata)
+    return ref is not None and not ref.expired()
+
+
+def _register_param_storage(t: Tensor) -> None:
+    for key in [key for key, ref in _PARAM_STORAGES.items() if ref.expired()]:
+        del _PARAM_STORAGES[key]
+    ref = StorageWeakRef(t.untyped_storage())
+    _PARAM_STORAGES[ref.cdata] = ref
+
+
+class FlatGroup:
+    """One param group's tensors in flat buffers, with views handed out to the params,
+    their gradients and the optimizer state."""
+
+    def __init__(
+        self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]],
+        second_key: str, step: int,
+    ) -> None:
+        first = params[0]
+        dtype, device = first.dtype, first.device
+        self.group = group
+        self.base: str = group["base"]
+        self.sage: bool = group["sage"]
+        self.choice = (group["foreach"], group["compiled"])
+        self.params = params
+        self.states = states
+        self.sizes = [p.numel() for p in params]
+        total = sum(self.sizes)
+        self.keys = ["exp_avg", second_key] + (["exp_avg_ipt"] if self.sage else [])
+
+        def flat_of(tensors: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+            flat = torch.zeros(total, dtype=dtype, device=device)
+            views = [v.view(p.shape) for v, p in zip(flat.split(self.sizes), params, strict=True)]
+            if tensors is not None:
+                torch._foreach_copy_(views, tensors)
+            return flat, views
+
+        in_place = _laid_out_flat(params)
+        if in_place is not None:
+            self.flat_param = in_place  # e.g. rebuilt after load_state_dict: nothing to copy
+        else:
+            self.flat_param, param_views = flat_of([p.detach() for p in params])
+            for p, view in zip(params, param_views, strict=True):
+                p.data = view
+            _register_param_storage(self.flat_param)
+        self.param_ptrs = [p.data_ptr() for p in params]
+        self.flat_grad, self.grad_views = flat_of(None)
+        self.grad_ptrs = [g.data_ptr() for g in self.grad_views]
+        self.grads_taken = False  # copied in once already
+        self.foreign_grads: StorageWeakRef | None = None  # gradients seen, not taken
+        for s in states:
+            if "step" not in s:  # fresh: keys in the order _init_group gives them
+                s["step"] = torch.tensor(float(step), dtype=torch.float32)
+        self.steps = [s["step"] for s in states]
+        self.flat_state: list[Tensor] = []
+        for key in self.keys:
+            existing = [s[key] for s in states] if all(key in s for s in states) else None
+            flat, views = flat_of(existing)
+            self.flat_state.append(flat)
+            for s, view in zip(states, views, strict=True):
+                s[key] = view
+
+    @staticmethod
+    def build(
+        group: dict[str, Any], state: dict[Tensor, Any], second_key: str
+    ) -> FlatGroup | None:
+        """The group's flat buffers, or None where it does not qualify (see the module)."""
+        params: list[Tensor] = group["params"]
+        if len(params) == 0:
+            return None
+        first = params[0]
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        if first.dtype != dtype or first.device.type not in FLAT_DEVICE_TYPES:
+            return None
+        ranges = []
+        for p in params:
+            g = p.grad
+            if g is None or g.is_sparse or p.dtype != dtype or p.device != first.device:
+                return None
+            owns = (
+                p.storage_offset() == 0
+                and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+            )
+            if not owns and not _is_flat_param_storage(p):
+                return None  # a view into memory something else may own
+            ranges.append(p.data_ptr())
+        if len(set(ranges)) != len(ranges):
+            return None  # the same tensor twice
+        states = [state[p] for p in params]
+        stepped = [s for s in states if s]
+        if stepped and len(stepped) != len(states):
+            return None  # some fresh, some already stepped
+        steps = {float(s["step"]) for s in stepped}
+        if len(steps) > 1:
+            return None
+        keys = ["exp_avg", second_key] + (["exp_avg_ipt"] if group["sage"] else [])
+        for key in keys if stepped else []:
+            present = sum(key in s for s in stepped)
+            if present not in (0, len(stepped)) or present == 0 and key != "exp_avg_ipt":
+                return None  # e.g. a base changed mid-training: the per-tensor path says so
+            if any(s[key].dtype != dtype or s[key].is_sparse for s in stepped if key in s):
+                return None
+        step = int(steps.pop()) if steps else 0
+        return FlatGroup(group, params, states, second_key, step)
+
+    def valid(self, group: dict[str, Any], state: dict[Tensor, Any]) -> bool:
+        """Whether the buffers still back this group's params and state."""
+        if (
+            group is not self.group or group["base"] != self.base or group["sage"] != self.sage
+            or (group["foreach"], group["compiled"]) != self.choice
+        ):
+            return False
+        params = group["params"]
+        if len(params) != len(self.params):
+            return False
+        for p, mine, ptr, s in zip(params, self.params, self.param_ptrs, self.states, strict=True):
+            if p is not mine or p.data_ptr() != ptr or state.get(p) is not s:
+                return False
+        return True
+
+    def all_have_grads(self) -> bool:
+        return all(p.grad is not None for p in self.params)
+
+    def take_grads(self) -> bool:
+        """Make the gradients views of the flat gradient buffer, copying in those it does not
+        hold yet; False where that does not pay: gradients it did not hold on the last step
+        were replaced by new tensors since (zero_grad(set_to_none=True)), so they will be
+        every step, and a kernel call per tensor reading them where they are is cheaper than
+        copying them (on CPU a copy costs about half a fused AdamW step). Held gradients,
+        or the same foreign ones two steps running (set_to_none=False), are copied once."""
+        moved = [
+            i for i, (p, ptr) in enumerate(zip(self.params, self.grad_ptrs, strict=True))
+            if p.grad.data_ptr() != ptr  # type: ignore[union-attr]
+        ]
+        if not moved:
+            return True
+        # a weak reference keeps the storage's address from being reused, so equal
+        # addresses mean the same storage
+        seen = StorageWeakRef(self.params[moved[0]].grad.untyped_storage())  # type: ignore[union-attr]
+        last = self.foreign_grads
+        kept = last is not None and not last.expired() and last.cdata == seen.cdata
+        if self.grads_taken and not kept:
+            self.foreign_grads = seen
+            return False
+        self.grads_taken = True
+        self.foreign_grads = None
+        views = [self.grad_views[i] for i in moved]
+        torch._foreach_copy_(views, [self.params[i].grad for i in moved])  # type: ignore[misc]
+        for i, view in zip(moved, views, strict=True):
+            self.params[i].grad = view
+        return True
+
+    def step(
+        self, *, lr: float, beta1: float, beta2: float, beta3: float, eps: float,
+        weight_decay: float,
+    ) -> bool:
+        """One step over the flat buffers (the gradients must be in place: `take_grads`);
+        False (nothing written) if the kernel failed to compile."""
+        flat = self.flat_param
+        kernel = compiled._kernel(self.base, self.sage)
+        inputs = [flat, self.flat_grad, *self.flat_state]
+        signature = (self.base, self.sage, flat.device.type, *(t.dtype for t in inputs))
+        if signature in compiled._BROKEN:
+            return False
+        # read back: steps where take_grads declined went through the per-tensor path
+        step = int(self.steps[0].item()) + 1
+        scalars = compiled._step_scalars(
+            flat.device, flat.dtype, step, lr=lr, beta1=beta1, beta2=beta2,
+            beta3=beta3, eps=eps, weight_decay=weight_decay,
+        )
+        if not compiled._run_kernel(kernel, signature, inputs, scalars):
+            return False
+        torch._foreach_add_(self.steps, 1)
+        return True
+
+
+def _laid_out_flat(params: list[Tensor]) -> Tensor | None:
+    """The flat parameter buffer that holds ``params`` back to back, in order, and nothing
+    else, if there is one (as a 1-D tensor over its whole storage)."""
+    first = params[0]
+    if first.storage_offset() != 0 or not _is_flat_param_storage(first):
+        return None
+    storage = first.untyped_storage()
+    offset = first.data_ptr()
+    for p in params:
+        if p.data_ptr() != offset or not p.is_contiguous() or p.dtype != first.dtype:
+            return None
+        offset += p.numel() * p.element_size()
+    if offset - first.data_ptr() != storage.nbytes():
+        return None
+    total = sum(p.numel() for p in params)
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(
+        storage, 0, (total,), (1,)
+    )
