@@ -117,12 +117,12 @@ def run_layout(
         del optimizers["foreach"]
     params = [p for g in groups for p in g["params"]]
     # gradients as a training loop with zero_grad(set_to_none=True) hands them over: new
-    # tensors each step
-    new_grads = [p.grad.clone() for p in params]
+    # tensors each step (same values)
+    grad_values = [p.grad.clone() for p in params]
 
     def with_new_grads() -> None:
-        for p, g in zip(params, new_grads, strict=True):
-            p.grad = g
+        for p, g in zip(params, grad_values, strict=True):
+            p.grad = g.clone()
 
     results: dict[str, float] = {}
     # the first compiled step compiles the kernels it needs (and builds the flat buffers);
