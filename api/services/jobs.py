@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from functools import cache
-from typing import Any
+from collections.abc import Callable
+from functools import cache, partial
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Insert,
     Select,
+    Table,
     and_,
     bindparam,
     case,
@@ -22,7 +24,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 
 from api.errors import AuthenticationError, InvalidRequestError
 from api.schemas import JobCreate, JobPublic
@@ -150,21 +152,46 @@ def _file_ready(file_param: str) -> ColumnElement[bool]:
                           File.task == bindparam("task", type_=File.task.type))
 
 
-# The columns create_job sets; the rest take their column defaults. `metadata` is the
-# column behind Job.user_metadata.
-_JOB_COLUMNS = ("id", "owner_id", "model", "task", "spec", "seed", "suffix", "metadata",
-                "training_file_id", "validation_file_id", "status", "created_at", "queued_at",
-                "artifact_prefix", "result_file_ids", "idempotency_key", "request_hash")
+@cache
+def _job_defaults() -> dict[str, Callable[[], Any]]:
+    """Column key -> its default's value maker, for every jobs column (None if it has none)."""
+    makers: dict[str, Callable[[], Any]] = {}
+    for column in Job.__table__.c:
+        default = column.default
+        if default is None:
+            makers[column.key] = lambda: None
+        elif default.is_callable:  # wrapped by SQLAlchemy to take an execution context
+            makers[column.key] = partial(default.arg, None)  # type: ignore[attr-defined]
+        else:
+            makers[column.key] = partial(lambda value: value, default.arg)  # type: ignore[attr-defined]
+    return makers
+
+
+def _row_values(given: dict[str, Any]) -> dict[str, Any]:
+    """Every column's value: the given ones, the column default for the rest. The insert
+    writes exactly these, and the Job handed back is built from them: no reading back."""
+    return {key: given[key] if key in given else make() for key, make in _job_defaults().items()}
+
+
+@cache
+def _attribute_of_column() -> dict[str, str]:
+    return {prop.columns[0].key: prop.key for prop in Job.__mapper__.column_attrs}
+
+
+def _job_from(values: dict[str, Any]) -> Job:
+    names = _attribute_of_column()
+    job = Job(**{names[key]: value for key, value in values.items()})
+    make_transient_to_detached(job)  # the row exists: a detached object, not a new one
+    return job
 
 
 @cache
 def _insert_job(*, files_checked: bool) -> Insert:
-    """INSERT INTO jobs ... SELECT <the values> WHERE the key is live (and, unless the files
-    were checked already, every file the body names is ready): no row means a guard failed,
-    and the careful path says which. The key is checked in the statement that writes, so a
-    revoked key can never create a job."""
-    table = Job.__table__
-    columns = [table.c[name] for name in _JOB_COLUMNS]
+    """INSERT INTO jobs ... SELECT <every column's value> WHERE the key is live (and, unless
+    the files were checked already, every file the body names is ready): no row means a
+    guard failed, and the careful path says which. The key is checked in the statement that
+    writes, so a revoked key can never create a job."""
+    columns = list(Job.__table__.c)
     guards: list[ColumnElement[bool]] = [exists().where(
         ApiKey.id == bindparam("owner_id", type_=ApiKey.id.type), ApiKey.revoked_at.is_(None))]
     if not files_checked:
@@ -172,11 +199,14 @@ def _insert_job(*, files_checked: bool) -> Insert:
                    or_(bindparam("validation_file_id", type_=File.id.type).is_(None),
                        _file_ready("validation_file_id"))]
     values = select(*(bindparam(c.key, type_=c.type) for c in columns)).where(*guards)
-    return insert(Job).from_select(columns, values).returning(*table.c)
+    # On the Table, not the entity: a Core INSERT, whose parameters are column keys.
+    jobs = cast(Table, Job.__table__)
+    return insert(jobs).from_select(columns, values, include_defaults=False).returning(
+        jobs.c.id, jobs.c.created_at, jobs.c.queued_at)
 
 
 @cache
-def _insert_job_with_event(*, files_checked: bool) -> Select[Job, int]:
+def _insert_job_with_event(*, files_checked: bool) -> Select[int]:
     """PostgreSQL: the job, its creation event and its queue position in one statement (and
     one round trip). The count reads the snapshot the statement started with, which does not
     hold the new row: a new job's place is one after the queued jobs ahead of it."""
@@ -188,38 +218,34 @@ def _insert_job_with_event(*, files_checked: bool) -> Select[Job, int]:
                bindparam("event_level", type_=JobEvent.level.type),
                bindparam("event_type", type_=JobEvent.type.type),
                bindparam("event_message", type_=JobEvent.message.type))).cte("new_event")
-    new_job = aliased(Job, j)
     ahead = aliased(Job)
     # Two counts, not one with OR: the first is a range of ix_jobs_status_queued alone
     # (status, queued_at), which an index-only scan counts without reading the rows.
     earlier = select(func.count()).select_from(ahead).where(
-        ahead.status == S.QUEUED, ahead.queued_at < new_job.queued_at).scalar_subquery()
+        ahead.status == S.QUEUED, ahead.queued_at < j.c.queued_at).scalar_subquery()
     same_time = select(func.count()).select_from(ahead).where(
-        ahead.status == S.QUEUED, ahead.queued_at == new_job.queued_at,
-        ahead.id < new_job.id).scalar_subquery()
-    return select(new_job, earlier + same_time + 1).add_cte(event)
+        ahead.status == S.QUEUED, ahead.queued_at == j.c.queued_at,
+        ahead.id < j.c.id).scalar_subquery()
+    return select(earlier + same_time + 1).select_from(j).add_cte(event)
 
 
-def _insert(session: Session, params: dict[str, Any], event: EventValues, *,
+def _insert(session: Session, values: dict[str, Any], event: EventValues, *,
             files_checked: bool) -> Job | None:
     """Insert the job and its creation event; None (nothing written) if a guard failed."""
     if session.get_bind().dialect.name == "postgresql":
-        found = session.execute(_insert_job_with_event(files_checked=files_checked),
-                                {**params, "event_id": event.id, "event_level": event.level,
-                                 "event_type": event.type, "event_message": event.message}
-                                ).one_or_none()
-        if found is None:
+        position = session.execute(_insert_job_with_event(files_checked=files_checked),
+                                   {**values, "event_id": event.id, "event_level": event.level,
+                                    "event_type": event.type, "event_message": event.message}
+                                   ).scalar_one_or_none()
+        if position is None:
             return None
-        job, position = found
     else:  # no INSERT inside WITH: three statements in the one transaction
-        job = session.scalar(select(Job).from_statement(
-            _insert_job(files_checked=files_checked)), params)
-        if job is None:
+        if session.execute(_insert_job(files_checked=files_checked), values).first() is None:
             return None
         session.execute(insert_event(), event.params())
-        position = session.scalar(_position(), {"job_id": job.id})
-    remember_position(session, job.id, position)
-    return job
+        position = session.scalar(_position(), {"job_id": values["id"]})
+    remember_position(session, values["id"], position)
+    return _job_from(values)
 
 
 def _is_live(session: Session, key: ApiKey) -> bool:
@@ -270,23 +296,23 @@ def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_k
         raise
     job_id = new_id(JOB)
     now = utcnow()
-    params: dict[str, Any] = {
+    values = _row_values({
         "id": job_id, "owner_id": key.id, "model": body.model, "task": body.task,
         "spec": spec.model_dump(mode="json"), "seed": seed, "suffix": body.suffix,
         "metadata": body.metadata, "training_file_id": body.training_file,
         "validation_file_id": body.validation_file, "status": S.QUEUED, "created_at": now,
         "queued_at": now, "artifact_prefix": f"jobs/{job_id}", "result_file_ids": [],
-        "idempotency_key": idempotency_key, "request_hash": digest}
+        "idempotency_key": idempotency_key, "request_hash": digest})
     event = new_event(job_id, f"Created fine-tuning job: {job_id}", created_at=now)
     # PostgreSQL writes everything in one statement: no transaction around it is needed.
     statements_commit_alone(session)
     try:
-        job = _insert(session, params, event, files_checked=False)
+        job = _insert(session, values, event, files_checked=False)
         if job is None:
             if not _is_live(session, key):
                 raise AuthenticationError("Incorrect API key provided.")
             _check_files(session, key, body, store, settings, training_file)
-            job = _insert(session, params, event, files_checked=True)
+            job = _insert(session, values, event, files_checked=True)
             if job is None:  # the key was revoked in between
                 raise AuthenticationError("Incorrect API key provided.")
         session.commit()

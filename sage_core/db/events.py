@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, insert
+from sqlalchemy import Insert, Table, insert
 from sqlalchemy.orm import Session
 
 from sage_core.db.ids import EVENT, new_id
@@ -47,8 +47,9 @@ def new_event(job_id: str, message: str, *, level: str = "info", type: str = "me
 
 @cache
 def insert_event() -> Insert:
-    """INSERT INTO job_events, with `EventValues.params()` as its parameters."""
-    return insert(JobEvent)
+    """INSERT INTO job_events (a Core INSERT), with `EventValues.params()` as its
+    parameters."""
+    return insert(cast(Table, JobEvent.__table__))
 
 
 def log_event(event: EventValues) -> None:
