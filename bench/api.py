@@ -9,7 +9,8 @@ Measured for GET /v1/fine_tuning/jobs/{id} and POST /v1/fine_tuning/jobs: reques
 32 concurrent keep-alive clients, and p50/p99 latency with one client. The load generator is
 a minimal HTTP/1.1 client on asyncio streams, to keep its own CPU cost low on a small
 machine. Each phase runs twice (--rounds), alternating the apps; the best run is reported,
-and the ratio of each round, to show the spread on a busy machine.
+and the ratio of each round, to show the spread on a busy machine, and each server's own
+CPU time per request, which a busy machine disturbs much less than requests/s.
 
     python bench/api.py [--requests 3000] [--latency-requests 500] [--rounds 2]
 
@@ -178,7 +179,7 @@ def throwaway_database() -> Any:
 
 
 @contextmanager
-def server(argv: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+def server(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     import httpx
 
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -194,7 +195,7 @@ def server(argv: list[str], env: dict[str, str], port: int) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -236,7 +237,7 @@ def run_bench(args: argparse.Namespace) -> int:
         st_port, bare_port = free_port(), free_port()
         st_argv = [*cli, "serve", "--executor", "none", "--port", str(st_port),
                    "--no-access-log", "--log-level", "warning"]
-        with server(st_argv, env, st_port):
+        with server(st_argv, env, st_port) as st_proc:
             auth = {"Authorization": f"Bearer {key}"}
             base = f"http://127.0.0.1:{st_port}"
             data = b"".join(json.dumps({"text": f"message {i}", "label": ["ham", "spam"][i % 2]})
@@ -250,7 +251,7 @@ def run_bench(args: argparse.Namespace) -> int:
             owner_id = created.json()["organization_id"]
             bare_argv = [sys.executable, __file__, "bare", "--port", str(bare_port),
                          "--database-url", url, "--owner-id", owner_id]
-            with server(bare_argv, env, bare_port):
+            with server(bare_argv, env, bare_port) as bare_proc:
                 cases = {
                     "GET job": {
                         "sagetrain": (st_port, build_request(
@@ -261,28 +262,40 @@ def run_bench(args: argparse.Namespace) -> int:
                             "POST", "/v1/fine_tuning/jobs", auth, body)),
                         "bare": (bare_port, build_request("POST", "/jobs", {}, body))},
                 }
-                results = measure(cases, args, partial(count_queued, url))
+                pids = {st_port: st_proc.pid, bare_port: bare_proc.pid}
+                results = measure(cases, args, partial(count_queued, url), pids)
     report(results, args)
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(cases: dict[str, dict[str, tuple[int, bytes]]], args: argparse.Namespace,
-            queued: Callable[[], int]) -> dict[str, dict[str, dict[str, Any]]]:
+            queued: Callable[[], int],
+            pids: dict[int, int]) -> dict[str, dict[str, dict[str, Any]]]:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for case, apps in cases.items():
         results[case] = {app: {"rps": 0.0, "p50": float("inf"), "p99": float("inf"),
-                               "rounds": [], "queued": []} for app in apps}
+                               "cpu": float("inf"), "rounds": [], "queued": []}
+                         for app in apps}
         for port, raw in apps.values():  # warm up pools, caches, code paths
             asyncio.run(_throughput(port, raw, 300, CONCURRENCY))
         for _round in range(args.rounds):
             for app, (port, raw) in apps.items():
                 results[case][app]["queued"].append(queued())
+                cpu = cpu_seconds(pids[port])
                 rps = asyncio.run(_throughput(port, raw, args.requests, CONCURRENCY))
+                cpu = (cpu_seconds(pids[port]) - cpu) * 1000 / args.requests
                 lat = asyncio.run(_latencies(port, raw, args.latency_requests))
                 best = results[case][app]
                 best["rps"] = max(best["rps"], rps)
                 best["p50"] = min(best["p50"], statistics.median(lat))
                 best["p99"] = min(best["p99"], percentile(lat, 0.99))
+                best["cpu"] = min(best["cpu"], cpu)
                 best["rounds"].append(rps)
     return results
 
@@ -291,13 +304,14 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
     print(f"API overhead on PostgreSQL: {args.requests} requests at {CONCURRENCY} concurrent "
           f"clients (req/s), {args.latency_requests} sequential (ms); best of {args.rounds} "
           "rounds")
-    print(f"{'case':<10} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}")
+    print(f"{'case':<10} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8} "
+          f"{'CPU ms/req':>11}")
     for case, apps in results.items():
         bare = apps["bare"]["rps"]
         for app, r in apps.items():
             ratio = r["rps"] / bare if bare else float("nan")
             print(f"{case:<10} {app:<10} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                  f"{ratio:>8.2f}")
+                  f"{ratio:>8.2f} {r['cpu']:>11.2f}")
     for case, apps in results.items():
         ratio = apps["sagetrain"]["rps"] / apps["bare"]["rps"]
         p50 = apps["sagetrain"]["p50"]
@@ -312,6 +326,8 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
         print(f"{case}: ratio per round " + " ".join(f"{r:.2f}" for r in ratios)
               + f" (median {statistics.median(ratios):.2f}); queued jobs as sagetrain's runs "
               "began: " + " ".join(str(n) for n in apps["sagetrain"]["queued"]))
+    print("CPU ms/req: the server process's own CPU time (user + system, all threads) per "
+          "request at 32 clients, least of the rounds; the database's is not in it")
 
 
 def main(argv: list[str] | None = None) -> int:
