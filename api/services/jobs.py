@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Engine,
     Insert,
     Select,
     Table,
@@ -35,7 +36,6 @@ from sage_core.db import transitions
 from sage_core.db.events import EventValues, add_event, insert_event, log_event, new_event
 from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobEvent, JobStatus, utcnow
-from sage_core.db.session import statements_commit_alone
 from sage_core.errors import ConflictError, SageTrainError
 from sage_core.schemas import JobSpec
 from sage_core.settings import Settings
@@ -232,11 +232,19 @@ def _insert_job_with_event(*, files_checked: bool) -> Select[int]:
 def _insert(session: Session, values: dict[str, Any], event: EventValues, *,
             files_checked: bool) -> Job | None:
     """Insert the job and its creation event; None (nothing written) if a guard failed."""
-    if session.get_bind().dialect.name == "postgresql":
-        position = session.execute(_insert_job_with_event(files_checked=files_checked),
-                                   {**values, "event_id": event.id, "event_level": event.level,
-                                    "event_type": event.type, "event_message": event.message}
-                                   ).scalar_one_or_none()
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        statement = _insert_job_with_event(files_checked=files_checked)
+        params = {**values, "event_id": event.id, "event_level": event.level,
+                  "event_type": event.type, "event_message": event.message}
+        if session.in_transaction() or not isinstance(bind, Engine):
+            position = session.execute(statement, params).scalar_one_or_none()
+        else:
+            # One statement needs no transaction: run it alone (autocommit) on a pooled
+            # connection, without the session's transaction bookkeeping.
+            with bind.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                position = conn.execute(statement, params).scalar_one_or_none()
         if position is None:
             return None
     else:  # no INSERT inside WITH: three statements in the one transaction
@@ -304,8 +312,6 @@ def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_k
         "queued_at": now, "artifact_prefix": f"jobs/{job_id}", "result_file_ids": [],
         "idempotency_key": idempotency_key, "request_hash": digest})
     event = new_event(job_id, f"Created fine-tuning job: {job_id}", created_at=now)
-    # PostgreSQL writes everything in one statement: no transaction around it is needed.
-    statements_commit_alone(session)
     try:
         job = _insert(session, values, event, files_checked=False)
         if job is None:
