@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from api_helpers import LiveServer, RecordingDispatcher, Service
 from fastapi.testclient import TestClient
@@ -14,6 +16,7 @@ from api.main import create_app
 from sage_core.db.keys import create_key
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
+from sagetrain.client import Client
 
 
 def make_keys(url: str) -> tuple[str, str]:
@@ -34,6 +37,28 @@ def service(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[Service]:
     key, other = make_keys(db_url)
     with TestClient(app) as client:
         yield Service(client, settings, dispatcher, key, other)
+
+
+@pytest.fixture
+def in_process(service: Service, monkeypatch: pytest.MonkeyPatch) -> Service:
+    """sagetrain.client.Client (and so the CLI) talking to the test app, with the base URL
+    and key from the environment as a user would set them."""
+    def forward(request: httpx.Request) -> httpx.Response:
+        got = service.client.request(request.method, str(request.url), headers=request.headers,
+                                     content=request.content)
+        return httpx.Response(got.status_code, headers=got.headers, content=got.content)
+
+    transport = httpx.MockTransport(forward)
+    original = Client.__init__
+
+    def init(self: Client, base_url: str | None = None, api_key: str | None = None,
+             timeout: float = 30.0, **kwargs: Any) -> None:
+        original(self, base_url, api_key, timeout, transport=transport)
+
+    monkeypatch.setattr(Client, "__init__", init)
+    monkeypatch.setenv("SAGETRAIN_BASE_URL", "http://testserver")
+    monkeypatch.setenv("SAGETRAIN_API_KEY", service.key)
+    return service
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from api_helpers import Service
 from sqlalchemy import select, update
@@ -113,27 +112,6 @@ def test_a_json_null_report_is_no_report(service: Service) -> None:
         assert s.scalar(select(Job.id).where(Job.sensitivity.is_(None))) is None
     engine.dispose()
     _not_available(service, job["id"])
-
-
-@pytest.fixture
-def in_process(service: Service, monkeypatch: pytest.MonkeyPatch) -> Service:
-    """sagetrain.client.Client (and so the CLI) talking to the test app."""
-    def forward(request: httpx.Request) -> httpx.Response:
-        got = service.client.request(request.method, str(request.url), headers=request.headers,
-                                     content=request.content)
-        return httpx.Response(got.status_code, headers=got.headers, content=got.content)
-
-    transport = httpx.MockTransport(forward)
-    original = Client.__init__
-
-    def init(self: Client, base_url: str | None = None, api_key: str | None = None,
-             timeout: float = 30.0, transport_: Any = None, **kwargs: Any) -> None:
-        original(self, base_url, api_key, timeout, transport=transport)
-
-    monkeypatch.setattr(Client, "__init__", init)
-    monkeypatch.setenv("SAGETRAIN_BASE_URL", "http://testserver")
-    monkeypatch.setenv("SAGETRAIN_API_KEY", service.key)
-    return service
 
 
 def test_client_and_cli(in_process: Service, tmp_path: Path,

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from api_helpers import TRAIN_JSONL, Service
 from sqlalchemy import func, select
@@ -401,29 +400,7 @@ def test_a_report_while_running(service: Service, sessions: sessionmaker[Session
     assert report["children"][0]["learning_rate"] == 2e-4
 
 
-
 # --- client and CLI -----------------------------------------------------------------------
-
-@pytest.fixture
-def in_process(service: Service, monkeypatch: pytest.MonkeyPatch) -> Service:
-    """sagetrain.client.Client (and so the CLI) talking to the test app."""
-    def forward(request: httpx.Request) -> httpx.Response:
-        got = service.client.request(request.method, str(request.url), headers=request.headers,
-                                     content=request.content)
-        return httpx.Response(got.status_code, headers=got.headers, content=got.content)
-
-    transport = httpx.MockTransport(forward)
-    original = Client.__init__
-
-    def init(self: Client, base_url: str | None = None, api_key: str | None = None,
-             timeout: float = 30.0, **kwargs: Any) -> None:
-        original(self, base_url, api_key, timeout, transport=transport)
-
-    monkeypatch.setattr(Client, "__init__", init)
-    monkeypatch.setenv("SAGETRAIN_BASE_URL", "http://testserver")
-    monkeypatch.setenv("SAGETRAIN_API_KEY", service.key)
-    return service
-
 
 def test_client_and_cli(in_process: Service, sessions: sessionmaker[Session],
                         capsys: pytest.CaptureFixture[str]) -> None:
