@@ -27,7 +27,8 @@ parameter is a view of memory something else may own). The buffers are checked o
 step (data pointers, state identity); if anything changed underneath (a parameter moved, a
 state was replaced), they are rebuilt, and if a parameter lacks a gradient the group goes
 back to the per-tensor path for good (its parameters' steps now differ). The flat buffers
-take as much memory as the per-tensor layout, plus one gradient buffer.
+take as much memory as the per-tensor layout, plus one gradient buffer while gradients are
+kept (it is freed when new gradient tensors keep coming).
 """
 
 from __future__ import annotations
@@ -99,8 +100,11 @@ class FlatGroup:
                 p.data = view
             _register_param_storage(self.flat_param)
         self.param_ptrs = [p.data_ptr() for p in params]
-        self.flat_grad, self.grad_views = flat_of(None)
-        self.grad_ptrs = [g.data_ptr() for g in self.grad_views]
+        self._flat_of = flat_of
+        # The gradient buffer exists only while it is used: see take_grads.
+        self.flat_grad: Tensor | None = None
+        self.grad_views: list[Tensor] = []
+        self.grad_ptrs: list[int | None] = [None] * len(params)
         self.grads_taken = False  # copied in once already
         self.foreign_grads: StorageWeakRef | None = None  # gradients seen, not taken
         for s in states:
@@ -196,9 +200,16 @@ class FlatGroup:
         kept = last is not None and not last.expired() and last.cdata == seen.cdata
         if self.grads_taken and not kept:
             self.foreign_grads = seen
+            # New tensors every step from now on, most likely: free the buffer (for a BERT
+            # base, as big as the model) until gradients are kept again.
+            self.flat_grad, self.grad_views = None, []
+            self.grad_ptrs = [None] * len(self.params)
             return False
         self.grads_taken = True
         self.foreign_grads = None
+        if self.flat_grad is None:
+            self.flat_grad, self.grad_views = self._flat_of(None)
+            self.grad_ptrs = [g.data_ptr() for g in self.grad_views]  # all in `moved`
         views = [self.grad_views[i] for i in moved]
         torch._foreach_copy_(views, [self.params[i].grad for i in moved])  # type: ignore[misc]
         for i, view in zip(moved, views, strict=True):
@@ -213,6 +224,7 @@ class FlatGroup:
         False (nothing written) if the kernel failed to compile."""
         flat = self.flat_param
         kernel = compiled._kernel(self.base, self.sage)
+        assert self.flat_grad is not None, "take_grads first"
         inputs = [flat, self.flat_grad, *self.flat_state]
         signature = (self.base, self.sage, flat.device.type, *(t.dtype for t in inputs))
         if signature in compiled._BROKEN:
