@@ -171,7 +171,13 @@ def stream_job(job: OwnedJob, session: SessionDep, request: Request,
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
 def list_checkpoints(job: OwnedJob, session: SessionDep, after: str | None = None,
                      limit: Limit = 10) -> ListPage[CheckpointPublic]:
-    rows, more = page(session, select(Checkpoint).where(Checkpoint.job_id == job.id),
+    """The job's checkpoints, newest first. A sweep's parent has none of its own: it lists
+    its promoted (best) child's, each naming that child in `fine_tuning_job_id` (download
+    them under the child's id); none until the sweep has settled on a best child."""
+    source = job.id if job.sweep is None else job.sweep.get("best_job_id")
+    if source is None:
+        return _listing([], False)
+    rows, more = page(session, select(Checkpoint).where(Checkpoint.job_id == source),
                       created=Checkpoint.created_at, ident=Checkpoint.id, after=after,
                       limit=limit)
     return _listing([CheckpointPublic.from_row(r) for r in rows], more)

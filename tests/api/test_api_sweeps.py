@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.db import transitions
-from sage_core.db.models import JobEvent, JobMetric, WebhookDelivery
+from sage_core.db.models import Checkpoint, JobEvent, JobMetric, WebhookDelivery
 from sage_core.db.recovery import release_lost_job
 from sage_core.db.session import make_engine, make_session_factory
 from sagetrain.cli import main
@@ -282,6 +282,30 @@ def test_parent_settles_on_the_best_child_by_last_eval(
         messages = s.scalars(select(JobEvent.message).where(
             JobEvent.job_id == parent["id"])).all()
     assert sum(m.startswith("Sweep finished") for m in messages) == 1
+
+
+def test_the_parent_lists_its_promoted_childs_checkpoints(
+        service: Service, sessions: sessionmaker[Session]) -> None:
+    parent = _sweep(service, sweep={"learning_rate": [1e-4, 2e-4]})
+    worse, better = _children(parent)
+
+    def checkpoints(job_id: str) -> list[dict[str, Any]]:
+        r = service.client.get(f"{JOBS}/{job_id}/checkpoints", headers=service.auth())
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    with sessions.begin() as s:
+        for job_id in (worse, better):
+            s.add(Checkpoint(id=f"ftckpt-{job_id}", job_id=job_id, step=3, metrics={},
+                             storage_key=f"jobs/{job_id}/checkpoints/step-3",
+                             fine_tuned_model_checkpoint=f"ft:{job_id}:ckpt-step-3"))
+    assert checkpoints(parent["id"]) == []  # not settled: no best child yet
+    _finish(sessions, worse, evals=[{"valid_f1_macro": 0.5}])
+    _finish(sessions, better, evals=[{"valid_f1_macro": 0.9}])
+    listed = checkpoints(parent["id"])
+    assert [(c["id"], c["fine_tuning_job_id"]) for c in listed] == [
+        (f"ftckpt-{better}", better)]
+    assert listed == checkpoints(better)
 
 
 def test_regression_sweep_promotes_the_lowest_valid_loss(
