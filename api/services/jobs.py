@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache, partial
 from typing import Any, cast
 
@@ -120,7 +121,7 @@ def _replay_query() -> Select[Job]:
         Job.idempotency_key == bindparam("idempotency_key"), ApiKey.revoked_at.is_(None))
 
 
-def _replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> Job | None:
+def replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> Job | None:
     """The job an earlier request with this Idempotency-Key made, if any (409 if the body
     differed)."""
     job = session.scalar(_replay_query(), {"owner_id": key.id,
@@ -131,7 +132,7 @@ def _replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) ->
     return job
 
 
-def _check_files(session: Session, key: ApiKey, body: JobCreate, store: ArtifactStore,
+def check_files(session: Session, key: ApiKey, body: JobCreate, store: ArtifactStore,
                  settings: Settings, training_file: File | None) -> None:
     """Each file the body names: the key's, for fine-tuning, valid for the task (a file
     validated for another task is parsed again); the error names the field at fault."""
@@ -256,7 +257,7 @@ def _insert(session: Session, values: dict[str, Any], event: EventValues, *,
     return _job_from(values)
 
 
-def _is_live(session: Session, key: ApiKey) -> bool:
+def key_is_live(session: Session, key: ApiKey) -> bool:
     return session.scalar(_live_key(), {"key_id": key.id}) is not None
 
 
@@ -276,11 +277,19 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
     are the files looked up one by one, to say what is wrong with them (or to validate one
     for another task), and the insert tried again. Every answer is for a live key only: the
     key may come from a cache (api/deps.py), so an error re-reads it."""
-    try:
+    with answers_for_live_key(session, key):
         return _create_job(session, key, body, idempotency_key=idempotency_key, store=store,
                            settings=settings, training_file=training_file)
+
+
+@contextmanager
+def answers_for_live_key(session: Session, key: ApiKey) -> Iterator[None]:
+    """An error raised inside becomes 401 if the key has been revoked: the key may come from
+    the cache of api/deps.py, and a revoked key must learn nothing else."""
+    try:
+        yield
     except SageTrainError as exc:
-        if not isinstance(exc, AuthenticationError) and not _is_live(session, key):
+        if not isinstance(exc, AuthenticationError) and not key_is_live(session, key):
             raise AuthenticationError("Incorrect API key provided.") from None
         raise
 
@@ -289,7 +298,7 @@ def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_k
                 store: ArtifactStore, settings: Settings,
                 training_file: File | None) -> tuple[Job, bool]:
     digest = request_hash(body) if idempotency_key else None
-    if idempotency_key and digest and (earlier := _replay(session, key, idempotency_key, digest)):
+    if idempotency_key and digest and (earlier := replay(session, key, idempotency_key, digest)):
         return earlier, False
     resolve_model(body.model, settings)
     if training_file is not None:  # no I/O: refuse a file the caller already holds early
@@ -300,7 +309,7 @@ def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_k
         spec = JobSpec(model=body.model, task=body.task, seed=seed,
                        hyperparameters=body.hyperparameters).resolve()
     except Exception:
-        _check_files(session, key, body, store, settings, training_file)  # reported first
+        check_files(session, key, body, store, settings, training_file)  # reported first
         raise
     job_id = new_id(JOB)
     now = utcnow()
@@ -315,9 +324,9 @@ def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_k
     try:
         job = _insert(session, values, event, files_checked=False)
         if job is None:
-            if not _is_live(session, key):
+            if not key_is_live(session, key):
                 raise AuthenticationError("Incorrect API key provided.")
-            _check_files(session, key, body, store, settings, training_file)
+            check_files(session, key, body, store, settings, training_file)
             job = _insert(session, values, event, files_checked=True)
             if job is None:  # the key was revoked in between
                 raise AuthenticationError("Incorrect API key provided.")
@@ -326,7 +335,7 @@ def _create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_k
         # A concurrent request with the same Idempotency-Key won the insert.
         session.rollback()
         if idempotency_key and digest and (
-                earlier := _replay(session, key, idempotency_key, digest)):
+                earlier := replay(session, key, idempotency_key, digest)):
             return earlier, False
         raise
     log_event(event)

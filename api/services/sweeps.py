@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import InvalidRequestError
+from api.errors import AuthenticationError, InvalidRequestError
 from api.schemas import (
     CompareToRequest,
     JobCreate,
@@ -29,15 +29,14 @@ from api.schemas import (
     SweepChild,
     SweepReport,
 )
-from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task
-from api.services.jobs import request_hash
+from api.services import jobs
 from sage_core.artifacts import ArtifactStore
 from sage_core.catalog import resolve_model
 from sage_core.db import sweeps
 from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
-from sage_core.errors import ConflictError, NotFoundError
+from sage_core.errors import NotFoundError
 from sage_core.schemas import DEFAULT_LEARNING_RATE, Hyperparameters, JobSpec
 from sage_core.settings import Settings
 
@@ -133,27 +132,6 @@ def plan(body: JobCreate) -> list[tuple[str, float]]:
     return [(optimizer, lr) for optimizer, grid in grids.items() for lr in grid]
 
 
-def _owned_file(session: Session, key: ApiKey, file_id: str, param: str,
-                known: File | None) -> File:
-    row = known if known is not None and known.id == file_id else session.scalar(
-        select(File).where(File.id == file_id, File.owner_id == key.id))
-    if row is None:
-        raise InvalidRequestError(f"No such file: '{file_id}'", param=param, code="invalid_file")
-    if row.purpose != PURPOSE_FINE_TUNE:
-        raise InvalidRequestError(f"file {file_id} has purpose '{row.purpose}', not "
-                                  f"'{PURPOSE_FINE_TUNE}'", param=param, code="invalid_file")
-    return row
-
-
-def _replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> Job | None:
-    job = session.scalar(select(Job).where(
-        Job.owner_id == key.id, Job.idempotency_key == idempotency_key))
-    if job is not None and job.request_hash != digest:
-        raise ConflictError("Idempotency-Key reused with a different request body",
-                            param="Idempotency-Key", code="idempotency_key_reused")
-    return job
-
-
 def _child_hyperparameters(hp: Hyperparameters, optimizer: str, lr: float) -> Hyperparameters:
     return Hyperparameters.model_validate({**hp.model_dump(), "optimizer": optimizer,
                                            "learning_rate": lr,
@@ -165,17 +143,26 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
                  training_file: File | None = None) -> tuple[Job, list[str], bool]:
     """Validate and create the parent and its queued children in one transaction. Returns
     (parent, the children's ids, created); created is False on an Idempotency-Key replay
-    (nothing to dispatch then)."""
-    digest = request_hash(body) if idempotency_key else None
-    if idempotency_key and digest and (earlier := _replay(session, key, idempotency_key, digest)):
+    (nothing to dispatch then). As for a single job, the key may come from api/deps.py's
+    cache: it is checked again before anything is written, and a revoked key gets 401 for
+    any error."""
+    with jobs.answers_for_live_key(session, key):
+        return _create_sweep(session, key, body, idempotency_key=idempotency_key, store=store,
+                             settings=settings, training_file=training_file)
+
+
+def _create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
+                  idempotency_key: str | None, store: ArtifactStore, settings: Settings,
+                  training_file: File | None) -> tuple[Job, list[str], bool]:
+    digest = jobs.request_hash(body) if idempotency_key else None
+    if idempotency_key and digest and (
+            earlier := jobs.replay(session, key, idempotency_key, digest)):
         return earlier, [], False
     runs = plan(body)
     resolve_model(body.model, settings)
-    for file_id, param in ((body.training_file, "training_file"),
-                           (body.validation_file, "validation_file")):
-        if file_id is not None:
-            row = _owned_file(session, key, file_id, param, training_file)
-            ensure_file_for_task(row, body.task, store, settings, param)
+    jobs.check_files(session, key, body, store, settings, training_file)
+    if not jobs.key_is_live(session, key):
+        raise AuthenticationError("Incorrect API key provided.")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     now = utcnow()
     common: dict[str, Any] = dict(
@@ -217,7 +204,7 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
     except IntegrityError:
         session.rollback()  # a concurrent request with the same Idempotency-Key won
         if idempotency_key and digest and (
-                earlier := _replay(session, key, idempotency_key, digest)):
+                earlier := jobs.replay(session, key, idempotency_key, digest)):
             return earlier, [], False
         raise
     return parent, ids, True

@@ -147,3 +147,15 @@ def test_the_job_its_event_and_its_position_come_from_one_statement_on_postgres(
     if engine.dialect.name == "postgresql":
         assert len(statements) == 1, statements  # the key came from the cache
         assert statements[0].lstrip().startswith("WITH")
+
+
+def test_a_revoked_key_creates_no_sweep_while_cached(service: Service, cached: str) -> None:
+    """A sweep is made on its own path (api/services/sweeps.py): it checks the key too."""
+    before = _counts(service)
+    _revoke(service)
+    r = service.client.post(JOBS, headers=service.auth(), json={
+        "model": "tiny-bert", "training_file": cached, "validation_file": cached,
+        "sweep": {"learning_rate": [1e-4, 2e-4]}})
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert _counts(service) == before
