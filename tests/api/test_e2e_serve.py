@@ -5,30 +5,15 @@ job is cancelled and its process goes away."""
 from __future__ import annotations
 
 import io
-import json
-import random
 import tarfile
 from pathlib import Path
 
 import pytest
 from api_helpers import LiveServer, worker_pids
 from process_helpers import wait_for
+from sample_data import rows
 
 pytestmark = pytest.mark.slow
-
-SPAM = ("free", "win", "prize", "call", "now", "cash", "claim", "urgent", "reply", "offer")
-HAM = ("good", "hello", "see", "later", "home", "ok", "fine", "yes", "love", "movie")
-
-
-def rows(n: int, seed: int) -> bytes:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        label = "spam" if i % 2 else "ham"
-        words = SPAM if label == "spam" else HAM
-        out.append(json.dumps({"text": " ".join(rng.choice(words) for _ in range(6)),
-                               "label": label}))
-    return ("\n".join(out) + "\n").encode()
 
 
 def upload(client, data: bytes, name: str) -> str:  # type: ignore[no-untyped-def]

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from api_helpers import LiveServer
 from process_helpers import wait_for
-from test_e2e_serve import rows, upload
+from sample_data import rows
+from test_e2e_serve import upload
 
 pytestmark = pytest.mark.slow
 

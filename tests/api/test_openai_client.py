@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from api_helpers import LiveServer
 from process_helpers import wait_for
-from test_e2e_serve import rows
+from sample_data import rows
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ Leases, reaper rounds and re-dispatch are a few seconds long, so crash recovery 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from process_helpers import pids_with_args, wait_for
+from sample_data import rows
 from sqlalchemy import select
 from worker_helpers import JobRows
 
@@ -40,25 +40,12 @@ FAST = {  # settings for quick recovery in tests
     "lease_seconds": "3", "reaper_interval": "1", "redispatch_after": "2",
     "cancel_grace_seconds": "5", "device": "cpu",
 }
-SPAM = ("free", "win", "prize", "call", "now", "cash", "claim", "urgent", "reply", "offer")
-HAM = ("good", "hello", "see", "later", "home", "ok", "fine", "yes", "love", "movie")
 
 
 def unreachable(what: str, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{what} is required when CI=true: {reason}")
     pytest.skip(f"{what} not reachable: {reason}")
-
-
-def rows(n: int, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        label = "spam" if i % 2 else "ham"
-        words = SPAM if label == "spam" else HAM
-        out.append(json.dumps({"text": " ".join(rng.choice(words) for _ in range(6)),
-                               "label": label}))
-    return ("\n".join(out) + "\n").encode()
 
 
 @contextmanager
