@@ -18,8 +18,10 @@ The compiled SAGE keeps each group in flat buffers (sage_core.optim.flat) and st
 with one kernel call where the gradients stay views of its gradient buffer from step to
 step, as here (fixed gradients) or with zero_grad(set_to_none=False). The "new grads" rows
 hand both optimizers new gradient tensors before each step, as autograd does after
-zero_grad(set_to_none=True); SAGE then takes one kernel call per tensor over the views
-(copying the gradients in would cost about half a fused AdamW step on CPU).
+zero_grad(set_to_none=True); SAGE then reads each large gradient where it is (a kernel
+call per large tensor) and copies only the small ones (biases, norms) into one buffer,
+stepped with one call (copying all the gradients in would cost about as much as a fused
+AdamW step on CPU).
 
 SAGE.md's floor for the ratio is 9/7 = 1.29 (memory passes); a faster-than-floor figure
 means torch's fused AdamW kernel is itself not at its memory bound on this machine.

@@ -16,9 +16,11 @@ How the buffers are made, on the first step a group qualifies (`FlatGroup.build`
   views of it. Where the caller keeps them (``zero_grad(set_to_none=False)``, or gradients
   set once) backward accumulates into the views and every step is one kernel call. Where
   autograd hands over new tensors each step (``zero_grad(set_to_none=True)``), copying them
-  in would cost about half a fused AdamW step on CPU, so those steps make one kernel call
-  per tensor over the views instead (sage_core.optim.compiled), reading the gradients
-  where they are.
+  all in would cost more than the step itself on CPU (measured: +9 ms on a 10 ms fused
+  AdamW step of a 22.7M-parameter BERT), so those steps read each large gradient where it
+  is, with a kernel call per large tensor, and copy only the small ones (biases, norms)
+  into a small buffer, stepped with one call: the buffers put the small tensors first, so
+  their parameters and state are one contiguous front slice (see FRESH_OWN_CALL_MIN_NUMEL).
 
 A group qualifies when every parameter has a dense gradient, all share one device and the
 state's dtype (fp32 or fp64; bf16 parameters keep the per-tensor path), all are at the same
@@ -28,7 +30,8 @@ step (data pointers, state identity); if anything changed underneath (a paramete
 state was replaced), they are rebuilt, and if a parameter lacks a gradient the group goes
 back to the per-tensor path for good (its parameters' steps now differ). The flat buffers
 take as much memory as the per-tensor layout, plus one gradient buffer while gradients are
-kept (it is freed when new gradient tensors keep coming).
+kept (it is freed when new gradient tensors keep coming, and only the small tensors'
+gradient buffer is kept).
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ __all__ = ["FLAT_DEVICE_TYPES", "FlatGroup"]
 # Device types where a compiled-kernel group is put in flat buffers. CUDA would gain most
 # (one launch per group) but is not yet measured there.
 FLAT_DEVICE_TYPES: frozenset[str] = frozenset({"cpu"})
+
+# With new gradient tensors each step, a tensor at least this big gets a kernel call of its
+# own (host time on CPU: ~20 us a call); smaller ones have their gradients copied into one
+# buffer and share one call. On BERT-like models this splits biases and norms (< 4K) from
+# weight matrices (> 100K), so the exact value matters little.
+FRESH_OWN_CALL_MIN_NUMEL = 1 << 16
 
 # The flat parameter buffers made in this process (weakly held, by storage), of any SAGE
 # optimizer, live or not: params that are views of them may be moved again.
@@ -83,15 +92,26 @@ class FlatGroup:
         self.sizes = [p.numel() for p in params]
         total = sum(self.sizes)
         self.keys = ["exp_avg", second_key] + (["exp_avg_ipt"] if self.sage else [])
+        # Layout: the small tensors first (in group order), then the large ones.
+        small = [i for i, n in enumerate(self.sizes) if n < FRESH_OWN_CALL_MIN_NUMEL]
+        self.large = [i for i, n in enumerate(self.sizes) if n >= FRESH_OWN_CALL_MIN_NUMEL]
+        self.small = small
+        self.order = small + self.large
+        self.small_numel = sum(self.sizes[i] for i in small)
+        layout_sizes = [self.sizes[i] for i in self.order]
 
         def flat_of(tensors: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+            """A zeroed buffer in the layout, filled from `tensors` if given, and its views
+            in group order."""
             flat = torch.zeros(total, dtype=dtype, device=device)
-            views = [v.view(p.shape) for v, p in zip(flat.split(self.sizes), params, strict=True)]
+            views: list[Tensor] = [torch.empty(0)] * len(params)
+            for i, view in zip(self.order, flat.split(layout_sizes), strict=True):
+                views[i] = view.view(params[i].shape)
             if tensors is not None:
                 torch._foreach_copy_(views, tensors)
             return flat, views
 
-        in_place = _laid_out_flat(params)
+        in_place = _laid_out_flat([params[i] for i in self.order])
         if in_place is not None:
             self.flat_param = in_place  # e.g. rebuilt after load_state_dict: nothing to copy
         else:
@@ -118,6 +138,15 @@ class FlatGroup:
             self.flat_state.append(flat)
             for s, view in zip(states, views, strict=True):
                 s[key] = view
+        # for steps with new gradient tensors: the small ones' gradient buffer (made on the
+        # first such step), and 1-D aliases the kernel takes without view guards
+        self.small_grad: Tensor | None = None
+        self.front = [compiled._as_1d(t[: self.small_numel])
+                      for t in (self.flat_param, *self.flat_state)]
+        self.large_inputs = [
+            [compiled._as_1d(p.data)] + [compiled._as_1d(s[key]) for key in self.keys]
+            for p, s in ((params[i], states[i]) for i in self.large)
+        ]
 
     @staticmethod
     def build(
@@ -184,9 +213,9 @@ class FlatGroup:
         """Make the gradients views of the flat gradient buffer, copying in those it does not
         hold yet; False where that does not pay: gradients it did not hold on the last step
         were replaced by new tensors since (zero_grad(set_to_none=True)), so they will be
-        every step, and a kernel call per tensor reading them where they are is cheaper than
-        copying them (on CPU a copy costs about half a fused AdamW step). Held gradients,
-        or the same foreign ones two steps running (set_to_none=False), are copied once."""
+        every step, and reading the large ones where they are (`step_new_grads`) is cheaper
+        than copying them all. Held gradients, or the same foreign ones two steps running
+        (set_to_none=False), are copied once."""
         moved = [
             i for i, (p, ptr) in enumerate(zip(self.params, self.grad_ptrs, strict=True))
             if p.grad.data_ptr() != ptr  # type: ignore[union-attr]
@@ -220,23 +249,64 @@ class FlatGroup:
         self, *, lr: float, beta1: float, beta2: float, beta3: float, eps: float,
         weight_decay: float,
     ) -> bool:
-        """One step over the flat buffers (the gradients must be in place: `take_grads`);
+        """One step over the flat buffers, with the gradients in place (`take_grads`): one
+        kernel call. False (nothing written) if the kernel failed to compile."""
+        assert self.flat_grad is not None, "take_grads first"
+        inputs = [self.flat_param, self.flat_grad, *self.flat_state]
+        return self._run([inputs], lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                         weight_decay=weight_decay)
+
+    def step_new_grads(
+        self, *, lr: float, beta1: float, beta2: float, beta3: float, eps: float,
+        weight_decay: float,
+    ) -> bool | None:
+        """One step with gradients the buffers do not hold (`take_grads` said False): the
+        small tensors' gradients copied into one buffer and stepped with one kernel call over
+        the front of the flat buffers, each large tensor stepped with a call of its own that
+        reads its gradient where it is. None (nothing written) where a gradient cannot be
+        read so (not contiguous, another dtype): the per-tensor path then takes the step.
         False (nothing written) if the kernel failed to compile."""
         flat = self.flat_param
+        grads: list[Tensor] = [p.grad for p in self.params]  # type: ignore[misc]
+        large_grads = [grads[i] for i in self.large]
+        if any(g.dtype != flat.dtype or not g.is_contiguous() for g in large_grads):
+            return None
+        if 0 < self.small_numel < 2 or any(self.sizes[i] < 2 for i in self.large):
+            return None  # sizes 0 and 1 would make the dynamic-shape kernel recompile
+        batches = [[inputs[0], compiled._as_1d(g), *inputs[1:]]
+                   for inputs, g in zip(self.large_inputs, large_grads, strict=True)]
+        if self.small_numel:
+            if self.small_grad is None:
+                self.small_grad = torch.empty(self.small_numel, dtype=flat.dtype,
+                                              device=flat.device)
+            views = self.small_grad.split([self.sizes[i] for i in self.small])
+            torch._foreach_copy_(list(views), [grads[i].reshape(-1) for i in self.small])
+            batches.insert(0, [self.front[0], self.small_grad, *self.front[1:]])
+        return self._run(batches, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                         weight_decay=weight_decay)
+
+    def _run(
+        self, batches: list[list[Tensor]], *, lr: float, beta1: float, beta2: float,
+        beta3: float, eps: float, weight_decay: float,
+    ) -> bool:
+        """The kernel over each batch of (p, g, state...) tensors, then step += 1; False
+        (nothing written) if the kernel failed to compile, which the first call finds out:
+        every batch has the same dtypes, and the kernel takes any size from 2 up."""
+        flat = self.flat_param
         kernel = compiled._kernel(self.base, self.sage)
-        assert self.flat_grad is not None, "take_grads first"
-        inputs = [flat, self.flat_grad, *self.flat_state]
-        signature = (self.base, self.sage, flat.device.type, *(t.dtype for t in inputs))
+        signature = (self.base, self.sage, flat.device.type, *(t.dtype for t in batches[0]))
         if signature in compiled._BROKEN:
             return False
-        # read back: steps where take_grads declined went through the per-tensor path
+        # read back: steps where take_grads declined may have gone the per-tensor path
         step = int(self.steps[0].item()) + 1
         scalars = compiled._step_scalars(
             flat.device, flat.dtype, step, lr=lr, beta1=beta1, beta2=beta2,
             beta3=beta3, eps=eps, weight_decay=weight_decay,
         )
-        if not compiled._run_kernel(kernel, signature, inputs, scalars):
+        if not compiled._run_kernel(kernel, signature, batches[0], scalars):
             return False
+        for inputs in batches[1:]:
+            kernel(*inputs, scalars)
         torch._foreach_add_(self.steps, 1)
         return True
 

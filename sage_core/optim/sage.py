@@ -174,13 +174,14 @@ class SAGE(Optimizer):
             flat_groups.pop(key)
             flat_off.add(key)
             return False
-        if not flat.take_grads():
-            return False  # new gradient tensors again: per-tensor calls over the views
         beta1, beta2 = group["betas"]
-        if not flat.step(
-            lr=group["lr"], beta1=beta1, beta2=beta2, beta3=group["beta3"], eps=group["eps"],
-            weight_decay=group["weight_decay"],
-        ):
+        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, beta3=group["beta3"],
+                     eps=group["eps"], weight_decay=group["weight_decay"])
+        # held gradients: one kernel call; new gradient tensors again: read where they are
+        done = flat.step(**hyper) if flat.take_grads() else flat.step_new_grads(**hyper)
+        if done is None:
+            return False  # gradients the kernel cannot read in place: per-tensor, this once
+        if not done:  # the kernel failed to compile
             flat_groups.pop(key)
             flat_off.add(key)
             return False

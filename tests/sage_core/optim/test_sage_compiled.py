@@ -87,18 +87,22 @@ def test_default_for_large_steps_is_compiled_and_matches_reference(
         monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
     calls: list[int] = []
     real = compiled_module._compiled_sage
-    real_flat = flat_module.FlatGroup.step
 
     def spy(params: list[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         calls.append(len(params))
         real(params, *args, **kwargs)
 
-    def flat_spy(self: flat_module.FlatGroup, **kwargs: Any) -> bool:
-        calls.append(len(self.params))
-        return real_flat(self, **kwargs)
+    def flat_spy(name: str) -> Any:
+        real_flat = getattr(flat_module.FlatGroup, name)
+
+        def run(self: flat_module.FlatGroup, **kwargs: Any) -> bool | None:
+            calls.append(len(self.params))
+            return real_flat(self, **kwargs)
+        return run
 
     monkeypatch.setattr(compiled_module, "_compiled_sage", spy)
-    monkeypatch.setattr(flat_module.FlatGroup, "step", flat_spy)
+    for name in ("step", "step_new_grads"):  # held gradients, new ones
+        monkeypatch.setattr(flat_module.FlatGroup, name, flat_spy(name))
     _assert_matches_reference(torch.float32, {}, base="adamw", weight_decay=0.1)
     assert len(calls) == STEPS
 

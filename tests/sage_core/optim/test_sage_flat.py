@@ -64,40 +64,89 @@ def test_params_grads_and_state_are_views_of_one_buffer_each():
         offset += size
 
 
+# make_params' sizes are 35, 5, 24, 1, 144 and 24: with 30 as the limit, each of the two
+# groups the tests below use has large and small tensors.
+MIXED_LIMIT = 30
+
+
+@pytest.fixture(params=["all small", "mixed"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """With the default limit every test tensor is small; "mixed" gives each group large
+    tensors (a kernel call each when gradients are new) after small ones."""
+    if request.param == "mixed":
+        monkeypatch.setattr(flat_module, "FRESH_OWN_CALL_MIN_NUMEL", MIXED_LIMIT)
+    return str(request.param)
+
+
 def test_new_gradient_tensors_every_step_are_read_where_they_are(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """Copied in once; when new ones come again, per-tensor kernel calls over the views."""
-    calls: list[int] = []
+    """Copied in once; when new ones come again, the large ones are read where they are (a
+    kernel call each) and the small ones copied into one buffer (one call); never the
+    per-tensor path. Kept ones again: copied in once, then one call per step."""
+    monkeypatch.setattr(flat_module, "FRESH_OWN_CALL_MIN_NUMEL", MIXED_LIMIT)
+    per_tensor: list[int] = []
     real = compiled_module._compiled_sage
 
     def spy(params: list[Tensor], *args: object, **kwargs: object) -> None:
-        calls.append(len(params))
+        per_tensor.append(len(params))
         real(params, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(compiled_module, "_compiled_sage", spy)
+    calls: list[list[tuple[int, int]]] = []  # per step: (numel, grad address) of each call
+    real_kernel = compiled_module._kernel
+
+    def counting_kernel(base: str, sage: bool) -> object:
+        kernel = real_kernel(base, sage)
+
+        def run(p: Tensor, g: Tensor, *rest: Tensor) -> None:
+            calls[-1].append((p.numel(), g.data_ptr()))
+            kernel(p, g, *rest)
+        return run
+
+    monkeypatch.setattr(compiled_module, "_kernel", counting_kernel)
     params = make_params()
     optimizer = SAGE(params, compiled=True, weight_decay=0.1)
-    _train(optimizer, params, range(4))
-    assert calls == [len(params)] * 3  # step 1 copied the gradients in, 2 to 4 did not
+    grads_read: list[list[int]] = []  # per step: the addresses of the large gradients
+    for step in range(4):
+        calls.append([])
+        _train(optimizer, params, range(step, step + 1))
+        grads_read.append([params[i].grad.data_ptr() for i in (0, 4)])  # type: ignore[union-attr]
+    assert per_tensor == []
     (flat,) = _flat_groups(optimizer)
-    assert params[0].grad is not None
+    sizes = [p.numel() for p in params]
+    large = [i for i, n in enumerate(sizes) if n >= MIXED_LIMIT]
+    small = [i for i, n in enumerate(sizes) if n < MIXED_LIMIT]
+    assert large == [0, 4] and small == [1, 2, 3, 5]
+    # the layout: small tensors first, then large, each in group order
+    offset = 0
+    for i in small + large:
+        assert params[i].data_ptr() == flat.flat_param.data_ptr() + offset * 4
+        offset += sizes[i]
+    assert [n for n, _ in calls[0]] == [sum(sizes)]  # step 1: copied in, one call
+    small_numel = sum(sizes[i] for i in small)
+    assert flat.small_grad is not None
+    for step_calls, addresses in zip(calls[1:], grads_read[1:], strict=True):
+        assert step_calls == [(small_numel, flat.small_grad.data_ptr()),
+                              (sizes[0], addresses[0]), (sizes[4], addresses[1])]
     assert flat.flat_grad is None  # not used while new gradients come: freed
     # the same foreign gradients as on the last step: copied in at once, then held
+    calls.append([])
     _train(optimizer, params, range(4, 7), keep_grads=True)
-    assert len(calls) == 3
+    assert per_tensor == []
     assert flat.flat_grad is not None
-    assert params[0].grad.data_ptr() == flat.flat_grad.data_ptr()
+    assert [n for n, _ in calls[-1]] == [sum(sizes)] * 3
+    assert params[0].grad.data_ptr() == flat.flat_grad.data_ptr() + small_numel * 4
 
 
 @pytest.mark.parametrize("base", ["adamw", "adamax"])
 @pytest.mark.parametrize("set_to_none", [True, False])
-def test_fresh_and_kept_gradients_give_the_same_steps(base: str, set_to_none: bool):
+def test_fresh_and_kept_gradients_give_the_same_steps(base: str, set_to_none: bool, layout: str):
     """Autograd's new gradients are copied in; kept ones are accumulated into in place."""
     results = []
     for options in (dict(foreach=False), dict(compiled=True)):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))  # 128, 16, 32, 2
         optimizer = SAGE(model.parameters(), lr=0.01, weight_decay=0.1, base=base, **options)
         for step in range(8):
             x = torch.randn(4, 8, generator=torch.Generator().manual_seed(step))
@@ -113,7 +162,7 @@ def test_fresh_and_kept_gradients_give_the_same_steps(base: str, set_to_none: bo
 @pytest.mark.parametrize("into", ["fresh optimizer", "same optimizer"])
 @pytest.mark.parametrize("keep_grads", [False, True])
 def test_state_dict_round_trip_continues_bit_identically(
-    base: str, into: str, keep_grads: bool, tmp_path: Path
+    base: str, into: str, keep_grads: bool, tmp_path: Path, layout: str
 ):
     def groups(ps: list[Tensor]) -> list[dict]:
         return [{"params": ps[:3]}, {"params": ps[3:], "sage": False, "lr": 0.02}]
