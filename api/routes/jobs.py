@@ -55,9 +55,9 @@ def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
 
 @router.post("", response_model=JobPublic)
 def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep, store: StoreDep,
-               settings: SettingsDep, dispatcher: DispatcherDep, response: Response,
+               settings: SettingsDep, dispatcher: DispatcherDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-               ) -> JobPublic:
+               ) -> Response:
     """Queue a fine-tuning job. The same Idempotency-Key and body return the same job.
 
     With `sweep` or `compare_to`: a parent job (`running`, never trained itself) and one
@@ -74,9 +74,11 @@ def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep,
                                           settings=settings, training_file=caller.training_file)
         if created:
             dispatcher.dispatch(job.id)  # only after the row is committed
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return service.to_public(session, [job])[0]
+    # Serialized here: returned as a model from this sync route, FastAPI would validate it
+    # again on a worker thread of its own before writing it (one more thread hop per POST).
+    return Response(service.to_public(session, [job])[0].model_dump_json(),
+                    media_type="application/json",
+                    headers=None if created else {"Idempotent-Replayed": "true"})
 
 
 @router.get("", response_model=ListPage[JobPublic])
