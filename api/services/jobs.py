@@ -11,6 +11,7 @@ from functools import cache, partial
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Engine,
     Insert,
@@ -22,8 +23,10 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
+    table,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, make_transient_to_detached
@@ -209,8 +212,12 @@ def _insert_job(*, files_checked: bool) -> Insert:
 @cache
 def _insert_job_with_event(*, files_checked: bool) -> Select[int]:
     """PostgreSQL: the job, its creation event and its queue position in one statement (and
-    one round trip). The count reads the snapshot the statement started with, which does not
-    hold the new row: a new job's place is one after the queued jobs ahead of it."""
+    one round trip). The position is one plus the queued jobs counted in job_queue_counts,
+    which a trigger on jobs keeps (migrations/versions/0006_queue_counts.py): O(1) whatever
+    the queue depth. The sum reads the snapshot the statement started with, which holds
+    neither the new row nor its trigger's +1: a new job's place is one after every job
+    already queued. (GET's count by queued_at agrees unless another server's clock gave a
+    job already queued a later queued_at.)"""
     j = _insert_job(files_checked=files_checked).cte("new_job")
     event = insert(JobEvent).from_select(
         [JobEvent.id, JobEvent.job_id, JobEvent.created_at, JobEvent.level, JobEvent.type,
@@ -219,15 +226,10 @@ def _insert_job_with_event(*, files_checked: bool) -> Select[int]:
                bindparam("event_level", type_=JobEvent.level.type),
                bindparam("event_type", type_=JobEvent.type.type),
                bindparam("event_message", type_=JobEvent.message.type))).cte("new_event")
-    ahead = aliased(Job)
-    # Two counts, not one with OR: the first is a range of ix_jobs_status_queued alone
-    # (status, queued_at), which an index-only scan counts without reading the rows.
-    earlier = select(func.count()).select_from(ahead).where(
-        ahead.status == S.QUEUED, ahead.queued_at < j.c.queued_at).scalar_subquery()
-    same_time = select(func.count()).select_from(ahead).where(
-        ahead.status == S.QUEUED, ahead.queued_at == j.c.queued_at,
-        ahead.id < j.c.id).scalar_subquery()
-    return select(earlier + same_time + 1).select_from(j).add_cte(event)
+    # sum(bigint) is numeric in PostgreSQL: cast, or the driver answers a Decimal
+    queued = select(func.sum(literal_column("queued")).cast(BigInteger)).select_from(
+        table("job_queue_counts")).scalar_subquery()
+    return select(func.coalesce(queued, 0) + 1).select_from(j).add_cte(event)
 
 
 def _insert(session: Session, values: dict[str, Any], event: EventValues, *,
