@@ -17,8 +17,8 @@ from api.deps import (
     KeyAndTrainingFile,
     OwnedCheckpoint,
     OwnedJob,
+    ServicesDep,
     SessionDep,
-    SettingsDep,
     StoreDep,
 )
 from api.schemas import (
@@ -54,8 +54,8 @@ def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
 
 
 @router.post("", response_model=JobPublic)
-def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep, store: StoreDep,
-               settings: SettingsDep, dispatcher: DispatcherDep,
+def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep,
+               services: ServicesDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
                ) -> Response:
     """Queue a fine-tuning job. The same Idempotency-Key and body return the same job.
@@ -64,16 +64,17 @@ def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep,
     queued child job per optimizer and learning rate; the parent is returned."""
     if sweep_service.is_sweep_request(body):
         job, child_ids, created = sweep_service.create_sweep(
-            session, caller.key, body, idempotency_key=idempotency_key, store=store,
-            settings=settings, training_file=caller.training_file)
+            session, caller.key, body, idempotency_key=idempotency_key, store=services.store,
+            settings=services.settings, training_file=caller.training_file)
         for child_id in child_ids:
-            dispatcher.dispatch(child_id)  # only after the rows are committed
+            services.dispatcher.dispatch(child_id)  # only after the rows are committed
     else:
         job, created = service.create_job(session, caller.key, body,
-                                          idempotency_key=idempotency_key, store=store,
-                                          settings=settings, training_file=caller.training_file)
+                                          idempotency_key=idempotency_key, store=services.store,
+                                          settings=services.settings,
+                                          training_file=caller.training_file)
         if created:
-            dispatcher.dispatch(job.id)  # only after the row is committed
+            services.dispatcher.dispatch(job.id)  # only after the row is committed
     # Serialized here: returned as a model from this sync route, FastAPI would validate it
     # again on a worker thread of its own before writing it (one more thread hop per POST).
     return Response(service.to_public(session, [job])[0].model_dump_json(),
