@@ -23,7 +23,8 @@ OpenAI-shaped API. Every /v1 call needs `Authorization: Bearer <api key>`."""
 def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None,
                store: ArtifactStore | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
+                         max_overflow=settings.database_max_overflow)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -53,8 +53,13 @@ def bare_app(database_url: str, owner_id: str) -> Any:
     from sage_core.db.ids import new_id
     from sage_core.db.models import Job, utcnow
     from sage_core.db.session import make_engine, make_session_factory
+    from sage_core.settings import Settings
 
-    sessions = make_session_factory(make_engine(database_url))
+    # the same connection pool as sagetrain's server (api/main.py)
+    settings = Settings()
+    sessions = make_session_factory(make_engine(
+        database_url, pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow))
     app = FastAPI()
 
     @app.get("/jobs/{job_id}")
