@@ -32,7 +32,10 @@ SHAPES = [(1536, 384), (384, 1536), (384, 384), (1536,), (384,)]
 STEPS = 20
 
 
-def parity() -> bool:
+def parity(device: str = "cuda") -> bool:
+    """Each case against the reference; True if all are within tolerance. `device`: where
+    the cases run (tests run it on the CPU, so the script is known to work before a GPU
+    session spends its minutes on it)."""
     import torch
 
     from sage_core.optim import SAGE
@@ -59,10 +62,10 @@ def parity() -> bool:
     for base in ("adamw", "adamax"):
         reference = run("cpu", torch.float64, base=base, foreach=False)
         cases = {
-            "fp32 default": run("cuda", torch.float32, base=base),
-            "fp32 foreach": run("cuda", torch.float32, base=base, foreach=True),
-            "fp32 compiled": run("cuda", torch.float32, base=base, compiled=True),
-            "bf16 params": run("cuda", torch.bfloat16, base=base),
+            "fp32 default": run(device, torch.float32, base=base),
+            "fp32 foreach": run(device, torch.float32, base=base, foreach=True),
+            "fp32 compiled": run(device, torch.float32, base=base, compiled=True),
+            "bf16 params": run(device, torch.bfloat16, base=base),
         }
         for name, got in cases.items():
             err = max(float((g - r).abs().max()) for g, r in zip(got, reference, strict=True))
