@@ -43,6 +43,14 @@ def postgres_server_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def unmigrated_postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of the test's own, for tests that move the schema
+    up and down (the shared one stays at head), dropped after the test."""
+    with throwaway_postgres(ADMIN_URL, "sagetrain_schema") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def migrated_postgres_url(postgres_server_url: str) -> str:
     from sage_core.db.migrate import upgrade
@@ -60,7 +68,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _empty_postgres(url: str) -> None:
+def empty_postgres(url: str) -> None:
+    """TRUNCATE every table (and, through its trigger, the queue counter)."""
     from sage_core.db.models import Base
 
     engine = create_engine(url)
@@ -78,5 +87,5 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url = request.getfixturevalue("migrated_postgres_url")
-    _empty_postgres(url)
+    empty_postgres(url)
     return url

@@ -27,7 +27,7 @@ def _modelled(obj: object, name: str | None, type_: str, reflected: bool,
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'm.db'}"
-    return request.getfixturevalue("postgres_server_url")
+    return request.getfixturevalue("unmigrated_postgres_url")  # not the shared database
 
 
 def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
@@ -45,4 +45,3 @@ def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
         diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations disagree: {diff}"
-    downgrade(empty_url, "base")  # leave the shared PostgreSQL database empty

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import ADMIN_URL, _empty_postgres
+from service_fixtures import empty_postgres
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +24,6 @@ from sage_core.db.models import ApiKey, Job, utcnow
 from sage_core.db.recovery import reap_expired_leases
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
-from sage_core.testing import throwaway_postgres
 
 JOBS = "/v1/fine_tuning/jobs"
 TRAIN = b"".join(b'{"text": "%s", "label": "%s"}\n' % pair for pair in [
@@ -64,7 +63,7 @@ class _Api:
 
 @pytest.fixture
 def pg_url(migrated_postgres_url: str) -> str:
-    _empty_postgres(migrated_postgres_url)  # TRUNCATE: the counter must read zero after it
+    empty_postgres(migrated_postgres_url)  # TRUNCATE: the counter must read zero after it
     return migrated_postgres_url
 
 
@@ -203,14 +202,6 @@ def test_concurrent_creates_keep_the_count(api: _Api, engine: Engine,
     assert _consistent(engine) == 8 * 6
 
 
-@pytest.fixture
-def unmigrated_url(postgres_server_url: str) -> Iterator[str]:
-    """A database of its own (the shared one stays at head), created once PostgreSQL is
-    known to be reachable."""
-    with throwaway_postgres(ADMIN_URL, "sagetrain_seed") as url:
-        yield url
-
-
 def _key_with_jobs(factory: sessionmaker[Session], statuses: list[str]) -> list[str]:
     with factory.begin() as s:
         key = ApiKey(id=new_id("key"), name="t", key_hash=new_id("h")[-40:], prefix="sk-st-x")
@@ -223,21 +214,21 @@ def _key_with_jobs(factory: sessionmaker[Session], statuses: list[str]) -> list[
         return [job.id for job in jobs]
 
 
-def test_upgrade_seeds_the_counter_from_queued_jobs(unmigrated_url: str) -> None:
-    upgrade(unmigrated_url, "0005")
-    engine = make_engine(unmigrated_url)
+def test_upgrade_seeds_the_counter_from_queued_jobs(unmigrated_postgres_url: str) -> None:
+    upgrade(unmigrated_postgres_url, "0005")
+    engine = make_engine(unmigrated_postgres_url)
     factory = make_session_factory(engine)
     ids = _key_with_jobs(factory, ["queued"] * 4 + ["running", "paused", "cancelled"])
-    upgrade(unmigrated_url)
+    upgrade(unmigrated_postgres_url)
     assert _consistent(engine) == 4
     with factory.begin() as s:
         assert t.claim(s, ids[0], owner="w", lease_seconds=60)
     assert _consistent(engine) == 3
 
-    downgrade(unmigrated_url, "0005")
-    assert "job_queue_counts" not in table_names(unmigrated_url)
+    downgrade(unmigrated_postgres_url, "0005")
+    assert "job_queue_counts" not in table_names(unmigrated_postgres_url)
     with factory.begin() as s:  # no trigger left behind to fail on the missing table
         assert t.requeue(s, ids[0], owner="w")
-    upgrade(unmigrated_url)
+    upgrade(unmigrated_postgres_url)
     assert _consistent(engine) == 4
     engine.dispose()
