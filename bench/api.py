@@ -10,7 +10,8 @@ Measured for GET /v1/fine_tuning/jobs/{id} and POST /v1/fine_tuning/jobs: reques
 a minimal HTTP/1.1 client on asyncio streams, to keep its own CPU cost low on a small
 machine. Each phase runs twice (--rounds), alternating the apps; the best run is reported,
 and the ratio of each round, to show the spread on a busy machine, and each server's own
-CPU time per request, which a busy machine disturbs much less than requests/s.
+CPU time per request, which a busy machine disturbs much less than requests/s, and
+PostgreSQL's. Both apps use the server's connection pool (SAGETRAIN_DATABASE_POOL_SIZE).
 
     python bench/api.py [--requests 3000] [--latency-requests 500] [--rounds 2]
 
