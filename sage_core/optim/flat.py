@@ -53,7 +53,8 @@ FLAT_DEVICE_TYPES: frozenset[str] = frozenset({"cpu"})
 # With new gradient tensors each step, a tensor at least this big gets a kernel call of its
 # own (host time on CPU: ~20 us a call); smaller ones have their gradients copied into one
 # buffer and share one call. On BERT-like models this splits biases and norms (< 4K) from
-# weight matrices (> 100K), so the exact value matters little.
+# weight matrices (> 100K), so the exact value matters little. At least 2: the kernel
+# specialises (recompiles) for sizes 0 and 1.
 FRESH_OWN_CALL_MIN_NUMEL = 1 << 16
 
 # The flat parameter buffers made in this process (weakly held, by storage), of any SAGE
@@ -271,8 +272,8 @@ class FlatGroup:
         large_grads = [grads[i] for i in self.large]
         if any(g.dtype != flat.dtype or not g.is_contiguous() for g in large_grads):
             return None
-        if 0 < self.small_numel < 2 or any(self.sizes[i] < 2 for i in self.large):
-            return None  # sizes 0 and 1 would make the dynamic-shape kernel recompile
+        if self.small_numel == 1:
+            return None  # size 1 would make the dynamic-shape kernel recompile
         batches = [[inputs[0], compiled._as_1d(g), *inputs[1:]]
                    for inputs, g in zip(self.large_inputs, large_grads, strict=True)]
         if self.small_numel:
