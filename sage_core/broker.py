@@ -107,10 +107,21 @@ class DispatchMarks:
 
 
 def publish(app: Celery, marks: DispatchMarks, job_id: str) -> None:
-    """Send the job's message (by task name) and mark it sent. Raises if the broker is
-    unreachable; the caller decides whether that matters (the reaper will send it later)."""
-    app.send_task(TASK_NAME, args=[job_id])
+    """Mark the job sent, then send its message (by task name). Raises if the broker is
+    unreachable; the caller decides whether that matters (the reaper will send it later).
+
+    The mark comes first because a worker clears it as it takes the message, which can be
+    before send_task returns: marking afterwards would leave a mark for a message already
+    taken, and the reaper would not send the job again until the mark expired."""
     try:
         marks.mark(job_id)
     except Exception:  # only costs a duplicate message later
-        log.warning("[%s] sent, but could not mark it sent", job_id, exc_info=True)
+        log.warning("[%s] could not mark it sent", job_id, exc_info=True)
+    try:
+        app.send_task(TASK_NAME, args=[job_id])
+    except Exception:
+        try:
+            marks.clear(job_id)
+        except Exception:  # Redis is down too: the mark expires with its TTL
+            log.warning("[%s] could not clear its mark", job_id, exc_info=True)
+        raise

@@ -1,0 +1,55 @@
+"""The dispatch mark ("a message for this job waits on the broker") against a real Redis:
+it must never outlive the message it stands for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery_cluster import redis_namespace
+
+from sage_core.broker import DispatchMarks, create_celery, publish
+from sage_core.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Any:
+    with redis_namespace() as (url, prefix):
+        yield Settings(data_dir=tmp_path, broker_url=url, broker_key_prefix=prefix)
+
+
+def test_a_message_taken_before_send_returns_leaves_no_mark(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker clears the mark as it takes the message, and may do so before send_task
+    has returned to the sender; the mark must not be set after that."""
+    app, marks = create_celery(settings, main="marks-test"), DispatchMarks(settings)
+    sent = app.send_task
+
+    def send_and_taken_at_once(*args: Any, **kwargs: Any) -> Any:
+        result = sent(*args, **kwargs)
+        marks.clear("ftjob-taken")  # what the worker's run_job does first
+        return result
+
+    monkeypatch.setattr(app, "send_task", send_and_taken_at_once)
+    try:
+        publish(app, marks, "ftjob-taken")
+        assert not marks.is_marked("ftjob-taken")
+        monkeypatch.undo()
+        publish(app, marks, "ftjob-waiting")  # no worker listens: its message waits
+        assert marks.is_marked("ftjob-waiting")
+    finally:
+        marks.close()
+        app.close()
+
+
+def test_a_message_that_could_not_be_sent_leaves_no_mark(settings: Settings) -> None:
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    app, marks = create_celery(down, main="marks-test"), DispatchMarks(settings)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (whichever kombu raises)
+            publish(app, marks, "ftjob-unsent")
+        assert not marks.is_marked("ftjob-unsent")
+    finally:
+        marks.close()
+        app.close()
