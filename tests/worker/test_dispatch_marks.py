@@ -3,6 +3,7 @@ it must never outlive the message it stands for."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sage_core.settings import Settings
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Any:
+def settings(tmp_path: Path) -> Iterator[Settings]:
     with redis_namespace() as (url, prefix):
         yield Settings(data_dir=tmp_path, broker_url=url, broker_key_prefix=prefix)
 
