@@ -10,7 +10,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric, WebhookEndpoint
-from sage_core.schemas import Hyperparameters, OptimizerName, TaskName
+from sage_core.names import OptimizerName, TaskName
+from sage_core.schemas import Hyperparameters
 
 T = TypeVar("T")
 

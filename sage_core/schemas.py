@@ -11,23 +11,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-OptimizerName = Literal["sage", "adamw", "adamax-sage", "adamax"]
-TaskName = Literal["text-classification", "text-regression"]
+from sage_core.names import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BETA3,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    OptimizerName,
+    SageScope,
+    TaskName,
+)
+
 Auto = Literal["auto"]
-
-OPTIMIZERS: tuple[str, ...] = ("sage", "adamw", "adamax-sage", "adamax")
-TASKS: tuple[str, ...] = ("text-classification", "text-regression")
-
-# Base learning rates for fine-tuning a BERT-sized encoder. SAGE's mean step multiplier is
-# near 0.5, so the SAGE variants default to 3x their base optimizer (SAGE.md: 2 to 5x).
-DEFAULT_LEARNING_RATE: dict[str, float] = {
-    "adamw": 5e-5,
-    "sage": 1.5e-4,
-    "adamax": 1e-4,
-    "adamax-sage": 3e-4,
-}
-DEFAULT_EPOCHS = 3
-DEFAULT_BATCH_SIZE = 32
 
 
 class Hyperparameters(BaseModel):
@@ -48,7 +42,9 @@ class Hyperparameters(BaseModel):
     learning_rate: float | None = Field(
         None, gt=0, le=1, description="Peak learning rate; overrides the default and multiplier"
     )
-    beta3: float = Field(0.85, gt=0, lt=1, description="SAGE's sensitivity EMA coefficient")
+    beta3: float = Field(
+        DEFAULT_BETA3, gt=0, lt=1, description="SAGE's sensitivity EMA coefficient"
+    )
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warmup")
     weight_decay: float = Field(
         0.01, ge=0, le=1, description="Decay for non-bias, non-norm weights"
@@ -69,7 +65,7 @@ class Hyperparameters(BaseModel):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement"
     )
-    sage_scope: Literal["blocks", "all"] = Field(
+    sage_scope: SageScope = Field(
         "blocks",
         description="blocks: SAGE on the repeated blocks' linear layers; all: every tensor",
     )
@@ -121,7 +117,7 @@ class ResolvedHyperparameters(BaseModel):
     eval_every_steps: int | None
     checkpoint_every_steps: int | None
     early_stopping_patience: int | None
-    sage_scope: Literal["blocks", "all"]
+    sage_scope: SageScope
 
 
 class JobSpec(BaseModel):

@@ -39,13 +39,10 @@ from api.services.paging import page
 from api.services.stream import PING_SECONDS, job_stream, parse_cursor
 from sage_core.db.models import Checkpoint, Job, JobEvent, JobMetric
 from sage_core.errors import ConflictError
+from sage_core.names import RESUME_FILES
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
-# The resume state the training engine writes into each checkpoint folder
-# (sage_core/training/checkpoints.py: STATE_FILE, PROGRESS_FILE; not imported: it loads
-# torch). A download ships the Hugging Face model folder only.
-RESUME_STATE = frozenset({"training_state.pt", "trainer_state.json"})
 
 
 def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
@@ -191,7 +188,7 @@ def list_checkpoints(job: OwnedJob, session: SessionDep, after: str | None = Non
 def download_checkpoint(checkpoint: OwnedCheckpoint, store: StoreDep) -> StreamingResponse:
     """The checkpoint as a .tar.gz of a Hugging Face model folder (`from_pretrained`)."""
     name = f"{checkpoint.job_id}-step-{checkpoint.step}"
-    body = stream_tree_targz(store, checkpoint.storage_key, name, skip=RESUME_STATE)
+    body = stream_tree_targz(store, checkpoint.storage_key, name, skip=RESUME_FILES)
     return StreamingResponse(body, media_type="application/gzip", headers={
         "Content-Disposition": f'attachment; filename="{name}.tar.gz"'})
 

@@ -12,7 +12,7 @@ from sage_core.datafiles import Dataset, parse_dataset
 from sage_core.db.ids import FILE, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus
 from sage_core.errors import ConflictError, DataFileError
-from sage_core.schemas import TASKS
+from sage_core.names import TASKS
 from sage_core.settings import Settings
 
 PURPOSE_FINE_TUNE = "fine-tune"

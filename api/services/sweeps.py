@@ -37,7 +37,8 @@ from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
 from sage_core.errors import NotFoundError
-from sage_core.schemas import DEFAULT_LEARNING_RATE, Hyperparameters, JobSpec
+from sage_core.names import DEFAULT_LEARNING_RATE, OptimizerName, main_metric
+from sage_core.schemas import Hyperparameters, JobSpec
 from sage_core.settings import Settings
 
 S = JobStatus
@@ -70,7 +71,7 @@ def _check_rates(values: list[float], param: str, *, least: int) -> list[float]:
     return list(values)
 
 
-def _default_grid(optimizer: str, multiplier: float, param: str) -> list[float]:
+def _default_grid(optimizer: OptimizerName, multiplier: float, param: str) -> list[float]:
     grid = [_rounded(DEFAULT_LEARNING_RATE[optimizer] * multiplier * f)
             for f in DEFAULT_GRID_FACTORS]
     if grid[-1] > 1:
@@ -178,7 +179,7 @@ def _create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
         children.append(Job(id=child_id, spec=spec.model_dump(mode="json"), status=S.QUEUED,
                             queued_at=now, artifact_prefix=f"jobs/{child_id}",
                             parent_id=parent_id, **common))
-    metric, greater = sweeps.main_metric(body.task)
+    metric, greater = main_metric(body.task)
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
     # what each child trains with.
     parent_spec = JobSpec(model=body.model, task=body.task, seed=seed,
@@ -250,7 +251,7 @@ def report(session: Session, parent: Job) -> SweepReport:
                else "it was created without sweep or compare_to")
         raise NotFoundError(f"Fine-tuning job '{parent.id}' is not a sweep: {why}.",
                             param="fine_tuning_job_id", code="not_a_sweep")
-    metric, greater = sweeps.main_metric(parent.task)
+    metric, greater = main_metric(parent.task)
     results = sweeps.children(session, parent)
     optimizers = list(dict.fromkeys(run["optimizer"] for run in parent.sweep.get("runs", [])))
     optimizers += [c.optimizer for c in results if c.optimizer not in optimizers]

@@ -29,20 +29,10 @@ from sqlalchemy.orm import Session
 from sage_core.db.events import add_event
 from sage_core.db.models import Checkpoint, Job, JobMetric, JobStatus, utcnow
 from sage_core.db.webhooks import enqueue_job_ended
+from sage_core.names import main_metric
 
 S = JobStatus
 SWEEP_FAILED = "sweep_failed"
-
-# The engine's main metric per task (sage_core/training/tasks.py `Task.main_metric`, not
-# imported: it loads torch), as logged (valid_ prefix), and whether greater is better.
-MAIN_METRIC: dict[str, tuple[str, bool]] = {
-    "text-classification": ("valid_f1_macro", True),
-    "text-regression": ("valid_loss", False),
-}
-
-
-def main_metric(task: str) -> tuple[str, bool]:
-    return MAIN_METRIC.get(task, ("valid_loss", False))
 
 
 @dataclass(frozen=True)

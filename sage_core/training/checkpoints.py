@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from sage_core.names import PROGRESS_FILE, STATE_FILE
+
 LOG = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 METRICS_FILE = "metrics.jsonl"
-STATE_FILE = "training_state.pt"
-PROGRESS_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from sage_core.datafiles import Dataset
 from sage_core.errors import InvalidSpecError
+from sage_core.names import MAIN_METRIC
 from sage_core.training import metrics as M
 
 
@@ -75,7 +76,8 @@ class Task(ABC):
     """One kind of problem. Instances hold per-run state (label names, the tokenizer)."""
 
     name: ClassVar[str]
-    main_metric: ClassVar[str]  # a key of `metrics()`, compared for early stopping and "best"
+    # a key of `metrics()`, compared for early stopping and "best" (sage_core.names)
+    main_metric: ClassVar[str]
     greater_is_better: ClassVar[bool]
 
     @abstractmethod
@@ -216,8 +218,7 @@ class _TextTask(Task):
 
 class TextClassification(_TextTask):
     name = "text-classification"
-    main_metric = "f1_macro"  # macro F1: robust to class imbalance, unlike accuracy
-    greater_is_better = True
+    main_metric, greater_is_better = MAIN_METRIC["text-classification"]
     _target_dtype = torch.long
 
     def __init__(self) -> None:
@@ -278,8 +279,7 @@ class TextClassification(_TextTask):
 
 class TextRegression(_TextTask):
     name = "text-regression"
-    main_metric = "loss"
-    greater_is_better = False
+    main_metric, greater_is_better = MAIN_METRIC["text-regression"]
     _target_dtype = torch.float32
 
     def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,

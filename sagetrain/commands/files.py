@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sage_core.schemas import TASKS
+from sage_core.names import TASKS
 from sagetrain.commands.jobs import CONNECTION_HELP, add_connection_arguments, call, print_json
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sage_core.schemas import OPTIMIZERS, TASKS
+from sage_core.names import OPTIMIZERS, TASKS
 
 if TYPE_CHECKING:
     from sagetrain.client import Client

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sage_core.schemas import OPTIMIZERS, TASKS
+from sage_core.names import OPTIMIZERS, TASKS
 
 # JobSpec field -> the option that sets it, for error messages.
 _FLAGS = {

@@ -1,0 +1,63 @@
+"""Names and defaults that the API, the database layer, the CLI and the training engine
+share, each written once. Torch-free and dependency-free, so that every layer may import
+it (the optimizer included, which otherwise imports only torch).
+
+Lists are derived from their `Literal`, so a new optimizer or task is one edit here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# --- optimizers ---------------------------------------------------------------------------
+
+OptimizerName = Literal["sage", "adamw", "adamax-sage", "adamax"]
+OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
+
+# Where SAGE applies: "blocks", the linear layers inside the model's repeated blocks
+# (the paper's choice); "all", every trainable tensor.
+SageScope = Literal["blocks", "all"]
+SAGE_SCOPES: tuple[SageScope, ...] = get_args(SageScope)
+
+# SAGE's sensitivity EMA coefficient: the authors' shipped recipe (advice: 0.6 to 0.9).
+DEFAULT_BETA3 = 0.85
+
+# Base learning rates for fine-tuning a BERT-sized encoder. SAGE's mean step multiplier is
+# near 0.5, so the SAGE variants default to 3x their base optimizer (2 to 5x advised).
+DEFAULT_LEARNING_RATE: dict[OptimizerName, float] = {
+    "adamw": 5e-5,
+    "sage": 1.5e-4,
+    "adamax": 1e-4,
+    "adamax-sage": 3e-4,
+}
+DEFAULT_EPOCHS = 3
+DEFAULT_BATCH_SIZE = 32
+
+# --- tasks --------------------------------------------------------------------------------
+
+TaskName = Literal["text-classification", "text-regression"]
+TASKS: tuple[TaskName, ...] = get_args(TaskName)
+
+# Each task's main metric (a key of the task's metrics, logged with a "valid_" prefix) and
+# whether greater is better: what early stopping, "best checkpoint" and sweeps compare.
+MAIN_METRIC: dict[TaskName, tuple[str, bool]] = {
+    "text-classification": ("f1_macro", True),  # macro F1: robust to class imbalance
+    "text-regression": ("loss", False),
+}
+
+
+def main_metric(task: str) -> tuple[str, bool]:
+    """The logged name (``valid_<metric>``) of `task`'s main metric, and whether greater is
+    better; an unknown task falls back to the validation loss."""
+    name, greater = MAIN_METRIC.get(task, ("loss", False))  # type: ignore[call-overload]
+    return f"valid_{name}", greater
+
+
+# --- checkpoint folders -------------------------------------------------------------------
+
+# Beside the Hugging Face model files, each checkpoint folder holds the resume state: the
+# optimizer, scheduler and RNG tensors (torch.save) and the progress (step, data position,
+# spec, metrics; JSON). A download ships the model folder without them.
+STATE_FILE = "training_state.pt"
+PROGRESS_FILE = "trainer_state.json"
+RESUME_FILES: frozenset[str] = frozenset({STATE_FILE, PROGRESS_FILE})
