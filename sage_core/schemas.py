@@ -30,8 +30,12 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # OpenAI's three, each a number or "auto".
-    n_epochs: int | Auto = Field("auto", description="Passes over the training file (auto: 3)")
-    batch_size: int | Auto = Field("auto", description="Examples per optimizer step (auto: 32)")
+    n_epochs: int | Auto = Field(
+        "auto", description=f"Passes over the training file (auto: {DEFAULT_EPOCHS})"
+    )
+    batch_size: int | Auto = Field(
+        "auto", description=f"Examples per optimizer step (auto: {DEFAULT_BATCH_SIZE})"
+    )
     learning_rate_multiplier: float | Auto = Field(
         "auto", description="Scales the optimizer's default learning rate (auto: 1)"
     )
@@ -40,7 +44,9 @@ class Hyperparameters(BaseModel):
         "sage", description="sage (AdamW-SAGE), adamax-sage, adamw, adamax"
     )
     learning_rate: float | None = Field(
-        None, gt=0, le=1, description="Peak learning rate; overrides the default and multiplier"
+        None, gt=0, le=1,
+        description="Peak learning rate; overrides the multiplier and the optimizer's default ("
+        + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LEARNING_RATE.items()) + ")",
     )
     beta3: float = Field(
         DEFAULT_BETA3, gt=0, lt=1, description="SAGE's sensitivity EMA coefficient"
@@ -56,11 +62,11 @@ class Hyperparameters(BaseModel):
         128, ge=8, le=4096, description="Tokens per example after truncation"
     )
     gradient_accumulation_steps: int = Field(
-        1, ge=1, le=1024, description="Micro-batches per step"
+        1, ge=1, le=1024, description="Micro-batches per step; must divide batch_size"
     )
     eval_every_steps: int | None = Field(None, ge=1, description="Also evaluate every N steps")
     checkpoint_every_steps: int | None = Field(
-        None, ge=1, description="Save a checkpoint every N steps"
+        None, ge=1, description="Also save a checkpoint every N steps (one is saved each epoch)"
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement"

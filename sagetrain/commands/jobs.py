@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sage_core.names import OPTIMIZERS, TASKS
+from sagetrain.commands.hyperparameters import (
+    add_hyperparameter_arguments,
+    hyperparameters_from_args,
+)
 
 if TYPE_CHECKING:
     from sagetrain.client import Client
@@ -73,19 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="id of an uploaded validation file")
     create.add_argument("--task", choices=TASKS, default=None,
                         help="what to train (server default text-classification)")
-    create.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                        help="sage (default), adamw, adamax-sage or adamax")
-    create.add_argument("--epochs", metavar="N", type=int, default=None,
-                        help="passes over the training file")
-    create.add_argument("--batch-size", metavar="N", type=int, default=None,
-                        help="examples per optimizer step")
-    lr = create.add_mutually_exclusive_group()
-    lr.add_argument("--learning-rate", metavar="X", type=float, default=None,
-                    help="peak learning rate")
-    lr.add_argument("--learning-rate-multiplier", metavar="X", type=float, default=None,
-                    help="scales the optimizer's default learning rate")
-    create.add_argument("--max-seq-length", metavar="N", type=int, default=None,
-                        help="tokens per example after truncation")
+    add_hyperparameter_arguments(create.add_argument_group(
+        "hyperparameters (unset: the server's defaults)"))
     create.add_argument("--sweep-lr", metavar="X", type=float, nargs="+", default=None,
                         help="a sweep: one child job per learning rate (2 to 8; needs "
                         "--validation-file); the printed job is the parent")
@@ -171,21 +164,12 @@ def _compare_to(text: str) -> str | dict[str, Any]:
             f"not a list of learning rates: {rates!r} (e.g. adamw=5e-5,1e-4)") from None
 
 
-def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"optimizer": "optimizer", "epochs": "n_epochs", "batch_size": "batch_size",
-             "learning_rate": "learning_rate",
-             "learning_rate_multiplier": "learning_rate_multiplier",
-             "max_seq_length": "max_seq_length"}
-    return {field: getattr(args, option) for option, field in names.items()
-            if getattr(args, option) is not None}
-
-
 def run(args: argparse.Namespace) -> int:
     def action(client: Client) -> int:
         if args.action == "create":
             job = client.create_job(
                 args.model, args.training_file, validation_file=args.validation_file,
-                hyperparameters=_hyperparameters(args) or None, suffix=args.suffix,
+                hyperparameters=hyperparameters_from_args(args) or None, suffix=args.suffix,
                 seed=args.seed, task=args.task, idempotency_key=args.idempotency_key,
                 sweep={"learning_rate": args.sweep_lr} if args.sweep_lr else None,
                 compare_to=args.compare_to)

@@ -17,34 +17,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sage_core.names import OPTIMIZERS, TASKS
-
-# JobSpec field -> the option that sets it, for error messages.
-_FLAGS = {
-    "model": "--model", "task": "--task", "seed": "--seed",
-    "n_epochs": "--epochs", "batch_size": "--batch-size",
-    "learning_rate_multiplier": "--learning-rate-multiplier", "optimizer": "--optimizer",
-    "learning_rate": "--learning-rate", "beta3": "--beta3", "warmup_ratio": "--warmup-ratio",
-    "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm",
-    "max_seq_length": "--max-seq-length",
-    "gradient_accumulation_steps": "--gradient-accumulation-steps",
-    "eval_every_steps": "--eval-every-steps",
-    "checkpoint_every_steps": "--checkpoint-every-steps",
-    "early_stopping_patience": "--early-stopping-patience", "sage_scope": "--sage-scope",
-    "validation_file": "--validation-file", "training_file": "--train-file",
-}
-_HYPERPARAMETERS = (
-    "n_epochs", "batch_size", "learning_rate_multiplier", "optimizer", "learning_rate", "beta3",
-    "warmup_ratio", "weight_decay", "max_grad_norm", "max_seq_length",
-    "gradient_accumulation_steps", "eval_every_steps", "checkpoint_every_steps",
-    "early_stopping_patience", "sage_scope",
+from sage_core.names import TASKS
+from sagetrain.commands.hyperparameters import (
+    add_hyperparameter_arguments,
+    flags,
+    hyperparameters_from_args,
 )
 
-
-def _grad_norm(value: str) -> float | str:
-    if value.lower() == "none":
-        return "none"
-    return float(value)
+# JobSpec field -> the option that sets it, for error messages.
+_FLAGS = {**flags(), "model": "--model", "task": "--task", "seed": "--seed",
+          "validation_file": "--validation-file", "training_file": "--train-file"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,41 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="validation data in the same format; enables evaluation")
     data.add_argument("--task", choices=TASKS, default="text-classification",
                       help="what to train (default text-classification)")
-    hp = parser.add_argument_group("hyperparameters (unset: the API's defaults)")
-    hp.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                    help="sage = AdamW-SAGE (API default); adamax-sage; adamw; adamax")
-    hp.add_argument("--epochs", metavar="N", dest="n_epochs", type=int, default=None,
-                    help="passes over the training file (default 3)")
-    hp.add_argument("--batch-size", metavar="N", type=int, default=None,
-                    help="examples per optimizer step (default 32)")
-    lr = hp.add_mutually_exclusive_group()
-    lr.add_argument("--learning-rate", metavar="X", type=float, default=None,
-                    help="peak learning rate (default by optimizer: sage 1.5e-4, adamw 5e-5, "
-                         "adamax 1e-4, adamax-sage 3e-4)")
-    lr.add_argument("--learning-rate-multiplier", metavar="X", type=float, default=None,
-                    help="scales the optimizer's default learning rate")
-    hp.add_argument("--beta3", metavar="X", type=float, default=None,
-                    help="SAGE's sensitivity EMA coefficient (default 0.85)")
-    hp.add_argument("--warmup-ratio", metavar="X", type=float, default=None,
-                    help="fraction of steps of linear warmup (default 0.1)")
-    hp.add_argument("--weight-decay", metavar="X", type=float, default=None, help="default 0.01")
-    hp.add_argument("--max-grad-norm", metavar="X|none", type=_grad_norm, default=None,
-                    help="global gradient-norm clipping; 'none' disables (default 1.0)")
-    hp.add_argument("--max-seq-length", metavar="N", type=int, default=None,
-                    help="tokens per example after truncation (default 128)")
-    hp.add_argument("--gradient-accumulation-steps", metavar="N", type=int, default=None,
-                    help="micro-batches per optimizer step; must divide --batch-size "
-                         "(default 1)")
-    hp.add_argument("--eval-every-steps", metavar="N", type=int, default=None,
-                    help="also evaluate every N steps (needs --validation-file)")
-    hp.add_argument("--checkpoint-every-steps", metavar="N", type=int, default=None,
-                    help="also save a checkpoint every N steps (one is saved each epoch)")
-    hp.add_argument("--early-stopping-patience", metavar="N", type=int, default=None,
-                    help="stop after N evaluations without improvement "
-                         "(needs --validation-file)")
-    hp.add_argument("--sage-scope", choices=("blocks", "all"), default=None,
-                    help="blocks: SAGE on the repeated blocks' linear layers (default); "
-                         "all: every tensor")
+    add_hyperparameter_arguments(
+        parser.add_argument_group("hyperparameters (unset: the API's defaults)"))
     run = parser.add_argument_group("run")
     run.add_argument("--seed", metavar="N", type=int, default=42,
                      help="seed for the head's initialisation, dropout and data order "
@@ -120,13 +69,8 @@ def build_spec(args: argparse.Namespace) -> Any:
     """The JobSpec these options describe (pydantic validates it as the API would)."""
     from sage_core.schemas import JobSpec
 
-    hyperparameters: dict[str, Any] = {}
-    for name in _HYPERPARAMETERS:
-        value = getattr(args, name, None)
-        if value is not None:
-            hyperparameters[name] = None if value == "none" else value
     return JobSpec.model_validate({"model": args.model, "task": args.task, "seed": args.seed,
-                                   "hyperparameters": hyperparameters})
+                                   "hyperparameters": hyperparameters_from_args(args)})
 
 
 def default_output(model: str) -> Path:

@@ -1,0 +1,91 @@
+"""The hyperparameter options of `sagetrain train` and `sagetrain jobs create`, generated
+from the job spec's pydantic model (`sage_core.schemas.Hyperparameters`): both commands
+offer every hyperparameter the HTTP API takes, with its description, choices and default,
+and a field added to the model is an option of both with no edit here.
+
+A field's option is `--` and its name with dashes (`--beta3`, `--warmup-ratio`), except
+OpenAI's `n_epochs`, which is `--epochs`. Where the field takes "auto" the option does too;
+where it takes null and defaults to something else (`max_grad_norm`), `none` sends null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Callable
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+
+from sage_core.schemas import Hyperparameters
+
+_FLAG_NAMES = {"n_epochs": "--epochs"}
+_NONE = "none"  # on the command line: send null (unset options are simply not sent)
+
+
+def flag(field: str) -> str:
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def flags() -> dict[str, str]:
+    """Each hyperparameter field -> its option, for naming options in error messages."""
+    return {name: flag(name) for name in Hyperparameters.model_fields}
+
+
+def _members(annotation: Any) -> list[Any]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return list(get_args(annotation))
+    return [annotation]
+
+
+def _literals(members: list[Any]) -> list[str]:
+    return [v for m in members if get_origin(m) is Literal for v in get_args(m)]
+
+
+def _option(name: str, info: FieldInfo) -> dict[str, Any]:
+    """argparse keywords for one field."""
+    members = _members(info.annotation)
+    literals = _literals(members)
+    number = next((m for m in members if m in (int, float)), None)
+    help_text = info.description or name
+    if number is None:  # a pure Literal: a choice
+        return {"choices": literals, "metavar": "{" + ",".join(literals) + "}",
+                "help": f"{help_text} (default {info.default})"}
+    accepts = list(literals)  # "auto"
+    if type(None) in members and info.default is not None:
+        accepts.append(_NONE)
+    if info.default not in (None, "auto"):
+        help_text += f" (default {info.default})"
+    return {"type": _parser(number, accepts), "help": help_text,
+            "metavar": "|".join(["N" if number is int else "X", *accepts])}
+
+
+def _parser(number: type, words: list[str]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.lower() in words:
+            return text.lower()
+        try:
+            return number(text)
+        except ValueError:
+            kinds = ("an integer" if number is int else "a number") + "".join(
+                f" or {w!r}" for w in words)
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kinds}") from None
+
+    parse.__name__ = number.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_hyperparameter_arguments(group: argparse._ActionsContainer) -> None:
+    for name, info in Hyperparameters.model_fields.items():
+        group.add_argument(flag(name), dest=name, default=None, **_option(name, info))
+
+
+def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The hyperparameters given on the command line (unset ones are left to the server's
+    or the spec's defaults)."""
+    given = {}
+    for name in Hyperparameters.model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            given[name] = None if value == _NONE else value
+    return given
