@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric, WebhookEndpoint
-from sage_core.names import OptimizerName, TaskName
+from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
 from sage_core.schemas import Hyperparameters
 
 T = TypeVar("T")
@@ -99,7 +99,7 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1,
                              description="Random seed; default: one is chosen and stored")
     metadata: dict[str, str] | None = Field(None, description="Up to 16 string pairs")
-    task: TaskName = Field("text-classification", description="sagetrain: the task to train")
+    task: TaskName = Field(DEFAULT_TASK, description="sagetrain: the task to train")
     sweep: SweepRequest | None = Field(
         None, description="sagetrain: a parent job with one child job per value "
                           "(needs validation_file; see GET .../{id}/sweep)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sage_core.errors import DataFileError, DataIssue
+from sage_core.names import DEFAULT_TASK
 
 MIN_ROWS = 2
 KNOWN_COLUMNS = ("text", "text_pair", "label")
@@ -33,7 +34,7 @@ class Dataset:
     examples: list[Example]
     format: str  # "jsonl" | "csv" | "tsv"
     columns: list[str] = field(default_factory=list)
-    task: str = "text-classification"
+    task: str = DEFAULT_TASK
 
     @property
     def has_pairs(self) -> bool:

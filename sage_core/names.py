@@ -37,6 +37,7 @@ DEFAULT_BATCH_SIZE = 32
 
 TaskName = Literal["text-classification", "text-regression"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)
+DEFAULT_TASK: TaskName = "text-classification"
 
 # Each task's main metric (a key of the task's metrics, logged with a "valid_" prefix) and
 # whether greater is better: what early stopping, "best checkpoint" and sweeps compare.

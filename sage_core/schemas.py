@@ -16,6 +16,7 @@ from sage_core.names import (
     DEFAULT_BETA3,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_TASK,
     OptimizerName,
     SageScope,
     TaskName,
@@ -132,7 +133,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=200)
-    task: TaskName = "text-classification"
+    task: TaskName = DEFAULT_TASK
     seed: int = Field(42, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 

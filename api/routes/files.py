@@ -14,6 +14,7 @@ from api.schemas import FileDeleted, FilePublic, ListPage
 from api.services.files import delete_file, store_upload
 from api.services.paging import page
 from sage_core.db.models import File
+from sage_core.names import DEFAULT_TASK, TASKS
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -24,7 +25,7 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
             "file": {"type": "string", "format": "binary",
                      "description": "JSONL, or CSV/TSV with a header"},
             "purpose": {"type": "string", "enum": ["fine-tune"]},
-            "task": {"type": "string", "enum": ["text-classification", "text-regression"],
+            "task": {"type": "string", "enum": list(TASKS), "default": DEFAULT_TASK,
                      "description": "sagetrain: the task to validate the rows for"},
         }}}}}}
 

@@ -12,7 +12,7 @@ from sage_core.datafiles import Dataset, parse_dataset
 from sage_core.db.ids import FILE, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus
 from sage_core.errors import ConflictError, DataFileError
-from sage_core.names import TASKS
+from sage_core.names import DEFAULT_TASK, TASKS
 from sage_core.settings import Settings
 
 PURPOSE_FINE_TUNE = "fine-tune"
@@ -25,7 +25,7 @@ def _validate(upload: Upload, settings: Settings) -> tuple[str, str, Dataset]:
     if purpose != PURPOSE_FINE_TUNE:
         raise InvalidRequestError(
             f"purpose must be '{PURPOSE_FINE_TUNE}', got {purpose!r}", param="purpose")
-    task = upload.fields.get("task") or "text-classification"
+    task = upload.fields.get("task") or DEFAULT_TASK
     if task not in TASKS:
         raise InvalidRequestError(f"task must be one of {', '.join(TASKS)}; got {task!r}",
                                   param="task")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sage_core.names import TASKS
+from sage_core.names import DEFAULT_TASK, TASKS
 from sagetrain.commands.jobs import CONNECTION_HELP, add_connection_arguments, call, print_json
 
 if TYPE_CHECKING:
@@ -23,8 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "The server validates it; prints the file as JSON.")
     upload.add_argument("file", metavar="FILE", type=Path)
     upload.add_argument("--task", choices=TASKS, default=None,
-                        help="the task to validate the rows for (server default "
-                             "text-classification)")
+                        help=f"the task to validate the rows for (server default {DEFAULT_TASK})")
     listing = sub.add_parser("list", help="list your files, newest first (JSON)",
                              description="List your files, newest first, as JSON.")
     listing.add_argument("--limit", metavar="N", type=int, default=None)

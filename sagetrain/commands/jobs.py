@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sage_core.names import OPTIMIZERS, TASKS
+from sage_core.names import DEFAULT_TASK, OPTIMIZERS, TASKS
 from sagetrain.commands.hyperparameters import (
     add_hyperparameter_arguments,
     hyperparameters_from_args,
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--validation-file", metavar="ID", default=None,
                         help="id of an uploaded validation file")
     create.add_argument("--task", choices=TASKS, default=None,
-                        help="what to train (server default text-classification)")
+                        help=f"what to train (server default {DEFAULT_TASK})")
     add_hyperparameter_arguments(create.add_argument_group(
         "hyperparameters (unset: the server's defaults)"))
     create.add_argument("--sweep-lr", metavar="X", type=float, nargs="+", default=None,

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sage_core.names import TASKS
+from sage_core.names import DEFAULT_TASK, TASKS
 from sagetrain.commands.hyperparameters import (
     add_hyperparameter_arguments,
     flags,
@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "label, optional text_pair")
     data.add_argument("--validation-file", metavar="FILE", type=Path, default=None,
                       help="validation data in the same format; enables evaluation")
-    data.add_argument("--task", choices=TASKS, default="text-classification",
-                      help="what to train (default text-classification)")
+    data.add_argument("--task", choices=TASKS, default=DEFAULT_TASK,
+                      help=f"what to train (default {DEFAULT_TASK})")
     add_hyperparameter_arguments(
         parser.add_argument_group("hyperparameters (unset: the API's defaults)"))
     run = parser.add_argument_group("run")
