@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery_cluster import redis_namespace
+from service_fixtures import redis_namespace
 
 from sage_core.broker import DispatchMarks, create_celery, publish
 from sage_core.settings import Settings

@@ -4,43 +4,15 @@ does not stop is terminated, and dispatch wakes the loop."""
 
 from __future__ import annotations
 
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_helpers import WorkerEnv
+from worker_helpers import WorkerEnv, gone
 
 from sage_core.db import transitions
 from sagetrain.executor import LocalExecutor
-
-# Stand-in for `python -m worker run JOB_ID --worker-id OWNER`.
-FAKE = """\
-import os, sys, time
-from sage_core.db import transitions
-from sage_core.db.session import get_engine, make_session_factory
-from sage_core.settings import get_settings
-job_id, owner = sys.argv[4], sys.argv[6]
-mode = os.environ["FAKE_MODE"]
-if mode == "no-start":
-    sys.exit(2)
-with make_session_factory(get_engine(get_settings())).begin() as s:
-    transitions.claim(s, job_id, owner=owner, lease_seconds=60)
-if mode == "crash":
-    os._exit(3)
-open(os.environ["FAKE_PIDFILE"], "w").write(str(os.getpid()))
-time.sleep(600)  # "hang": ignores the cancel until terminated
-"""
-
-
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    script = tmp_path / "fake-python"
-    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE))
-    script.chmod(0o755)
-    return str(script)
 
 
 @pytest.fixture
@@ -94,6 +66,6 @@ def test_cancelled_job_process_is_terminated(env: WorkerEnv, executor: LocalExec
     with env.sessions.begin() as s:
         assert transitions.cancel(s, job_id)
     _wait(lambda: executor.current is None, timeout=15)
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-        f"/proc/{pid}/status").read_text()
+    assert gone(pid)
     assert env.job(job_id).status == "cancelled"
+
