@@ -24,11 +24,6 @@ class PeriodicThread:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def stopping(self) -> bool:
-        """True once `stop()` was called: a long round may check it to end early."""
-        return self._stopping.is_set()
-
     def start(self) -> PeriodicThread:
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()

@@ -1,6 +1,6 @@
 """The embedded executor (sagetrain/executor.py) with stand-in job processes: a crash
 fails the job, a process that never starts is given up on, a cancelled job's process that
-does not stop is terminated, and dispatch wakes the loop."""
+does not stop is terminated with everything it started, and dispatch wakes the loop."""
 
 from __future__ import annotations
 
@@ -62,10 +62,29 @@ def test_cancelled_job_process_is_terminated(env: WorkerEnv, executor: LocalExec
     job_id = env.add_job()
     executor.dispatch(job_id)
     _wait(lambda: pidfile.exists() and env.job(job_id).status == "running")
-    pid = int(pidfile.read_text())
+    pid, child = int(pidfile.read_text()), int(Path(f"{pidfile}.child").read_text())
     with env.sessions.begin() as s:
         assert transitions.cancel(s, job_id)
     _wait(lambda: executor.current is None, timeout=15)
     assert gone(pid)
+    _wait(lambda: gone(child), timeout=5)  # its whole process group went with it
     assert env.job(job_id).status == "cancelled"
 
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_stop_honours_its_timeout(env: WorkerEnv, executor: LocalExecutor,
+                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A job's process that ignores the request to checkpoint and stop is terminated once
+    stop's timeout has passed, and stop returns soon after."""
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    monkeypatch.setenv("FAKE_PIDFILE", str(pidfile))
+    job_id = env.add_job()
+    executor.start()
+    _wait(lambda: pidfile.exists() and env.job(job_id).status == "running")
+    pid = int(pidfile.read_text())
+    started = time.monotonic()
+    executor.stop(timeout=1.0)
+    assert time.monotonic() - started < 12
+    assert gone(pid)
+    assert "signal 9" in env.job(job_id).error["message"]
