@@ -31,24 +31,19 @@ def _wait(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-de
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_crashed_process_fails_the_job(env: WorkerEnv, executor: LocalExecutor,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_MODE", "crash")
+@pytest.mark.parametrize(("mode", "code", "said"), [
+    ("crash", "worker_crashed", "exit code 3"),  # a crashed process fails the job
+    ("no-start", "worker_failed_to_start", "3 times"),  # one that never starts is given up
+])
+def test_a_process_that_fails_fails_the_job(env: WorkerEnv, executor: LocalExecutor,
+                                            monkeypatch: pytest.MonkeyPatch, mode: str,
+                                            code: str, said: str) -> None:
+    monkeypatch.setenv("FAKE_MODE", mode)
     job_id = env.add_job()
     executor.start()
     _wait(lambda: env.job(job_id).status == "failed")
     error = env.job(job_id).error
-    assert error is not None and error["code"] == "worker_crashed" and "3" in error["message"]
-
-
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_process_that_never_starts_is_given_up(env: WorkerEnv, executor: LocalExecutor,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_MODE", "no-start")
-    job_id = env.add_job()
-    executor.start()
-    _wait(lambda: env.job(job_id).status == "failed")
-    assert env.job(job_id).error["code"] == "worker_failed_to_start"
+    assert error is not None and error["code"] == code and said in error["message"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
