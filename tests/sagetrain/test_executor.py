@@ -4,6 +4,8 @@ does not stop is terminated with everything it started, and dispatch wakes the l
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +85,14 @@ def test_stop_honours_its_timeout(env: WorkerEnv, executor: LocalExecutor,
     assert time.monotonic() - started < 12
     assert gone(pid)
     assert "signal 9" in env.job(job_id).error["message"]
+
+
+def test_the_executor_imports_neither_the_worker_nor_torch() -> None:
+    # In a fresh process: this suite imports worker/ and torch elsewhere.
+    code = """
+import sys
+import sagetrain.executor
+loaded = [m for m in sys.modules if m.split(".")[0] in ("worker", "torch", "celery")]
+assert not loaded, loaded
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
