@@ -159,8 +159,11 @@ class JobSupervisor:
         goes to `output` (stdout and stderr together), else to this process's."""
         if not _JOB_ID.match(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
+        if self.shutdown.is_set():
+            log.info("[%s] not started: shutting down", job_id)
+            return None
         status = self.job_status(job_id)
-        if status != S.QUEUED or self.shutdown.is_set():
+        if status != S.QUEUED:
             # Saves starting a process for a duplicate; the child's claim is what decides.
             log.info("[%s] is %s, not queued: nothing to do", job_id, status)
             return None
