@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -186,28 +185,12 @@ def throwaway_database() -> Any:
 
 @contextmanager
 def server(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    import httpx
+    from sagetrain.server_process import started_server
 
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "exited")
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    log_path = Path(env["SAGETRAIN_DATA_DIR"]) / f"server-{port}.log"
+    with started_server(argv, env=env, url=f"http://127.0.0.1:{port}", log_path=log_path,
+                        ready_path="/docs", stop_timeout=30) as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def count_queued(url: str) -> int:

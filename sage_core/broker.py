@@ -15,7 +15,9 @@ that run them: the task name, the Celery settings both sides share, and dispatch
   created) is sent again: the marks vanish with the messages. A mark also expires after
   the visibility timeout, so nothing waits forever on a stale one.
 
-Celery is imported only when an app is made; nothing here connects at import time.
+`CeleryDispatcher` is the one sender, for the API (through `sagetrain serve`) and for the
+workers' own reapers. Celery is imported only when an app is made; nothing here connects at
+import time.
 """
 
 from __future__ import annotations
@@ -125,3 +127,39 @@ def publish(app: Celery, marks: DispatchMarks, job_id: str) -> None:
         except Exception:  # Redis is down too: the mark expires with its TTL
             log.warning("[%s] could not clear its mark", job_id, exc_info=True)
         raise
+
+
+class CeleryDispatcher:
+    """Sends jobs to the Celery workers: the API's Dispatcher, and the reaper's. `dispatch`
+    never raises: a job whose message could not be sent stays queued in the database, and
+    the reaper sends it later."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None):
+        self.settings = settings
+        self.app = app or create_celery(settings, main="sagetrain-dispatch")
+        self.marks = DispatchMarks(settings)
+
+    def dispatch(self, job_id: str) -> None:
+        try:
+            publish(self.app, self.marks, job_id)
+        except Exception as exc:
+            log.warning("[%s] could not reach the broker (%s: %s); the job stays queued and "
+                        "is sent when the broker is back", job_id, type(exc).__name__, exc)
+
+    def is_dispatched(self, job_id: str) -> bool:
+        try:
+            return self.marks.is_marked(job_id)
+        except Exception:  # Redis is down: sending fails anyway, so say "not sent"
+            return False
+
+    def taken(self, job_id: str) -> None:
+        """A worker took the job's message: clear its mark, so that the reaper may send it
+        again later. Never raises: a mark left behind expires with its TTL."""
+        try:
+            self.marks.clear(job_id)
+        except Exception:
+            log.warning("[%s] could not clear its dispatch mark", job_id, exc_info=True)
+
+    def close(self) -> None:
+        self.marks.close()
+        self.app.close()

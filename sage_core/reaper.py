@@ -13,13 +13,13 @@ Each round:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.db.recovery import reap_expired_leases, seconds_ago, waiting_jobs
 from sage_core.db.session import get_engine, make_session_factory
+from sage_core.periodic import PeriodicThread
 from sage_core.settings import Settings
 
 log = logging.getLogger("sagetrain.reaper")
@@ -33,25 +33,14 @@ class Reaper:
         self.dispatch, self.is_dispatched = dispatch, is_dispatched
         self.interval = interval if interval is not None else settings.reaper_interval
         self.sessions: sessionmaker[Session] = make_session_factory(get_engine(settings))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread("sagetrain-reaper", self.run_once, self.interval)
 
     def start(self) -> Reaper:
-        self._thread = threading.Thread(target=self._loop, name="sagetrain-reaper", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:  # the database or broker is down: try again next round
-                log.warning("reaper round failed", exc_info=True)
+        self._thread.stop(timeout)
 
     def run_once(self) -> list[str]:
         """One round; returns the ids of the jobs it sent."""

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.db.models import WebhookDelivery, WebhookEndpoint, utcnow
 from sage_core.db.webhooks import DELIVERED, FAILED, PENDING
+from sage_core.periodic import PeriodicThread
 from sage_core.settings import Settings
 
 log = logging.getLogger("sagetrain.webhooks")
@@ -173,24 +173,16 @@ class WebhookSender:
         self.sessions = sessions
         self.policy = RetryPolicy.from_settings(settings)
         self.interval = settings.webhook_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._client = httpx.Client(follow_redirects=False)
+        self._thread = PeriodicThread("sagetrain-webhooks", self.run_once, self.interval)
 
     def start(self) -> WebhookSender:
-        self._thread = threading.Thread(target=self._loop, name="sagetrain-webhooks",
-                                        daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._thread.stop(timeout):
+            self._client.close()
 
-    def _loop(self) -> None:
-        with httpx.Client(follow_redirects=False) as client:
-            while not self._stop.wait(self.interval):
-                try:
-                    deliver_due(self.sessions, client, policy=self.policy)
-                except Exception:  # the database is down: try again next round
-                    log.warning("webhook round failed", exc_info=True)
+    def run_once(self) -> dict[str, str]:
+        return deliver_due(self.sessions, self._client, policy=self.policy)

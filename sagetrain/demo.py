@@ -17,8 +17,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from sagetrain.server_process import ServerDidNotStart, free_port, started_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MESSAGES = [
@@ -78,46 +78,21 @@ def to_jsonl(rows: list[tuple[str, str]]) -> bytes:
     return "".join(json.dumps({"text": t, "label": lab}) + "\n" for lab, t in rows).encode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGETRAIN_")}
     env.update(SAGETRAIN_DATA_DIR=str(data_dir), TOKENIZERS_PARALLELISM="false")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = data_dir / "server.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sagetrain.cli", "serve", "--port", str(port),
-             "--no-access-log", "--log-level", "warning"], env=env, stdout=log,
-            stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the server exited; see {log_path}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start; see {log_path}")
-                time.sleep(0.3)
+    argv = [sys.executable, "-m", "sagetrain.cli", "serve", "--port", str(port),
+            "--no-access-log", "--log-level", "warning"]
+    try:
+        with started_server(argv, env=env, url=url, log_path=data_dir / "server.log"):
             yield url, env
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            print("server stopped")
+    except ServerDidNotStart as exc:
+        raise SystemExit(str(exc)) from exc
+    finally:
+        print("server stopped")
 
 
 def create_key(env: dict[str, str]) -> str:

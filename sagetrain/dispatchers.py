@@ -13,38 +13,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_core.broker import DispatchMarks, create_celery, publish
+from sage_core.broker import CeleryDispatcher
 from sage_core.settings import Settings
 
 log = logging.getLogger("sagetrain.dispatch")
 EXECUTORS = ("auto", "celery", "local", "none")
-
-
-class CeleryDispatcher:
-    """The API's Dispatcher for Celery workers. `dispatch` never raises: a job whose
-    message could not be sent stays queued in the database, and the reaper sends it later."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.app = create_celery(settings, main="sagetrain-dispatch")
-        self.marks = DispatchMarks(settings)
-
-    def dispatch(self, job_id: str) -> None:
-        try:
-            publish(self.app, self.marks, job_id)
-        except Exception as exc:
-            log.warning("[%s] could not reach the broker (%s: %s); the job stays queued and "
-                        "is sent when the broker is back", job_id, type(exc).__name__, exc)
-
-    def is_dispatched(self, job_id: str) -> bool:
-        try:
-            return self.marks.is_marked(job_id)
-        except Exception:  # Redis is down: sending fails anyway, so say "not sent"
-            return False
-
-    def close(self) -> None:
-        self.marks.close()
-        self.app.close()
+__all__ = ["CeleryDispatcher", "JobRunning", "build_job_running", "resolve_executor"]
 
 
 @dataclass

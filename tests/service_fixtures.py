@@ -1,18 +1,21 @@
-"""Database fixtures for the service's tests (api, worker, db), over SQLite and PostgreSQL.
+"""Database fixtures for the service's tests (api, worker, db), over SQLite and PostgreSQL,
+and a Redis namespace of a test's own.
 
 PostgreSQL: a throwaway database `sagetrain_test_<random>` is created once per test session
 (through the `test` database at SAGETRAIN_TEST_PG_URL, default
 postgresql://postgres@127.0.0.1:5432/test), migrated once, emptied before each test and
-dropped at the end. If PostgreSQL cannot be reached the PostgreSQL cases are skipped,
-except with CI=true, where they fail.
+dropped at the end. If PostgreSQL (or Redis) cannot be reached the cases that need it are
+skipped, except with CI=true, where they fail.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import secrets
 import shutil
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,13 +26,37 @@ from sage_core.testing import throwaway_postgres
 ADMIN_URL = os.environ.get(
     "SAGETRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("SAGETRAIN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BACKENDS = ["sqlite", "postgresql"]
 
 
-def _unreachable(reason: str) -> None:
+def unreachable(what: str, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required when CI=true: {reason}")
-    pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}: {reason}")
+        pytest.fail(f"{what} is required when CI=true: {reason}")
+    pytest.skip(f"{what} not reachable: {reason}")
+
+
+@contextmanager
+def redis_namespace() -> Iterator[tuple[str, str]]:
+    """(broker URL, key prefix): a random Redis database number 1-15 and a prefix unique to
+    this run; every key under the prefix is deleted afterwards."""
+    import redis
+
+    url = f"{REDIS_URL}/{random.randint(1, 15)}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        client.close()
+        unreachable("Redis", f"{url}: {type(exc).__name__}: {exc}")
+    prefix = f"sagetrain-test-{secrets.token_hex(4)}:"
+    try:
+        yield url, prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +66,8 @@ def postgres_server_url() -> Iterator[str]:
         try:
             url = stack.enter_context(throwaway_postgres(ADMIN_URL, "sagetrain_test"))
         except Exception as exc:  # any connection failure means "unreachable"
-            _unreachable(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            unreachable(f"PostgreSQL at {ADMIN_URL}",
+                        f"{type(exc).__name__}: {exc}".splitlines()[0])
         yield url
 
 

@@ -2,10 +2,11 @@
 `sagetrain worker`, or `celery -A worker.celery_app worker --pool threads`.
 
 The one task, `sagetrain.jobs.run(job_id)`, re-reads the job row and runs it in a child
-process with the same runner as the embedded executor (`worker.supervisor`); each pool
-thread runs one job at a time, so concurrency = GPUs. The threads pool keeps this process
-free of torch; the jobs' processes are where the memory goes. Every worker also runs a
-reaper thread (`sage_core.reaper`) from `worker_ready`.
+process under the same supervision as the embedded executor's (`sage_core.supervision`,
+through `worker.supervisor`); each pool thread runs one job at a time, so concurrency =
+GPUs. The threads pool keeps this process free of torch; the jobs' processes are where the
+memory goes. Every worker also runs a reaper thread (`sage_core.reaper`) from `worker_ready`,
+sending with the same `CeleryDispatcher` as the API.
 
 Only known transient errors (database, broker) are retried, with exponential backoff and
 a cap; anything a job itself does wrong fails the job in the runner, never here.
@@ -14,14 +15,17 @@ a cap; anything a job itself does wrong fails the job in the runner, never here.
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 
 from celery import Task, signals
 
-from sage_core.broker import TASK_NAME, DispatchMarks, create_celery, publish
+from sage_core.broker import TASK_NAME, CeleryDispatcher, create_celery
+from sage_core.db.session import get_engine, make_session_factory
 from sage_core.settings import get_settings
+from sage_core.supervision import JobSupervisor, Shutdown
 from sage_core.transient import is_transient
-from worker.supervisor import GpuSlots, parse_gpus, shutting_down, supervise
+from worker.supervisor import GpuSlots, parse_gpus, supervise
 
 log = logging.getLogger("sagetrain.worker")
 MAX_RETRIES = 8
@@ -30,39 +34,26 @@ RETRY_BACKOFF_MAX = 300.0
 settings = get_settings()
 app = create_celery(settings)
 gpus = GpuSlots(parse_gpus(settings.worker_gpus))
-_marks: DispatchMarks | None = None
+shutdown = Shutdown()  # set when the worker starts its shutdown (worker_shutting_down)
 
 
-def marks() -> DispatchMarks:
-    global _marks
-    if _marks is None:
-        _marks = DispatchMarks(settings)
-    return _marks
+@cache
+def dispatcher() -> CeleryDispatcher:
+    return CeleryDispatcher(settings, app)
 
 
-def send(job_id: str) -> None:
-    try:
-        publish(app, marks(), job_id)
-    except Exception:
-        log.warning("[%s] could not send the job; the reaper will", job_id, exc_info=True)
-
-
-def is_dispatched(job_id: str) -> bool:
-    try:
-        return marks().is_marked(job_id)
-    except Exception:
-        return False
+@cache
+def supervisor() -> JobSupervisor:
+    return JobSupervisor(settings, make_session_factory(get_engine(settings)), kind="celery",
+                         shutdown=shutdown)
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
 def run_job(self: Task, job_id: str) -> str | None:
     """Run the job `job_id` if it is queued: by id only, the row says the rest."""
+    dispatcher().taken(job_id)  # off the broker: the reaper may send it again later
     try:
-        marks().clear(job_id)  # taken off the broker: the reaper may send it again later
-    except Exception:
-        log.warning("[%s] could not clear its dispatch mark", job_id, exc_info=True)
-    try:
-        return supervise(job_id, settings, gpus=gpus, send_again=send)
+        return supervise(job_id, supervisor(), gpus=gpus, send_again=dispatcher().dispatch)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -74,11 +65,12 @@ def run_job(self: Task, job_id: str) -> str | None:
 
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
-    shutting_down.set()  # supervise() asks each job to checkpoint and stop
+    # Each running job checkpoints and goes back to the queue; it has a lease's time to.
+    shutdown.request(max(settings.cancel_grace_seconds, settings.lease_seconds))
 
 
 @signals.worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     from sage_core.reaper import Reaper
 
-    Reaper(settings, send, is_dispatched=is_dispatched).start()
+    Reaper(settings, dispatcher().dispatch, is_dispatched=dispatcher().is_dispatched).start()

@@ -1,8 +1,10 @@
 """A job's process dies with its supervisor: `die_with_parent(pid)` (Linux).
 
-A Celery worker that is SIGKILLed cannot stop its jobs' processes; left running, they
-would keep training on a GPU that the next worker on the machine is about to use, for a
-job whose lease has moved elsewhere. PR_SET_PDEATHSIG has the kernel send SIGKILL instead.
+A supervisor (a Celery worker, `sagetrain serve`) that is SIGKILLed cannot stop its jobs'
+processes; left running, they would keep training on a GPU that the next worker on the
+machine is about to use, for a job whose lease has moved elsewhere. PR_SET_PDEATHSIG has
+the kernel send SIGKILL instead. The kernel sends it when the *thread* that started this
+process ends, so `sage_core.supervision` starts it from the thread that watches it.
 """
 
 from __future__ import annotations

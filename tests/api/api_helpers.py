@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +15,7 @@ from fastapi.testclient import TestClient
 from process_helpers import pids_with_args
 
 from sage_core.settings import Settings
+from sagetrain.server_process import free_port, started_server
 
 TRAIN_JSONL = b"".join(
     b'{"text": "%s", "label": "%s"}\n' % (t.encode(), lab.encode())
@@ -71,39 +69,21 @@ class LiveServer:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, root: Path, models_dir: Path) -> Iterator[LiveServer]:
+    def start(cls, root: Path, models_dir: Path,
+              settings: dict[str, str] | None = None) -> Iterator[LiveServer]:
+        """Serve the data folder `root/data` (started again, it resumes what is there), with
+        `settings` added to the environment (SAGETRAIN_*)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SAGETRAIN_")}
         env.update(SAGETRAIN_DATA_DIR=str(root / "data"), SAGETRAIN_MODELS_DIR=str(models_dir),
-                   SAGETRAIN_DEVICE="cpu")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cli = [sys.executable, "-m", "sagetrain.cli"]
-        log = (root / "server.log").open("wb")
-        proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--no-access-log"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+                   SAGETRAIN_DEVICE="cpu", **(settings or {}))
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, (root / "server.log").read_text()
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+        cli = [sys.executable, "-m", "sagetrain.cli"]
+        with started_server([*cli, "serve", "--port", str(port), "--no-access-log"], env=env,
+                            url=url, log_path=root / "server.log") as proc:
             out = subprocess.run([*cli, "keys", "create", "--name", "e2e"], env=env,
                                  check=True, capture_output=True, text=True).stdout
             yield cls(root, proc, url, out.strip().splitlines()[-1], env)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30,

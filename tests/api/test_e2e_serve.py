@@ -1,11 +1,15 @@
 """End to end over HTTP against `sagetrain serve`: a real job on the tiny model runs in its
 own process to `succeeded`, and its checkpoint loads with plain transformers; a running
-job is cancelled and its process goes away."""
+job is cancelled and its process goes away; a SIGKILLed server leaves no training behind,
+and started again it resumes the job from its checkpoint."""
 
 from __future__ import annotations
 
 import io
+import os
+import signal
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +100,62 @@ def test_cancel_running_job_stops_its_process(live_server: LiveServer) -> None:
         job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert job["status"] == "cancelled" and job["fine_tuned_model"] is None
         assert c.get("/healthz").status_code == 200  # the server is unharmed
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes in the session `sid` (a job's process and anything it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid and "zombie" not in (
+                        entry / "status").read_text():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.timeout(90)  # about 45 s on two busy cores, most of it two jobs starting torch
+def test_a_killed_server_leaves_no_training_and_its_job_resumes(
+        tmp_path: Path, models_dir: Path) -> None:
+    started = time.monotonic()
+    fast = {"SAGETRAIN_LEASE_SECONDS": "4"}  # a lost job is queued again 4 s after its server
+    with LiveServer.start(tmp_path, models_dir, fast) as server, server.client() as c:
+        train = upload(c, rows(32, 3), "train.jsonl")
+        r = c.post("/v1/fine_tuning/jobs", json={
+            "model": "tiny-bert", "training_file": train, "hyperparameters": {
+                "n_epochs": 2, "batch_size": 4, "max_seq_length": 16,
+                "checkpoint_every_steps": 3}})  # 16 steps
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+
+        def checkpointed() -> bool:
+            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            assert job["status"] in ("queued", "running"), (job, server.log_text())
+            return bool(c.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"])
+
+        wait_for(checkpointed, 40, "the job's first checkpoint", interval=0.1)
+        (pid,) = worker_pids(job_id)
+        assert os.getsid(pid) == pid  # its own session: its own process group
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+        wait_for(lambda: not _session_members(pid), 10, "the job's processes to die with serve")
+        key = server.key
+
+    with LiveServer.start(tmp_path, models_dir, fast) as server:
+        server.key = key  # the job's owner
+        c = server.client()
+
+        def finished() -> dict | None:
+            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_for(finished, 60, "the job to finish after the restart", interval=0.5)
+        assert job["status"] == "succeeded", (job, server.log_text())
+        events = [e["message"] for e in
+                  c.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]]
+        assert any(e.startswith("Worker lost (no heartbeat)") for e in events), events
+        assert any(e.startswith("resumed from step") for e in events), events
+        c.close()
+    print(f"killed and resumed in {time.monotonic() - started:.0f} s")

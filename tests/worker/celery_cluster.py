@@ -10,7 +10,6 @@ Leases, reaper rounds and re-dispatch are a few seconds long, so crash recovery 
 from __future__ import annotations
 
 import os
-import random
 import re
 import secrets
 import signal
@@ -21,10 +20,10 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from process_helpers import pids_with_args, wait_for
 from sample_data import rows
+from service_fixtures import unreachable
 from sqlalchemy import select
 from worker_helpers import JobRows
 
@@ -35,17 +34,10 @@ from sage_core.testing import throwaway_postgres as new_postgres_database
 
 PG_ADMIN_URL = os.environ.get(
     "SAGETRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("SAGETRAIN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 FAST = {  # settings for quick recovery in tests
     "lease_seconds": "3", "reaper_interval": "1", "redispatch_after": "2",
     "cancel_grace_seconds": "5", "device": "cpu",
 }
-
-
-def unreachable(what: str, reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} is required when CI=true: {reason}")
-    pytest.skip(f"{what} not reachable: {reason}")
 
 
 @contextmanager
@@ -60,29 +52,6 @@ def throwaway_postgres() -> Iterator[str]:
             unreachable("PostgreSQL", f"{type(exc).__name__}: {exc}".splitlines()[0])
         upgrade(url)
         yield url
-
-
-@contextmanager
-def redis_namespace() -> Iterator[tuple[str, str]]:
-    """(broker URL, key prefix): a random Redis database number 1-15 and a prefix unique to
-    this run; every key under the prefix is deleted afterwards."""
-    import redis
-
-    url = f"{REDIS_URL}/{random.randint(1, 15)}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        client.close()
-        unreachable("Redis", f"{url}: {type(exc).__name__}: {exc}")
-    prefix = f"sagetrain-test-{secrets.token_hex(4)}:"
-    try:
-        yield url, prefix
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 class WorkerProcess:

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery_cluster import Api, Cluster, job_pids, redis_namespace, throwaway_postgres, wait_for
+from celery_cluster import Api, Cluster, job_pids, throwaway_postgres, wait_for
 from fastapi.testclient import TestClient
 from s3_fixtures import *  # noqa: F403
 from s3_fixtures import S3Server
+from service_fixtures import redis_namespace
 
 from api.main import create_app
 from sage_core.broker import TASK_NAME

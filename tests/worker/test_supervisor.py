@@ -1,24 +1,38 @@
-"""What the Celery task does around a job's process, without starting one: duplicates are
-skipped, a transient failure requeues (counted), a crash fails, a shutdown re-sends; and the
-runner turns a database outage into a transient exit instead of failing the job."""
+"""What the Celery task adds to the supervision of a job's process: duplicates start no
+process, a shutdown re-sends, a process that never claimed raises; and the runner turns a
+database outage into a transient exit instead of failing the job."""
 
 from __future__ import annotations
 
-import signal
+import sys
 from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
 from worker_helpers import WorkerEnv
 
+from sage_core import supervision
 from sage_core.db import transitions
-from sage_core.transient import EXIT_TRANSIENT, TransientJobError
-from worker import supervisor
+from sage_core.supervision import JobSupervisor, Settled, Shutdown
+from sage_core.transient import TransientJobError
 from worker.runner import JobRunner, run_job
 from worker.supervisor import GpuSlots, supervise
 
+OWNER = "celery:h:1:x"
 
-def _claimed(env: WorkerEnv, owner: str = "celery:h:1:x") -> str:
+
+class Ended(JobSupervisor):
+    """Settles as if the job's process had exited with `returncode`, without starting one."""
+
+    def __init__(self, env: WorkerEnv, returncode: int):
+        super().__init__(env.settings, env.sessions, kind="celery", shutdown=Shutdown())
+        self.returncode = returncode
+
+    def run(self, job_id: str, *, env: Any = None, output: Any = None) -> Settled | None:
+        return self.settle(job_id, OWNER, self.returncode)
+
+
+def _claimed(env: WorkerEnv, owner: str = OWNER) -> str:
     job_id = env.add_job()
     with env.sessions.begin() as s:
         assert transitions.claim(s, job_id, owner=owner, lease_seconds=60)
@@ -30,44 +44,33 @@ def test_a_job_that_is_not_queued_starts_no_process(
     def no_process(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a process was started")
 
-    monkeypatch.setattr(supervisor.subprocess, "Popen", no_process)
+    monkeypatch.setattr(supervision.subprocess, "Popen", no_process)
     job_id = _claimed(env)
-    assert supervise(job_id, env.settings, gpus=GpuSlots([]), send_again=no_process) is None
-
-
-def test_transient_exit_requeues_and_counts(env: WorkerEnv) -> None:
-    job_id = _claimed(env)
-    sent: list[str] = []
-    status = supervisor._after_exit(job_id, "celery:h:1:x", EXIT_TRANSIENT, env.sessions,
-                                    env.settings, sent.append)
-    job = env.job(job_id)
-    assert (status, job.status, job.lost_leases) == ("queued", "queued", 1)
-    assert sent == []  # the reaper sends it after redispatch_after: a backoff
-
-
-def test_a_crashed_process_fails_the_job(env: WorkerEnv) -> None:
-    job_id = _claimed(env)
-    supervisor._after_exit(job_id, "celery:h:1:x", -signal.SIGKILL, env.sessions,
-                           env.settings, lambda job_id: None)
-    error = env.job(job_id).error
-    assert error is not None and error["code"] == "worker_crashed"
-    assert "signal 9" in error["message"] and "out of memory" in error["message"]
+    supervisor = JobSupervisor(env.settings, env.sessions, kind="celery", shutdown=Shutdown(),
+                               python=sys.executable)
+    assert supervise(job_id, supervisor, gpus=GpuSlots([]), send_again=no_process) is None
 
 
 def test_a_job_requeued_by_shutdown_is_sent_again(env: WorkerEnv) -> None:
     job_id = _claimed(env)
     with env.sessions.begin() as s:
-        assert transitions.requeue(s, job_id, owner="celery:h:1:x")
+        assert transitions.requeue(s, job_id, owner=OWNER)
     sent: list[str] = []
-    supervisor._after_exit(job_id, "celery:h:1:x", 0, env.sessions, env.settings, sent.append)
+    assert supervise(job_id, Ended(env, 0), gpus=GpuSlots([]), send_again=sent.append) == "queued"
     assert sent == [job_id]
+
+
+def test_a_transient_exit_is_not_sent_again_at_once(env: WorkerEnv) -> None:
+    job_id = _claimed(env)
+    sent: list[str] = []
+    assert supervise(job_id, Ended(env, 75), gpus=GpuSlots([]), send_again=sent.append) == "queued"
+    assert sent == []  # the reaper sends it after redispatch_after: a backoff
 
 
 def test_a_process_that_never_claimed_raises(env: WorkerEnv) -> None:
     job_id = env.add_job()
     with pytest.raises(RuntimeError, match="without running it"):
-        supervisor._after_exit(job_id, "celery:h:1:x", 1, env.sessions, env.settings,
-                               lambda job_id: None)
+        supervise(job_id, Ended(env, 1), gpus=GpuSlots([]), send_again=lambda job_id: None)
     assert env.job(job_id).status == "queued"
 
 

@@ -1,11 +1,18 @@
-"""Rows for worker tests, written straight to the database and the artifact store."""
+"""Rows for the tests of job running (worker, supervision, executor), written straight to the
+database and the artifact store; the `env` fixture that holds them; and a stand-in for a
+job's process."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,7 +23,7 @@ from sage_core.db.keys import create_key
 from sage_core.db.models import File, Job, JobEvent, JobStatus, utcnow
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.schemas import Hyperparameters, JobSpec
-from sage_core.settings import Settings
+from sage_core.settings import Settings, get_settings
 
 SPAM_WORDS = ("free", "win", "prize", "call", "now", "text", "stop", "cash", "claim", "urgent",
               "reply", "offer")
@@ -86,3 +93,62 @@ class WorkerEnv(JobRows):
             add_event(s, job_id, "created")
         return job_id
 
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path, models_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerEnv]:
+    """A migrated database (each backend), an artifact store, and a key to add jobs with."""
+    # The training engine reads the process settings (get_settings) to resolve models.
+    monkeypatch.setenv("SAGETRAIN_MODELS_DIR", str(models_dir))
+    get_settings.cache_clear()
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, models_dir=models_dir,
+                        device="cpu")
+    worker_env = WorkerEnv(settings)
+    yield worker_env
+    worker_env.engine.dispose()
+    get_settings.cache_clear()
+
+
+# Stand-in for `python -m worker run JOB_ID --worker-id OWNER --parent-pid PID`, as FAKE_MODE
+# says: no-start (exits 2 before claiming), crash (claims, exits 3), hang (claims, writes its
+# pid to FAKE_PIDFILE and sleeps, ignoring cancel and SIGTERM, with a child of its own whose
+# pid goes to FAKE_PIDFILE.child), done (claims and exits 0 leaving the job running).
+FAKE_JOB_PROCESS = """\
+import os, signal, subprocess, sys, time
+from sage_core.db import transitions
+from sage_core.db.session import get_engine, make_session_factory
+from sage_core.settings import get_settings
+job_id, owner = sys.argv[4], sys.argv[6]
+mode = os.environ["FAKE_MODE"]
+if mode == "no-start":
+    sys.exit(2)
+with make_session_factory(get_engine(get_settings())).begin() as s:
+    transitions.claim(s, job_id, owner=owner, lease_seconds=60)
+if mode == "crash":
+    os._exit(3)
+if mode == "hang":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(os.environ["FAKE_PIDFILE"] + ".child", "w").write(str(child.pid))
+    open(os.environ["FAKE_PIDFILE"], "w").write(str(os.getpid()))
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> str:
+    """An executable that plays a job's process (FAKE_JOB_PROCESS) when run as `python`."""
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_JOB_PROCESS))
+    script.chmod(0o755)
+    return str(script)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet waited for counts as gone)."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text()
+    except OSError:
+        return True

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery_cluster import redis_namespace
+from service_fixtures import redis_namespace
 
-from sage_core.broker import DispatchMarks, create_celery, publish
+from sage_core.broker import CeleryDispatcher, DispatchMarks, create_celery, publish
 from sage_core.settings import Settings
 
 
@@ -54,3 +54,21 @@ def test_a_message_that_could_not_be_sent_leaves_no_mark(settings: Settings) -> 
     finally:
         marks.close()
         app.close()
+
+
+def test_the_one_dispatcher_marks_sends_and_clears(settings: Settings) -> None:
+    """CeleryDispatcher is what both the API and the workers' reapers send with; a worker
+    that takes a message clears its mark through it."""
+    dispatcher = CeleryDispatcher(settings)
+    try:
+        dispatcher.dispatch("ftjob-sent")  # no worker listens: its message waits
+        assert dispatcher.is_dispatched("ftjob-sent")
+        dispatcher.taken("ftjob-sent")
+        assert not dispatcher.is_dispatched("ftjob-sent")
+    finally:
+        dispatcher.close()
+    down = CeleryDispatcher(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    try:
+        down.taken("ftjob-sent")  # logged, never raised: a mark left behind expires
+    finally:
+        down.close()

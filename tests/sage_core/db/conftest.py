@@ -1,1 +1,0 @@
-from service_fixtures import *  # noqa: F403
