@@ -130,6 +130,22 @@ def test_pairs_and_int_labels(train: Train, tmp_path: Path) -> None:
     assert result.metrics == {}  # no validation file, no evaluation
 
 
+def test_the_engine_reads_no_settings(train: Train, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import sage_core.catalog
+    import sage_core.settings
+
+    def forbidden() -> None:
+        raise AssertionError("the engine called get_settings()")
+
+    monkeypatch.setattr(sage_core.settings, "get_settings", forbidden)
+    monkeypatch.setattr(sage_core.catalog, "get_settings", forbidden)
+    monkeypatch.setenv("SAGETRAIN_MODELS_DIR", str(tmp_path / "elsewhere"))
+    train_file = write_jsonl(tmp_path / "train.jsonl", spam_rows(16))
+    result, _ = train(make_spec(n_epochs=1), train_file, tmp_path / "out")
+    assert result.status == "completed"
+
+
 def test_regression_learns_and_reports_correlations(train: Train, tmp_path: Path) -> None:
     train_file = write_jsonl(tmp_path / "train.jsonl", regression_rows(128, seed=1))
     valid_file = write_jsonl(tmp_path / "valid.jsonl", regression_rows(32, seed=2))
