@@ -134,6 +134,7 @@ def run_one(optimizer: str, lr: float, seed: int, args: argparse.Namespace, trai
     import torch
 
     from sage_core.schemas import JobSpec
+    from sage_core.settings import get_settings
     from sage_core.training import run_training
 
     spec = JobSpec(model=args.model, seed=seed, hyperparameters={
@@ -143,7 +144,9 @@ def run_one(optimizer: str, lr: float, seed: int, args: argparse.Namespace, trai
     }).resolve()
     start = time.perf_counter()
     result = run_training(spec, train, work / f"{optimizer}-{lr:g}-{seed}",
-                          validation_file=dev, device="cpu", resume=False)
+                          validation_file=dev, models_dir=get_settings().models_dir,
+                          allow_hub_models=get_settings().allow_hub_models, device="cpu",
+                          resume=False)
     seconds = time.perf_counter() - start
     return {
         "optimizer": optimizer, "learning_rate": lr, "seed": seed, "steps": result.step,

@@ -52,6 +52,7 @@ def write_jsonl(tsv: Path, target: Path) -> int:
 def measure(optimizer: str, args: argparse.Namespace, train_file: Path, work: Path) -> float:
     """Samples per second over the measured steps of one run."""
     from sage_core.schemas import JobSpec
+    from sage_core.settings import get_settings
     from sage_core.training import Callbacks, run_training
 
     spec = JobSpec(model=args.model, hyperparameters={
@@ -70,8 +71,9 @@ def measure(optimizer: str, args: argparse.Namespace, train_file: Path, work: Pa
     # Rows only at the window's ends (and steps between that divide both): a row costs a
     # device sync, which would otherwise stop the CPU from queueing work ahead of the GPU.
     run_training(spec, train_file, work / optimizer, callbacks=Callbacks(on_metrics=on_metrics),
-                 device=args.device, resume=False, max_steps=last,
-                 log_every=math.gcd(first, last))
+                 models_dir=get_settings().models_dir,
+                 allow_hub_models=get_settings().allow_hub_models, device=args.device,
+                 resume=False, max_steps=last, log_every=math.gcd(first, last))
     return args.steps * args.batch_size / (stamps[last] - stamps[first])
 
 
@@ -94,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sage_core.training.loop import resolve_device
+    from sage_core.settings import get_settings
+    from sage_core.training.device import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or get_settings().device)
     args.device = str(device)
     args.rounds = args.rounds or (3 if device.type == "cuda" else 1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (

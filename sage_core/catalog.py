@@ -50,17 +50,29 @@ def _from_models_dir(models_dir: Path | None) -> dict[str, CatalogModel]:
 
 def list_models(settings: Settings | None = None) -> list[CatalogModel]:
     settings = settings or get_settings()
-    models = _packaged() | _from_models_dir(settings.models_dir)
+    return _listed(settings.models_dir)
+
+
+def _listed(models_dir: Path | None) -> list[CatalogModel]:
+    models = _packaged() | _from_models_dir(models_dir)
     return sorted(models.values(), key=lambda m: m.name)
 
 
 def resolve_model(name: str, settings: Settings | None = None) -> CatalogModel:
     """The catalog entry for `name`, or UnknownModelError listing what is available."""
     settings = settings or get_settings()
-    for model in list_models(settings):
+    return find_model(name, models_dir=settings.models_dir,
+                      allow_hub_models=settings.allow_hub_models)
+
+
+def find_model(name: str, *, models_dir: Path | None,
+               allow_hub_models: bool = False) -> CatalogModel:
+    """`resolve_model` with the two settings it reads passed in: for the training engine,
+    which is handed its settings rather than reading the process's."""
+    for model in _listed(models_dir):
         if model.name == name:
             return model
-    if settings.allow_hub_models and _NAME.match(name) and ".." not in name:
+    if allow_hub_models and _NAME.match(name) and ".." not in name:
         return CatalogModel(name, "hub", name)
-    available = ", ".join(m.name for m in list_models(settings)) or "none"
+    available = ", ".join(m.name for m in _listed(models_dir)) or "none"
     raise UnknownModelError(f"unknown model {name!r}; available: {available}", param="model")

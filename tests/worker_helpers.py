@@ -23,7 +23,7 @@ from sage_core.db.keys import create_key
 from sage_core.db.models import File, Job, JobEvent, JobStatus, utcnow
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.schemas import Hyperparameters, JobSpec
-from sage_core.settings import Settings, get_settings
+from sage_core.settings import Settings
 
 SPAM_WORDS = ("free", "win", "prize", "call", "now", "text", "stop", "cash", "claim", "urgent",
               "reply", "offer")
@@ -96,18 +96,13 @@ class WorkerEnv(JobRows):
 
 
 @pytest.fixture
-def env(db_url: str, tmp_path: Path, models_dir: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerEnv]:
+def env(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[WorkerEnv]:
     """A migrated database (each backend), an artifact store, and a key to add jobs with."""
-    # The training engine reads the process settings (get_settings) to resolve models.
-    monkeypatch.setenv("SAGETRAIN_MODELS_DIR", str(models_dir))
-    get_settings.cache_clear()
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url, models_dir=models_dir,
                         device="cpu")
     worker_env = WorkerEnv(settings)
     yield worker_env
     worker_env.engine.dispose()
-    get_settings.cache_clear()
 
 
 # Stand-in for `python -m worker run JOB_ID --worker-id OWNER --parent-pid PID`, as FAKE_MODE

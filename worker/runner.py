@@ -152,7 +152,9 @@ class JobRunner:
         callbacks = Callbacks(on_metrics=self._on_metrics, on_checkpoint=self._on_checkpoint,
                               should_stop=self._should_stop, on_event=self._on_event)
         result = run_training(spec, train_file, self.output_dir, validation_file=valid_file,
-                              callbacks=callbacks, device=self.settings.device, resume=True)
+                              callbacks=callbacks, models_dir=self.settings.models_dir,
+                              allow_hub_models=self.settings.allow_hub_models,
+                              device=self.settings.device, resume=True)
         if result.status == "stopped":
             self._stopped(result.step)
             return

@@ -112,6 +112,11 @@ class Task(ABC):
     @abstractmethod
     def encode(self, dataset: Dataset, max_length: int) -> list[Encoded]: ...
 
+    def example_length(self, item: Encoded) -> int:
+        """The padded dimension's length of `item`: evaluation batches examples of similar
+        length together, to pad less. 0 where every example has the same shape."""
+        return 0
+
     @abstractmethod
     def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
         """Pad to the longest item, rounded up to `pad_to_multiple_of` (fewer distinct shapes
@@ -166,8 +171,11 @@ class _TextTask(Task):
                 out[i] = Encoded(feats, self._target(examples[i].label))
         return [e for e in out if e is not None]
 
+    def example_length(self, item: Encoded) -> int:
+        return len(item.features["input_ids"])
+
     def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
-        lengths = [len(it.features["input_ids"]) for it in items]
+        lengths = [self.example_length(it) for it in items]
         width = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         pad_values = {"input_ids": self.tokenizer.pad_token_id or 0}

@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                        ("--validation-file", args.validation_file)):
         if path is not None and not path.is_file():
             return _fail(f"{flag}: no such file: {path}")
-    if not get_settings().allow_hub_models:
+    settings = get_settings()
+    if not settings.allow_hub_models:
         # The catalog serves local folders only; make sure nothing reaches for the hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -176,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_training(spec, args.train_file, output,
                               validation_file=args.validation_file, callbacks=callbacks,
-                              device=args.device, resume=args.resume)
+                              models_dir=settings.models_dir,
+                              allow_hub_models=settings.allow_hub_models,
+                              device=args.device or settings.device, resume=args.resume)
     except (InvalidSpecError, DataFileError, UnknownModelError) as exc:
         progress.close()
         return _fail(exc.message)

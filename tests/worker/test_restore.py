@@ -16,16 +16,14 @@ from worker_helpers import WorkerEnv
 
 from sage_core.artifacts_s3 import S3ArtifactStore
 from sage_core.db.models import JobMetric
-from sage_core.settings import Settings, get_settings
+from sage_core.settings import Settings
 from worker import runner
 from worker.runner import JobRunner, run_job
 
 
 @pytest.fixture
-def s3_env(db_url: str, tmp_path: Path, models_dir: Path, s3_server: S3Server,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerEnv]:
-    monkeypatch.setenv("SAGETRAIN_MODELS_DIR", str(models_dir))
-    get_settings.cache_clear()
+def s3_env(db_url: str, tmp_path: Path, models_dir: Path,
+           s3_server: S3Server) -> Iterator[WorkerEnv]:
     settings = Settings(data_dir=tmp_path / "machine-a", database_url=db_url,
                         models_dir=models_dir, device="cpu",
                         artifacts_url=f"s3://{s3_server.bucket}/{tmp_path.name}",
@@ -33,7 +31,6 @@ def s3_env(db_url: str, tmp_path: Path, models_dir: Path, s3_server: S3Server,
     env = WorkerEnv(settings)
     yield env
     env.engine.dispose()
-    get_settings.cache_clear()
 
 
 def test_resumes_from_the_store_on_another_machine(

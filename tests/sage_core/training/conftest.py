@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from training_data import spam_rows, write_jsonl
 
-from sage_core.settings import get_settings
-
 
 @pytest.fixture(scope="session")
 def train_models_dir(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Our own SAGETRAIN_MODELS_DIR: `tiny-bert`, and `tiny-bert-nodrop` with dropout off
-    (for comparisons that dropout's random masks would blur)."""
+    """The models folder the engine is given: `tiny-bert`, and `tiny-bert-nodrop` with
+    dropout off (for comparisons that dropout's random masks would blur)."""
     root = tmp_path_factory.mktemp("train-models")
     shutil.copytree(tiny_model_path, root / "tiny-bert")
     shutil.copytree(tiny_model_path, root / "tiny-bert-nodrop")
@@ -25,15 +22,6 @@ def train_models_dir(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFac
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config_path.write_text(json.dumps(config))
     return root
-
-
-@pytest.fixture(autouse=True)
-def catalog(train_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("SAGETRAIN_MODELS_DIR", str(train_models_dir))
-    monkeypatch.delenv("SAGETRAIN_DEVICE", raising=False)
-    get_settings.cache_clear()
-    yield train_models_dir
-    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from training_data import make_spec, regression_rows, spam_rows, write_jsonl
 from sage_core.errors import DataFileError, InvalidSpecError, TrainingError, UnknownModelError
 from sage_core.training import Callbacks, TrainResult, run_training
 from sage_core.training.checkpoints import STATE_FILE, list_checkpoints, load_state
-from sage_core.training.loop import Trainer, lr_factor
+from sage_core.training.loop import Trainer
 from sage_core.training.tasks import TextClassification
 
 TRAIN_KEYS = {"step", "total_steps", "epoch", "train_loss", "learning_rate", "grad_norm",
@@ -48,17 +49,27 @@ class Recorder:
         return [r for r in self.rows if "valid_loss" in r]
 
 
-def train(spec: Any, train_file: Path, out: Path, valid: Path | None = None,
-          recorder: Recorder | None = None, **kwargs: Any) -> tuple[TrainResult, Recorder]:
-    recorder = recorder or Recorder()
-    result = run_training(spec, train_file, out, validation_file=valid,
-                          callbacks=recorder.callbacks(), device="cpu", **kwargs)
-    return result, recorder
+Train = Callable[..., tuple[TrainResult, Recorder]]
+
+
+@pytest.fixture
+def train(train_models_dir: Path) -> Train:
+    """run_training on the CPU with the test models, recording what it reports."""
+
+    def run(spec: Any, train_file: Path, out: Path, valid: Path | None = None,
+            recorder: Recorder | None = None, **kwargs: Any) -> tuple[TrainResult, Recorder]:
+        recorder = recorder or Recorder()
+        result = run_training(spec, train_file, out, validation_file=valid,
+                              callbacks=recorder.callbacks(), models_dir=train_models_dir,
+                              device="cpu", **kwargs)
+        return result, recorder
+
+    return run
 
 
 @pytest.mark.parametrize("optimizer", ["sage", "adamax-sage", "adamw", "adamax"])
 def test_classification_learns_with_each_optimizer(
-        optimizer: str, spam_files: tuple[Path, Path], tmp_path: Path) -> None:
+        train: Train, optimizer: str, spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     train_file, valid_file = spam_files
     spec = make_spec(optimizer=optimizer, n_epochs=5)
     result, rec = train(spec, train_file, tmp_path / "out", valid_file)
@@ -71,7 +82,8 @@ def test_classification_learns_with_each_optimizer(
     assert set(result.metrics) == CLASSIFICATION_EVAL_KEYS - {"step", "total_steps", "epoch"}
 
 
-def test_outputs_rows_and_final_folder(spam_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_outputs_rows_and_final_folder(train: Train, spam_files: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     train_file, valid_file = spam_files
@@ -107,7 +119,7 @@ def test_outputs_rows_and_final_folder(spam_files: tuple[Path, Path], tmp_path: 
     assert checkpoint.config.id2label == {0: "ham", 1: "spam"}
 
 
-def test_pairs_and_int_labels(tmp_path: Path) -> None:
+def test_pairs_and_int_labels(train: Train, tmp_path: Path) -> None:
     rows = spam_rows(64, labels=(0, 1), pairs=True)
     train_file = write_jsonl(tmp_path / "pairs.jsonl", rows)
     result, _ = train(make_spec(n_epochs=1), train_file, tmp_path / "out")
@@ -118,7 +130,23 @@ def test_pairs_and_int_labels(tmp_path: Path) -> None:
     assert result.metrics == {}  # no validation file, no evaluation
 
 
-def test_regression_learns_and_reports_correlations(tmp_path: Path) -> None:
+def test_the_engine_reads_no_settings(train: Train, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import sage_core.catalog
+    import sage_core.settings
+
+    def forbidden() -> None:
+        raise AssertionError("the engine called get_settings()")
+
+    monkeypatch.setattr(sage_core.settings, "get_settings", forbidden)
+    monkeypatch.setattr(sage_core.catalog, "get_settings", forbidden)
+    monkeypatch.setenv("SAGETRAIN_MODELS_DIR", str(tmp_path / "elsewhere"))
+    train_file = write_jsonl(tmp_path / "train.jsonl", spam_rows(16))
+    result, _ = train(make_spec(n_epochs=1), train_file, tmp_path / "out")
+    assert result.status == "completed"
+
+
+def test_regression_learns_and_reports_correlations(train: Train, tmp_path: Path) -> None:
     train_file = write_jsonl(tmp_path / "train.jsonl", regression_rows(128, seed=1))
     valid_file = write_jsonl(tmp_path / "valid.jsonl", regression_rows(32, seed=2))
     spec = make_spec(task="text-regression", n_epochs=5)
@@ -134,7 +162,8 @@ def test_regression_learns_and_reports_correlations(tmp_path: Path) -> None:
     assert config.num_labels == 1 and config.problem_type == "regression"
 
 
-def test_same_seed_same_losses(spam_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_same_seed_same_losses(train: Train, spam_files: tuple[Path, Path],
+                               tmp_path: Path) -> None:
     train_file, _ = spam_files
     _, a = train(make_spec(n_epochs=1), train_file, tmp_path / "a")
     _, b = train(make_spec(n_epochs=1), train_file, tmp_path / "b")
@@ -144,8 +173,9 @@ def test_same_seed_same_losses(spam_files: tuple[Path, Path], tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("optimizer", ["sage", "adamw"])
-def test_resume_continues_bit_for_bit(optimizer: str, spam_files: tuple[Path, Path],
-                                      tmp_path: Path) -> None:
+def test_resume_continues_bit_for_bit(train: Train, optimizer: str,
+                                      spam_files: tuple[Path, Path], tmp_path: Path,
+                                      train_models_dir: Path) -> None:
     train_file, valid_file = spam_files
     spec = make_spec(n_epochs=2, optimizer=optimizer)
     full, whole = train(spec, train_file, tmp_path / "full", valid_file)
@@ -159,7 +189,8 @@ def test_resume_continues_bit_for_bit(optimizer: str, spam_files: tuple[Path, Pa
     if optimizer == "sage":  # SAGE's sensitivity average travels with the checkpoint
         saved = load_state(out / "checkpoints/step-11")["optimizer"]["state"]
         assert any("exp_avg_ipt" in s for s in saved.values())
-        trainer = Trainer(spec, train_file, out, validation_file=valid_file, device="cpu")
+        trainer = Trainer(spec, train_file, out, validation_file=valid_file,
+                          models_dir=train_models_dir, device="cpu")
         trainer.setup()
         try:
             restored = trainer.optimizer.state_dict()["state"]
@@ -187,7 +218,7 @@ def test_resume_continues_bit_for_bit(optimizer: str, spam_files: tuple[Path, Pa
 
 
 def test_resume_ignores_partial_checkpoints_and_rejects_other_specs(
-        spam_files: tuple[Path, Path], tmp_path: Path) -> None:
+        train: Train, spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     train_file, _ = spam_files
     out = tmp_path / "out"
     spec = make_spec(n_epochs=1)
@@ -206,7 +237,7 @@ def test_resume_ignores_partial_checkpoints_and_rejects_other_specs(
     assert min(rec.train_losses()) == 1 and result.status == "completed"
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
+def test_gradient_accumulation_matches_one_big_batch(train: Train, tmp_path: Path) -> None:
     train_file = write_jsonl(tmp_path / "train.jsonl", spam_rows(64))
     # no dropout: its masks depend on the micro-batch shapes
     one = make_spec(model="tiny-bert-nodrop", n_epochs=1, batch_size=8)
@@ -220,7 +251,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
                           rtol=1e-4, atol=1e-5)
 
 
-def test_early_stopping(spam_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_early_stopping(train: Train, spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     train_file, valid_file = spam_files
     # a learning rate too small to change predictions: no evaluation improves on the first
     spec = make_spec(learning_rate=1e-9, eval_every_steps=2, early_stopping_patience=2)
@@ -235,7 +266,8 @@ def test_early_stopping(spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     assert again.metrics == result.metrics and not rec.rows
 
 
-def test_non_finite_loss_fails_the_run(spam_files: tuple[Path, Path], tmp_path: Path,
+def test_non_finite_loss_fails_the_run(train: Train, spam_files: tuple[Path, Path],
+                                       tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     original = TextClassification.loss
     calls = itertools.count()
@@ -251,7 +283,7 @@ def test_non_finite_loss_fails_the_run(spam_files: tuple[Path, Path], tmp_path: 
     assert not (tmp_path / "out/final").exists()
 
 
-def test_bad_training_data_names_file_and_line(tmp_path: Path) -> None:
+def test_bad_training_data_names_file_and_line(train: Train, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "free cash", "label": "spam"}\n{"text": "hi", "label": "ham"}\n'
                    '{"text": "no label here"}\n')
@@ -267,7 +299,7 @@ def test_bad_training_data_names_file_and_line(tmp_path: Path) -> None:
     ({"max_seq_length": 1024}, True, "max_seq_length 1024 exceeds the 512 tokens"),
 ])
 def test_conflicting_options_fail_before_any_work(
-        overrides: dict[str, Any], with_valid: bool, message: str,
+        train: Train, overrides: dict[str, Any], with_valid: bool, message: str,
         spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     train_file, valid_file = spam_files
     with pytest.raises(InvalidSpecError, match=message):
@@ -276,8 +308,8 @@ def test_conflicting_options_fail_before_any_work(
     assert not (tmp_path / "out/checkpoints").exists()
 
 
-def test_unknown_model_and_unknown_validation_label(spam_files: tuple[Path, Path],
-                                                    tmp_path: Path) -> None:
+def test_unknown_model_and_unknown_validation_label(
+        train: Train, spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     train_file, _ = spam_files
     with pytest.raises(UnknownModelError, match="tiny-bert"):
         train(make_spec(model="no-such-model"), train_file, tmp_path / "out")
@@ -286,24 +318,18 @@ def test_unknown_model_and_unknown_validation_label(spam_files: tuple[Path, Path
         train(make_spec(), train_file, tmp_path / "out", odd)
 
 
-def test_cuda_asked_for_without_a_gpu(spam_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cuda_asked_for_without_a_gpu(spam_files: tuple[Path, Path], tmp_path: Path,
+                                      train_models_dir: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(TrainingError, match="no CUDA GPU") as info:
-        run_training(make_spec(), spam_files[0], tmp_path / "out", device="cuda")
+        run_training(make_spec(), spam_files[0], tmp_path / "out",
+                     models_dir=train_models_dir, device="cuda")
     assert info.value.code == "device_unavailable"
 
 
-def test_learning_rate_schedule() -> None:
-    factors = [lr_factor(s, total_steps=10, warmup_steps=2) for s in range(10)]
-    assert factors[:3] == [0.5, 1.0, 1.0]
-    assert factors[-1] == pytest.approx(1 / 8) and factors == sorted(factors[:2]) + sorted(
-        factors[2:], reverse=True)
-    assert lr_factor(0, total_steps=4, warmup_steps=0) == 1.0
-
-
-def test_checkpoint_state_holds_everything_to_resume(spam_files: tuple[Path, Path],
-                                                     tmp_path: Path) -> None:
+def test_checkpoint_state_holds_everything_to_resume(
+        train: Train, spam_files: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     train(make_spec(n_epochs=1), spam_files[0], out, recorder=Recorder(stop_after=5))
     folder = out / "checkpoints/step-5"

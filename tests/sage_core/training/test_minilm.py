@@ -38,7 +38,8 @@ def test_minilm_fine_tunes_on_sms_spam(tmp_path: Path) -> None:
     }).resolve()
     rows: list[dict] = []
     result = run_training(spec, train_file, tmp_path / "out", validation_file=valid_file,
-                          device="cpu", callbacks=Callbacks(on_metrics=rows.append))
+                          models_dir=None, device="cpu",  # the packaged model
+                          callbacks=Callbacks(on_metrics=rows.append))
     assert result.status == "completed" and result.step == 4
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert len(losses) == 4 and all(0 < x < 5 for x in losses)

@@ -149,12 +149,12 @@ def test_large_group_quantiles_are_sampled(monkeypatch: pytest.MonkeyPatch) -> N
     _check_entry(first["overall"])
 
 
-def test_run_with_validation_writes_sensitivity(spam_files: tuple[Path, Path],
-                                                tmp_path: Path) -> None:
+def test_run_with_validation_writes_sensitivity(spam_files: tuple[Path, Path], tmp_path: Path,
+                                                train_models_dir: Path) -> None:
     train_file, valid_file = spam_files
     out = tmp_path / "out"
     result = run_training(make_spec(n_epochs=1), train_file, out, validation_file=valid_file,
-                          device="cpu")
+                          models_dir=train_models_dir, device="cpu")
     assert result.sensitivity is not None
     assert result.final_dir is not None
     on_disk = json.loads((result.final_dir / "sensitivity.json").read_text())
@@ -170,9 +170,11 @@ def test_run_with_validation_writes_sensitivity(spam_files: tuple[Path, Path],
 
 
 def test_run_without_validation_has_no_sensitivity(spam_files: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path,
+                                                   train_models_dir: Path) -> None:
     train_file, _ = spam_files
-    result = run_training(make_spec(n_epochs=1), train_file, tmp_path / "out", device="cpu")
+    result = run_training(make_spec(n_epochs=1), train_file, tmp_path / "out",
+                          models_dir=train_models_dir, device="cpu")
     assert result.sensitivity is None
     assert result.final_dir is not None
     assert not (result.final_dir / "sensitivity.json").exists()
