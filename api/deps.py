@@ -15,6 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.dispatch import Dispatcher
 from api.errors import AuthenticationError
+from api.schemas import JobPublic
+from api.services import jobs
 from api.uploads import Upload, read_upload
 from sage_core.artifacts import ArtifactStore
 from sage_core.db.keys import KEY_PREFIX, find_key, hash_key
@@ -143,8 +145,26 @@ def get_owned_job(job_id: Annotated[str, Path(max_length=64)], token: Token,
     return row
 
 
+@cache
+def _shown_job_query() -> Select[Job, int | None]:
+    return _owned_job_query().add_columns(jobs.queue_position())
+
+
+def get_shown_job(job_id: Annotated[str, Path(max_length=64)], token: Token,
+                  session: SessionDep) -> JobPublic:
+    """The owned job as GET shows it, its queue position read in the same query."""
+    found = session.execute(_shown_job_query(),
+                            {"job_id": job_id, "key_hash": hash_key(token)}).one_or_none()
+    if found is None:
+        _authenticate(session, token)
+        raise _not_found("fine-tuning job", job_id, "fine_tuning_job_id")
+    session.commit()  # end the read: the connection goes back to the pool in this thread
+    return JobPublic.from_row(*found)
+
+
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
+ShownJob = Annotated[JobPublic, Depends(get_shown_job)]
 
 
 def get_owned_checkpoint(job_id: Annotated[str, Path(max_length=64)],

@@ -18,6 +18,7 @@ from api.deps import (
     OwnedJob,
     SessionDep,
     SettingsDep,
+    ShownJob,
     StoreDep,
 )
 from api.schemas import (
@@ -69,7 +70,7 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
         dispatcher.dispatch(job_id)  # only after the rows are committed
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return service.to_public(session, [job])[0]
+    return job
 
 
 @router.get("", response_model=ListPage[JobPublic])
@@ -81,8 +82,8 @@ def list_jobs(key: CurrentKey, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    return service.to_public(session, [job])[0]
+async def get_job(job: ShownJob) -> JobPublic:
+    return job  # async: ShownJob did the reads
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

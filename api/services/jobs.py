@@ -2,9 +2,9 @@
 
 One way to create: `check_request` validates a creation request once (an Idempotency-Key
 replay, the model, the files), `new_job` builds every job row (a single job, a sweep's
-parent and each of its children) and `commit_or_replay` commits them, or hands back the
-job of a concurrent request that won with the same Idempotency-Key. A job's queue position
-is counted when it is shown.
+parent and each of its children) and `save` commits them, or hands back the job of a
+concurrent request that won with the same Idempotency-Key. A job's queue position is
+counted when it is shown.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import hashlib
 import json
 import secrets
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -103,11 +104,14 @@ def new_job(key: ApiKey, body: JobCreate, *, seed: int, hyperparameters: Hyperpa
                artifact_prefix=f"jobs/{job_id}", result_file_ids=[], **columns)
 
 
-def commit_or_replay(session: Session, key: ApiKey, body: JobCreate,
-                     idempotency_key: str | None) -> Job | None:
-    """Commit the new rows. None if they were; the job of a concurrent request with the
-    same Idempotency-Key if that request won the insert (nothing of this one is kept)."""
+def save(session: Session, key: ApiKey, body: JobCreate, idempotency_key: str | None,
+         job: Job) -> tuple[JobPublic, bool]:
+    """Commit the rows added for a request, `job` the one to answer with. Returns (job as
+    shown, True); or, if a concurrent request with the same Idempotency-Key won the insert,
+    its job and False (nothing of this one is kept)."""
     try:
+        session.flush()
+        shown = to_public(session, [job])[0]  # before the commit: one transaction
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -115,41 +119,50 @@ def commit_or_replay(session: Session, key: ApiKey, body: JobCreate,
             if idempotency_key else None
         if earlier is None:
             raise
-        return earlier
-    return None
+        return to_public(session, [earlier])[0], False
+    return shown, True
 
 
 def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_key: str | None,
-               store: ArtifactStore, settings: Settings) -> tuple[Job, bool]:
+               store: ArtifactStore, settings: Settings) -> tuple[JobPublic, bool]:
     """Validate and queue a job. Returns (job, created); created is False on a replay."""
     earlier = check_request(session, key, body, idempotency_key=idempotency_key, store=store,
                             settings=settings)
     if earlier is not None:
-        return earlier, False
+        return to_public(session, [earlier])[0], False
     job = new_job(key, body, seed=seed_for(body), hyperparameters=body.hyperparameters,
                   now=utcnow(), idempotency_key=idempotency_key,
                   request_hash=request_hash(body) if idempotency_key else None)
     session.add(job)
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    earlier = commit_or_replay(session, key, body, idempotency_key)
-    return (earlier, False) if earlier is not None else (job, True)
+    return save(session, key, body, idempotency_key, job)
 
 
-def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
-    """1-based place among all queued jobs (of every key), in (queued_at, id) order, of
-    each queued job given: one plus the queued jobs ahead of it, counted."""
-    queued = [j.id for j in jobs if j.status == S.QUEUED]
-    if not queued:
-        return {}
+@cache
+def queue_position() -> ColumnElement[int | None]:
+    """SQL for a job's 1-based place among all queued jobs (of every key), in (queued_at,
+    id) order: one plus the queued jobs ahead of it, counted; NULL for a job not queued.
+    Built once: building the alias costs more CPU than running the query."""
     ahead = aliased(Job)
     count = (select(func.count()).select_from(ahead).where(
         ahead.status == S.QUEUED,
         or_(ahead.queued_at < Job.queued_at,
             and_(ahead.queued_at == Job.queued_at, ahead.id < Job.id)))
         .correlate(Job).scalar_subquery())
-    rows = session.execute(select(Job.id, count + 1).where(Job.id.in_(queued),
-                                                            Job.status == S.QUEUED))
-    return {job_id: position for job_id, position in rows}
+    return case((Job.status == S.QUEUED, count + 1), else_=None)
+
+
+@cache
+def _positions_query() -> Select[str, int | None]:
+    return select(Job.id, queue_position()).where(Job.id.in_(bindparam("ids", expanding=True)))
+
+
+def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int | None]:
+    """The queue position of each queued job given (see `queue_position`)."""
+    queued = [j.id for j in jobs if j.status == S.QUEUED]
+    if not queued:
+        return {}
+    return dict(session.execute(_positions_query(), {"ids": queued}).tuples().all())
 
 
 def to_public(session: Session, jobs: list[Job]) -> list[JobPublic]:

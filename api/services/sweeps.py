@@ -23,6 +23,7 @@ from api.errors import InvalidRequestError
 from api.schemas import (
     CompareToRequest,
     JobCreate,
+    JobPublic,
     SweepBest,
     SweepChild,
     SweepReport,
@@ -137,14 +138,14 @@ def _child_hyperparameters(hp: Hyperparameters, optimizer: str, lr: float) -> Hy
 
 def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
                  idempotency_key: str | None, store: ArtifactStore,
-                 settings: Settings) -> tuple[Job, list[str], bool]:
+                 settings: Settings) -> tuple[JobPublic, list[str], bool]:
     """Validate and create the parent and its queued children in one transaction. Returns
     (parent, the children's ids, created); created is False on an Idempotency-Key replay
     (nothing to dispatch then)."""
     earlier = jobs.check_request(session, key, body, idempotency_key=idempotency_key,
                                  store=store, settings=settings)
     if earlier is not None:
-        return earlier, [], False
+        return jobs.to_public(session, [earlier])[0], [], False
     runs = plan(body)
     seed, now = jobs.seed_for(body), utcnow()
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
@@ -166,10 +167,8 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
     for child, (optimizer, lr) in zip(children, runs, strict=True):
         add_event(session, child.id, f"Created fine-tuning job: {child.id} (sweep {parent.id}: "
                                      f"{optimizer}, learning rate {lr:g})")
-    earlier = jobs.commit_or_replay(session, key, body, idempotency_key)
-    if earlier is not None:
-        return earlier, [], False
-    return parent, [child.id for child in children], True
+    shown, created = jobs.save(session, key, body, idempotency_key, parent)
+    return shown, [child.id for child in children] if created else [], created
 
 
 # --- the report ----------------------------------------------------------------------------
