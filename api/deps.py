@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import cache
-from typing import Annotated
+from typing import Annotated, TypeVarTuple
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -98,6 +98,9 @@ CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 # tell a bad key (401) from someone else's or a missing object (404).
 
 
+Columns = TypeVarTuple("Columns")
+
+
 def _not_found(kind: str, ident: str, param: str) -> NotFoundError:
     return NotFoundError(f"No such {kind}: '{ident}'", param=param)
 
@@ -125,24 +128,28 @@ def _owned_checkpoint_query() -> Select[Checkpoint]:
                 ApiKey.key_hash == bindparam("key_hash"), *_LIVE_KEY))
 
 
+def _owned(session: Session, token: str, statement: Select[*Columns],
+           params: dict[str, str], missing: NotFoundError) -> Row[*Columns]:
+    """The statement's row for the key of `token` (its hash is bound here); `missing` if
+    none, after 401 for a key that is wrong or revoked."""
+    found = session.execute(statement, {**params, "key_hash": hash_key(token)}).one_or_none()
+    if found is None:
+        _authenticate(session, token)
+        raise missing
+    session.commit()  # end the read: the connection goes back to the pool in this thread
+    return found
+
+
 def get_owned_file(file_id: Annotated[str, Path(max_length=64)], token: Token,
                    session: SessionDep) -> File:
-    row = session.scalar(_owned_file_query(), {"file_id": file_id, "key_hash": hash_key(token)})
-    if row is None:
-        _authenticate(session, token)
-        raise _not_found("file", file_id, "file_id")
-    session.commit()  # end the read: the connection goes back to the pool in this thread
-    return row
+    return _owned(session, token, _owned_file_query(), {"file_id": file_id},
+                  _not_found("file", file_id, "file_id"))[0]
 
 
 def get_owned_job(job_id: Annotated[str, Path(max_length=64)], token: Token,
                   session: SessionDep) -> Job:
-    row = session.scalar(_owned_job_query(), {"job_id": job_id, "key_hash": hash_key(token)})
-    if row is None:
-        _authenticate(session, token)
-        raise _not_found("fine-tuning job", job_id, "fine_tuning_job_id")
-    session.commit()  # end the read: the connection goes back to the pool in this thread
-    return row
+    return _owned(session, token, _owned_job_query(), {"job_id": job_id},
+                  _not_found("fine-tuning job", job_id, "fine_tuning_job_id"))[0]
 
 
 @cache
@@ -153,13 +160,9 @@ def _shown_job_query() -> Select[Job, int | None]:
 def get_shown_job(job_id: Annotated[str, Path(max_length=64)], token: Token,
                   session: SessionDep) -> JobPublic:
     """The owned job as GET shows it, its queue position read in the same query."""
-    found = session.execute(_shown_job_query(),
-                            {"job_id": job_id, "key_hash": hash_key(token)}).one_or_none()
-    if found is None:
-        _authenticate(session, token)
-        raise _not_found("fine-tuning job", job_id, "fine_tuning_job_id")
-    session.commit()  # end the read: the connection goes back to the pool in this thread
-    return JobPublic.from_row(*found)
+    job, position = _owned(session, token, _shown_job_query(), {"job_id": job_id},
+                           _not_found("fine-tuning job", job_id, "fine_tuning_job_id"))
+    return JobPublic.from_row(job, position)
 
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]
@@ -170,13 +173,9 @@ ShownJob = Annotated[JobPublic, Depends(get_shown_job)]
 def get_owned_checkpoint(job_id: Annotated[str, Path(max_length=64)],
                          checkpoint_id: Annotated[str, Path(max_length=64)], token: Token,
                          session: SessionDep) -> Checkpoint:
-    row = session.scalar(_owned_checkpoint_query(), {
-        "checkpoint_id": checkpoint_id, "job_id": job_id, "key_hash": hash_key(token)})
-    if row is None:
-        _authenticate(session, token)
-        raise _not_found("checkpoint", checkpoint_id, "checkpoint_id")
-    session.commit()  # end the read: the connection goes back to the pool in this thread
-    return row
+    return _owned(session, token, _owned_checkpoint_query(),
+                  {"checkpoint_id": checkpoint_id, "job_id": job_id},
+                  _not_found("checkpoint", checkpoint_id, "checkpoint_id"))[0]
 
 
 OwnedCheckpoint = Annotated[Checkpoint, Depends(get_owned_checkpoint)]
