@@ -97,7 +97,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def empty_postgres(url: str) -> None:
-    """TRUNCATE every table (and, through its trigger, the queue counter)."""
+    """TRUNCATE every table."""
     from sage_core.db.models import Base
 
     engine = create_engine(url)

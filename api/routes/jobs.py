@@ -14,11 +14,11 @@ from sse_starlette import EventSourceResponse
 from api.deps import (
     CurrentKey,
     DispatcherDep,
-    KeyAndTrainingFile,
     OwnedCheckpoint,
     OwnedJob,
-    ServicesDep,
     SessionDep,
+    SettingsDep,
+    ShownJob,
     StoreDep,
 )
 from api.schemas import (
@@ -51,32 +51,26 @@ def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
 
 
 @router.post("", response_model=JobPublic)
-def create_job(body: JobCreate, caller: KeyAndTrainingFile, session: SessionDep,
-               services: ServicesDep,
+def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep,
+               store: StoreDep, dispatcher: DispatcherDep, response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-               ) -> Response:
+               ) -> JobPublic:
     """Queue a fine-tuning job. The same Idempotency-Key and body return the same job.
 
     With `sweep` or `compare_to`: a parent job (`running`, never trained itself) and one
     queued child job per optimizer and learning rate; the parent is returned."""
     if sweep_service.is_sweep_request(body):
-        job, child_ids, created = sweep_service.create_sweep(
-            session, caller.key, body, idempotency_key=idempotency_key, store=services.store,
-            settings=services.settings, training_file=caller.training_file)
-        for child_id in child_ids:
-            services.dispatcher.dispatch(child_id)  # only after the rows are committed
+        job, queued, created = sweep_service.create_sweep(
+            session, key, body, idempotency_key=idempotency_key, store=store, settings=settings)
     else:
-        job, created = service.create_job(session, caller.key, body,
-                                          idempotency_key=idempotency_key, store=services.store,
-                                          settings=services.settings,
-                                          training_file=caller.training_file)
-        if created:
-            services.dispatcher.dispatch(job.id)  # only after the row is committed
-    # Serialized here: returned as a model from this sync route, FastAPI would validate it
-    # again on a worker thread of its own before writing it (one more thread hop per POST).
-    return Response(service.to_public(session, [job])[0].model_dump_json(),
-                    media_type="application/json",
-                    headers=None if created else {"Idempotent-Replayed": "true"})
+        job, created = service.create_job(session, key, body, idempotency_key=idempotency_key,
+                                          store=store, settings=settings)
+        queued = [job.id] if created else []
+    for job_id in queued:
+        dispatcher.dispatch(job_id)  # only after the rows are committed
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
 
 
 @router.get("", response_model=ListPage[JobPublic])
@@ -88,9 +82,8 @@ def list_jobs(key: CurrentKey, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
-    # async: OwnedJob already fetched the job and its queue position, so this does no I/O.
-    return service.to_public(session, [job])[0]
+async def get_job(job: ShownJob) -> JobPublic:
+    return job  # async: ShownJob did the reads
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

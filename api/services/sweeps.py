@@ -14,31 +14,28 @@ picks it up) and is settled from its children by `sage_core.db.sweeps`.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import AuthenticationError, InvalidRequestError
+from api.errors import InvalidRequestError
 from api.schemas import (
     CompareToRequest,
     JobCreate,
+    JobPublic,
     SweepBest,
     SweepChild,
     SweepReport,
 )
 from api.services import jobs
 from sage_core.artifacts import ArtifactStore
-from sage_core.catalog import resolve_model
 from sage_core.db import sweeps
 from sage_core.db.events import add_event
-from sage_core.db.ids import JOB, new_id
-from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
+from sage_core.db.models import ApiKey, Job, JobStatus, utcnow
 from sage_core.errors import NotFoundError
 from sage_core.names import DEFAULT_LEARNING_RATE, OptimizerName, main_metric
-from sage_core.schemas import Hyperparameters, JobSpec
+from sage_core.schemas import Hyperparameters
 from sage_core.settings import Settings
 
 S = JobStatus
@@ -140,75 +137,38 @@ def _child_hyperparameters(hp: Hyperparameters, optimizer: str, lr: float) -> Hy
 
 
 def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
-                 idempotency_key: str | None, store: ArtifactStore, settings: Settings,
-                 training_file: File | None = None) -> tuple[Job, list[str], bool]:
+                 idempotency_key: str | None, store: ArtifactStore,
+                 settings: Settings) -> tuple[JobPublic, list[str], bool]:
     """Validate and create the parent and its queued children in one transaction. Returns
     (parent, the children's ids, created); created is False on an Idempotency-Key replay
-    (nothing to dispatch then). As for a single job, the key may come from api/deps.py's
-    cache: it is checked again before anything is written, and a revoked key gets 401 for
-    any error."""
-    with jobs.answers_for_live_key(session, key):
-        return _create_sweep(session, key, body, idempotency_key=idempotency_key, store=store,
-                             settings=settings, training_file=training_file)
-
-
-def _create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
-                  idempotency_key: str | None, store: ArtifactStore, settings: Settings,
-                  training_file: File | None) -> tuple[Job, list[str], bool]:
-    digest = jobs.request_hash(body) if idempotency_key else None
-    if idempotency_key and digest and (
-            earlier := jobs.replay(session, key, idempotency_key, digest)):
-        return earlier, [], False
+    (nothing to dispatch then)."""
+    earlier = jobs.check_request(session, key, body, idempotency_key=idempotency_key,
+                                 store=store, settings=settings)
+    if earlier is not None:
+        return jobs.to_public(session, [earlier])[0], [], False
     runs = plan(body)
-    resolve_model(body.model, settings)
-    jobs.check_files(session, key, body, store, settings, training_file)
-    if not jobs.key_is_live(session, key):
-        raise AuthenticationError("Incorrect API key provided.")
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-    now = utcnow()
-    common: dict[str, Any] = dict(
-        owner_id=key.id, model=body.model, task=body.task, seed=seed, suffix=body.suffix,
-        user_metadata=body.metadata, training_file_id=body.training_file,
-        validation_file_id=body.validation_file, created_at=now, result_file_ids=[])
-    parent_id = new_id(JOB)
-    ids = [new_id(JOB) for _ in runs]
-    children: list[Job] = []
-    for child_id, (optimizer, lr) in zip(ids, runs, strict=True):
-        spec = JobSpec(model=body.model, task=body.task, seed=seed, hyperparameters=(
-            _child_hyperparameters(body.hyperparameters, optimizer, lr))).resolve()
-        children.append(Job(id=child_id, spec=spec.model_dump(mode="json"), status=S.QUEUED,
-                            queued_at=now, artifact_prefix=f"jobs/{child_id}",
-                            parent_id=parent_id, **common))
-    metric, greater = main_metric(body.task)
+    seed, now = jobs.seed_for(body), utcnow()
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
     # what each child trains with.
-    parent_spec = JobSpec(model=body.model, task=body.task, seed=seed,
-                          hyperparameters=body.hyperparameters).resolve()
-    parent = Job(id=parent_id, spec=parent_spec.model_dump(mode="json"), status=S.RUNNING,
-                 started_at=now, artifact_prefix=f"jobs/{parent_id}",
-                 idempotency_key=idempotency_key, request_hash=digest,
-                 sweep={"metric": metric, "greater_is_better": greater, "best_job_id": None,
-                        "runs": [{"job_id": i, "optimizer": o, "learning_rate": lr}
-                                 for i, (o, lr) in zip(ids, runs, strict=True)]},
-                 **common)
-    session.add(parent)
-    session.flush()  # the parent first: its children name it
-    session.add_all(children)
+    parent = jobs.new_job(key, body, seed=seed, hyperparameters=body.hyperparameters, now=now,
+                          status=S.RUNNING, started_at=now, idempotency_key=idempotency_key,
+                          request_hash=jobs.request_hash(body) if idempotency_key else None)
+    children = [jobs.new_job(key, body, seed=seed, now=now, parent_id=parent.id,
+                             hyperparameters=_child_hyperparameters(body.hyperparameters, o, lr))
+                for o, lr in runs]
+    metric, greater = main_metric(body.task)
+    parent.sweep = {"metric": metric, "greater_is_better": greater, "best_job_id": None,
+                    "runs": [{"job_id": child.id, "optimizer": o, "learning_rate": lr}
+                             for child, (o, lr) in zip(children, runs, strict=True)]}
+    session.add_all([parent, *children])
     grid = ", ".join(f"{o} at {lr:g}" for o, lr in runs)
-    add_event(session, parent_id, f"Created sweep {parent_id}: {len(children)} child jobs "
+    add_event(session, parent.id, f"Created sweep {parent.id}: {len(children)} child jobs "
                                   f"({grid}), ranked by {metric}")
-    for child_id, (optimizer, lr) in zip(ids, runs, strict=True):
-        add_event(session, child_id, f"Created fine-tuning job: {child_id} (sweep {parent_id}: "
+    for child, (optimizer, lr) in zip(children, runs, strict=True):
+        add_event(session, child.id, f"Created fine-tuning job: {child.id} (sweep {parent.id}: "
                                      f"{optimizer}, learning rate {lr:g})")
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()  # a concurrent request with the same Idempotency-Key won
-        if idempotency_key and digest and (
-                earlier := jobs.replay(session, key, idempotency_key, digest)):
-            return earlier, [], False
-        raise
-    return parent, ids, True
+    shown, created = jobs.save(session, key, body, idempotency_key, parent)
+    return shown, [child.id for child in children] if created else [], created
 
 
 # --- the report ----------------------------------------------------------------------------

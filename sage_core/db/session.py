@@ -85,17 +85,6 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def statements_commit_alone(session: Session) -> bool:
-    """On PostgreSQL, make each of the session's statements its own transaction (autocommit)
-    until its next commit or rollback: no BEGIN and COMMIT round trips around them. For work
-    whose every write is one statement; only where the session has no transaction yet.
-    Returns whether it did."""
-    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
-        return False
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    return True
-
-
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session in one short transaction: committed on success, rolled back on error."""

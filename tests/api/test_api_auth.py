@@ -1,4 +1,5 @@
-"""Every /v1 call needs a key; another key's file, job or checkpoint is 404 everywhere.
+"""Every /v1 call needs a live key: none, a wrong one or a revoked one is 401 everywhere,
+from the moment it is revoked; another key's file, job or checkpoint is 404 everywhere.
 
 A new endpoint goes into ENDPOINTS; `test_every_v1_route_is_listed` fails until it does.
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 from api_helpers import Service
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from api.main import create_app
 from sage_core.artifacts import get_artifact_store
 from sage_core.db.ids import new_id
-from sage_core.db.models import Checkpoint, Job
+from sage_core.db.keys import hash_key
+from sage_core.db.models import ApiKey, Checkpoint, Job, utcnow
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.settings import Settings
 
@@ -119,17 +121,49 @@ def test_a_key_sees_nothing_of_others_in_lists(service: Service, owned: dict[str
     assert r.status_code == 404
 
 
-def test_a_revoked_key_is_401_at_once(service: Service, owned: dict[str, str]) -> None:
-    from sqlalchemy import update
-
-    from sage_core.db.keys import hash_key
-    from sage_core.db.models import ApiKey, utcnow
-
+def _revoke(service: Service) -> None:
     engine = make_engine(service.settings.resolved_database_url)
     with make_session_factory(engine).begin() as s:
         s.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(service.key))
                   .values(revoked_at=utcnow()))
     engine.dispose()
-    for path in ("/v1/files", f"/v1/fine_tuning/jobs/{owned['job']}",
-                 f"/v1/files/{owned['file']}"):
-        assert service.client.get(path, headers=service.auth()).status_code == 401
+
+
+def _job_count(service: Service) -> int:
+    engine = make_engine(service.settings.resolved_database_url)
+    with make_session_factory(engine)() as s:
+        count = s.scalar(select(func.count()).select_from(Job)) or 0
+    engine.dispose()
+    return count
+
+
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _ in ENDPOINTS])
+def test_a_revoked_key_is_401_everywhere_at_once(service: Service, owned: dict[str, str],
+                                                 method: str, path: str) -> None:
+    _revoke(service)
+    r = service.client.request(method, path.format(**owned), headers=service.auth())
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_revoked_key_creates_nothing_and_learns_nothing(service: Service,
+                                                          owned: dict[str, str]) -> None:
+    """Revoked right after it created a job: the next requests are refused before their
+    body is looked at, and an Idempotency-Key replay gives nothing back."""
+    jobs = "/v1/fine_tuning/jobs"
+    body = {"model": "tiny-bert", "training_file": owned["file"]}
+    replayed = {**service.auth(), "Idempotency-Key": "k1"}
+    assert service.client.post(jobs, headers=replayed, json=body).status_code == 200
+    before = _job_count(service)
+    _revoke(service)
+    for json in (body,  # valid
+                 {**body, "n_epochs": 3},  # an unknown field: 400 for a live key
+                 {**body, "model": "no-such-model"},
+                 {**body, "training_file": "file-nope"},
+                 {**body, "validation_file": owned["file"], "sweep": {"learning_rate": [
+                     1e-4, 2e-4]}}):
+        r = service.client.post(jobs, headers=service.auth(), json=json)
+        assert r.status_code == 401, (json, r.text)
+    assert service.client.post(jobs, headers=replayed, json=body).status_code == 401
+    assert service.client.get(f"{jobs}/{owned['job']}", headers=service.auth()).status_code == 401
+    assert _job_count(service) == before

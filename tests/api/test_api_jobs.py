@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
+from typing import Any
 
 import pytest
 from api_helpers import Service
@@ -117,6 +119,68 @@ def test_idempotency_key(service: Service) -> None:
         "/v1/fine_tuning/jobs", json={**body, "training_file": theirs},
         headers={**service.auth(service.other_key), "Idempotency-Key": "abc-123"})
     assert other.status_code == 200 and other.json()["id"] != first.json()["id"]
+
+
+def test_queue_position_counts_the_queued_jobs_ahead(service: Service) -> None:
+    file_id = service.upload()["id"]
+    c, auth, jobs = service.client, service.auth(), "/v1/fine_tuning/jobs"
+
+    def position(job_id: str) -> Any:
+        return c.get(f"{jobs}/{job_id}", headers=auth).json()["queue_position"]
+
+    ids = []
+    for expected in range(1, 6):
+        job = service.create_job(training_file=file_id)
+        assert job["queue_position"] == expected == position(job["id"])
+        ids.append(job["id"])
+    c.post(f"{jobs}/{ids[1]}/cancel", headers=auth)
+    c.post(f"{jobs}/{ids[2]}/pause", headers=auth)
+    assert [position(i) for i in ids] == [1, None, None, 2, 3]
+    theirs = service.upload(key=service.other_key)["id"]  # every key's jobs share one queue
+    assert service.create_job(key=service.other_key, training_file=theirs)[
+        "queue_position"] == 4
+    resumed = c.post(f"{jobs}/{ids[2]}/resume", headers=auth).json()
+    assert resumed["queue_position"] == 5  # at the back of the queue
+    factory = _db(service)
+    with factory.begin() as s:
+        assert transitions.claim(s, ids[0], owner="w", lease_seconds=60)
+    assert [position(i) for i in ids] == [None, None, 4, 1, 2]
+
+
+def test_concurrent_creation(service: Service) -> None:
+    """Creations at once: each job made once, one job per Idempotency-Key, every queued job
+    in its own place."""
+    file_id = service.upload()["id"]
+    body = {"model": "tiny-bert", "training_file": file_id}
+    answers: list[Any] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def create(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(3):
+                headers = {**service.auth(), "Idempotency-Key": "same" if i == 0 else f"{n}-{i}"}
+                r = service.client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
+                answers.append((i, r.status_code, r.json()))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(status == 200 for _, status, _ in answers), answers
+    same = {job["id"] for i, _, job in answers if i == 0}
+    assert len(same) == 1  # six requests, one job
+    ids = sorted(same | {job["id"] for i, _, job in answers if i > 0})
+    assert len(ids) == 1 + 6 * 2
+    assert sorted(service.dispatcher.dispatched) == ids  # each created job dispatched once
+    listed = service.client.get("/v1/fine_tuning/jobs?limit=100", headers=service.auth())
+    assert sorted(j["queue_position"] for j in listed.json()["data"]) == list(
+        range(1, len(ids) + 1))
 
 
 def test_list_pages_newest_first(service: Service) -> None:

@@ -102,9 +102,15 @@ def test_parent_and_children_are_created_and_children_dispatched(service: Servic
                     ("adamw", 1.5e-4), ("adamax", 2e-4)]
     child_ids = _children(parent)
     assert service.dispatcher.dispatched == child_ids  # never the parent
+    positions = []
     for child_id, (optimizer, lr) in zip(child_ids, runs, strict=True):
         child = _get(service, child_id)
         assert child["status"] == "queued" and child["parent_job_id"] == parent["id"]
+        positions.append(child["queue_position"])
+        events = service.client.get(f"{JOBS}/{child_id}/events", headers=service.auth())
+        assert [e["message"] for e in events.json()["data"]] == [
+            f"Created fine-tuning job: {child_id} (sweep {parent['id']}: {optimizer}, "
+            f"learning rate {lr:g})"]
         assert child["sweep"] is None
         hp = child["hyperparameters"]
         assert (hp["optimizer"], hp["learning_rate"]) == (optimizer, lr)
@@ -115,6 +121,7 @@ def test_parent_and_children_are_created_and_children_dispatched(service: Servic
             parent["training_file"], parent["validation_file"])
     listed = service.client.get(f"{JOBS}?limit=100", headers=service.auth()).json()["data"]
     assert {j["id"] for j in listed} == {parent["id"], *child_ids}
+    assert sorted(positions) == list(range(1, len(child_ids) + 1))  # queued like any job
 
 
 def test_compare_to_alone_runs_own_default_grid(service: Service) -> None:
