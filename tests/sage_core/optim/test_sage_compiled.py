@@ -88,6 +88,30 @@ def test_default_for_large_steps_is_compiled_and_matches_reference(
     assert len(calls) == STEPS
 
 
+def test_the_automatic_choice_counts_the_whole_step(monkeypatch: pytest.MonkeyPatch):
+    """A group too small alone takes the compiled kernels when the optimizer's step is large
+    enough (its other groups), and foreach when the whole step is small."""
+    params = make_params()
+    numel = sum(p.numel() for p in params)
+    monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", numel)
+    chosen: list[object] = []
+    real = sage_module._choose_implementation
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        chosen.append(real(*args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(sage_module, "_choose_implementation", spy)
+    optimizer = sage_module.SAGE([{"params": params[:1]}, {"params": params[1:]}])
+    for p, g in zip(params, make_grads(params, 0), strict=True):
+        p.grad = g
+    optimizer.step()
+    assert chosen == [sage_module._compiled_sage] * 2
+    params[0].grad = None
+    optimizer.step()
+    assert chosen[2:] == [sage_module._multi_tensor_sage]  # the first group had no grads
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_first_step_and_zero_params_with_compiled_kernel(
     dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
@@ -159,5 +183,10 @@ def test_the_choice():
     # automatic: too small to repay a compilation; large on CPU; other devices (CUDA too)
     assert choose(small, foreach=None, compiled=None) is sage_module._multi_tensor_sage
     assert choose(big, foreach=None, compiled=None) is sage_module._compiled_sage
+    # the size is the whole optimizer step's: a small group of a large model too
+    assert choose(
+        small, foreach=None, compiled=None, step_numel=sage_module.COMPILE_MIN_NUMEL
+    ) is sage_module._compiled_sage
+    assert choose(big, foreach=None, compiled=None, step_numel=10) is sage_module._multi_tensor_sage
     meta = [torch.empty(sage_module.COMPILE_MIN_NUMEL, device="meta")]
     assert choose(meta, foreach=None, compiled=None) is sage_module._multi_tensor_sage
