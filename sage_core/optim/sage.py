@@ -19,6 +19,7 @@ Imports only torch and sage_core.names (constants).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -317,16 +318,18 @@ def sage(
 # beats paying for a compilation), where torch.compile can build them; foreach everywhere
 # else. The size is the whole step's, so that a small group of a large model (biases,
 # norms) shares its large groups' kernels: measured on CPU with BERT 6x384's blocks
-# layout, its two small groups through foreach cost 2.5 ms more a step (+0.07x AdamW). Not on
-# CUDA: with BERT 6x384 tensors on an H100, foreach took 3.1 to 3.7x a fused AdamW step,
-# the compiled kernels 3.5x (one call per tensor: 15x), so compiled=True only.
+# layout, its two small groups through foreach cost 2.5 ms more a step (+0.07x AdamW).
+# Not on CUDA: with BERT 6x384 tensors on an H100, foreach took 3.1 to 3.7x a fused AdamW
+# step, the compiled kernels 3.5x (one call per tensor: 15x), so compiled=True only.
 COMPILED_DEFAULT_DEVICE_TYPES: frozenset[str] = frozenset({"cpu"})
 COMPILE_MIN_NUMEL = 1 << 21
 # Inside the compiled implementation: a tensor at least this big gets a kernel call of its
-# own (~18 us of host time a call: dynamo and AOT wrappers); smaller ones are packed, one
-# call over their concatenation, then copied back (measured on CPU: BERT's 66 biases and
-# norms in 0.3 ms instead of 1.2 ms). At least 2: sizes 0 and 1 would make the
-# dynamic-shape kernel specialise (recompile).
+# own (18 us of host time a call on a quiet CPU, ~100 us on a loaded one: dynamo and AOT
+# wrappers); smaller ones are packed, one call over their concatenation, then copied back
+# (measured on CPU: BERT's 66 biases and norms in 0.3 ms instead of 1.2 ms). At least 2:
+# sizes 0 and 1 would make the dynamic-shape kernel specialise (recompile). Calls over 8
+# tensors at a time (one compiled graph per 8) measured 1.40x instead of 1.44-1.53x fused
+# AdamW (BERT 6x384 blocks layout, loaded CPU), within the noise, for a 47 s cold compile.
 OWN_CALL_MIN_NUMEL = 4096
 
 
@@ -360,13 +363,18 @@ def _choose_implementation(
 def compiled_kernels_available(device: torch.device) -> bool:
     """Whether torch.compile can build the kernels for this device here: a C++ compiler and
     Python's headers for CPU, Triton for CUDA."""
+    return _compiled_kernels_available(device.type)
+
+
+@functools.cache  # asked on every automatic step; the answer is the machine's
+def _compiled_kernels_available(device_type: str) -> bool:
     if not torch._dynamo.is_dynamo_supported():
         return False
-    if device.type == "cpu":
+    if device_type == "cpu":
         compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
         headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
         return headers.is_file() and any(c and shutil.which(c) for c in compilers)
-    if device.type == "cuda":
+    if device_type == "cuda":
         from torch.utils._triton import has_triton
 
         return has_triton()
