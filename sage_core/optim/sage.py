@@ -327,10 +327,13 @@ COMPILE_MIN_NUMEL = 1 << 21
 # own (18 us of host time a call on a quiet CPU, ~100 us on a loaded one: dynamo and AOT
 # wrappers); smaller ones are packed, one call over their concatenation, then copied back
 # (measured on CPU: BERT's 66 biases and norms in 0.3 ms instead of 1.2 ms). At least 2:
-# sizes 0 and 1 would make the dynamic-shape kernel specialise (recompile). Calls over 8
-# tensors at a time (one compiled graph per 8) measured 1.40x instead of 1.44-1.53x fused
-# AdamW (BERT 6x384 blocks layout, loaded CPU), within the noise, for a 47 s cold compile.
+# sizes 0 and 1 would make the dynamic-shape kernel specialise (recompile).
 OWN_CALL_MIN_NUMEL = 4096
+# Those big tensors go KERNEL_ARITY to a call (one compiled graph that steps 8 tensor sets;
+# the rest one call each): on a quiet 2-core CPU, BERT 6x384's blocks layout then took
+# 1.45x a fused AdamW step instead of 1.53-1.58x with a call per tensor, for a first step of
+# 8 s instead of 5 s (warm inductor cache; about 30 s cold).
+KERNEL_ARITY = 8
 
 
 def _choose_implementation(
@@ -608,14 +611,22 @@ _KERNEL_SOURCES: dict[tuple[str, bool], Callable[..., None]] = {
     ("adamax", True): _adamax_sage_kernel,
     ("adamax", False): _adamax_kernel,
 }
-_COMPILED_KERNELS: dict[tuple[str, bool], Callable[..., None]] = {}  # per process
+_COMPILED_KERNELS: dict[tuple[str, bool, int], Callable[..., None]] = {}  # per process
 
 
-def _compiled_kernel(base: str, use_sage: bool) -> Callable[..., None]:
-    key = (base, use_sage)
+def _compiled_kernel(base: str, use_sage: bool, arity: int = 1) -> Callable[..., None]:
+    """The kernel for (base, use_sage), stepping ``arity`` tensor sets per call."""
+    key = (base, use_sage, arity)
     if key not in _COMPILED_KERNELS:
+        kernel = _KERNEL_SOURCES[(base, use_sage)]
+        width = 5 if use_sage else 4
+
+        def repeated(*args: Tensor) -> None:
+            for j in range(arity):
+                kernel(*args[j * width : (j + 1) * width], args[-1])
+
         _COMPILED_KERNELS[key] = torch.compile(
-            _KERNEL_SOURCES[key], dynamic=True, fullgraph=True
+            kernel if arity == 1 else repeated, dynamic=True, fullgraph=True
         )
     return _COMPILED_KERNELS[key]
 
@@ -669,10 +680,11 @@ def _compiled_sage(
     eps: float,
     weight_decay: float,
 ) -> None:
-    """The reference's arithmetic through the compiled kernels: a call per tensor of at
-    least OWN_CALL_MIN_NUMEL elements, one per (device, dtypes, step) for the smaller ones
-    packed together. A tensor the kernels cannot read in place (not contiguous), and a pack
-    of fewer than 2 elements, take the same arithmetic with foreach ops."""
+    """The reference's arithmetic through the compiled kernels: a call per KERNEL_ARITY
+    tensors of at least OWN_CALL_MIN_NUMEL elements (the rest one call each), one per
+    (device, dtypes, step) for the smaller ones packed together. A tensor the kernels
+    cannot read in place (not contiguous), and a pack of fewer than 2 elements, take the
+    same arithmetic with foreach ops."""
     kernel = _compiled_kernel(base, use_sage)
     columns = [params, grads, exp_avgs, second_moments] + ([exp_avg_ipts] if use_sage else [])
     scalars: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
@@ -690,19 +702,31 @@ def _compiled_sage(
     done: list[int] = []
     leftovers: list[int] = []
     packs: dict[tuple[torch.device, int, tuple[torch.dtype, ...]], list[int]] = {}
+    own: dict[tuple[torch.device, int, tuple[torch.dtype, ...]], list[int]] = {}
     for i, p in enumerate(params):
         tensors = [column[i] for column in columns]
         if not all(t.is_contiguous() for t in tensors):
             leftovers.append(i)
             continue
-        step = steps[i]
+        key = (p.device, steps[i], tuple(t.dtype for t in tensors))
         if p.numel() >= OWN_CALL_MIN_NUMEL:
-            kernel(*[_as_1d(t) for t in tensors], step_scalars(i, step))
-            done.append(i)
+            own.setdefault(key, []).append(i)
         elif p.numel() > 0:
-            packs.setdefault((p.device, step, tuple(t.dtype for t in tensors)), []).append(i)
+            packs.setdefault(key, []).append(i)
         else:
             leftovers.append(i)
+    for (_, step, _), indices in own.items():
+        scalars_i = step_scalars(indices[0], step)
+        full = len(indices) - len(indices) % KERNEL_ARITY
+        for start in range(0, len(indices), KERNEL_ARITY):
+            chunk = indices[start : start + KERNEL_ARITY] if start < full else indices[start:]
+            if start < full and KERNEL_ARITY > 1:
+                inputs = [_as_1d(column[i]) for i in chunk for column in columns]
+                _compiled_kernel(base, use_sage, KERNEL_ARITY)(*inputs, scalars_i)
+            else:
+                for i in chunk:
+                    kernel(*[_as_1d(column[i]) for column in columns], scalars_i)
+        done.extend(indices)
     for (_, step, _), indices in packs.items():
         sizes = [params[i].numel() for i in indices]
         if sum(sizes) < 2:

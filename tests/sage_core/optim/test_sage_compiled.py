@@ -1,6 +1,6 @@
-"""The torch.compile'd kernels agree with the reference (one call per tensor, or packed),
-are the automatic choice for large steps on CPU, compile once per variant, and are refused
-or raise, never swapped for another implementation, where they cannot be had.
+"""The torch.compile'd kernels agree with the reference (one call per tensor, per several,
+or packed), are the automatic choice for large steps on CPU, compile once per variant, and
+are refused or raise, never swapped for another implementation, where they cannot be had.
 
 Tensors are tiny so that each kernel variant compiles in about a second."""
 
@@ -54,6 +54,19 @@ def test_compiled_matches_reference(
     _assert_matches_reference(
         dtype, dict(compiled=True), base=base, use_sage=use_sage, weight_decay=weight_decay
     )
+
+
+@pytest.mark.parametrize(("base", "use_sage"), [("adamw", True), ("adamax", False)])
+def test_calls_over_several_tensors_match_reference(
+    base: str, use_sage: bool, monkeypatch: pytest.MonkeyPatch
+):
+    """Two tensor sets a call (the four contiguous tensors of 2+ elements: two calls)."""
+    monkeypatch.setattr(sage_module, "OWN_CALL_MIN_NUMEL", 2)
+    monkeypatch.setattr(sage_module, "KERNEL_ARITY", 2)
+    _assert_matches_reference(
+        torch.float32, dict(compiled=True), base=base, use_sage=use_sage, weight_decay=0.1
+    )
+    assert (base, use_sage, 2) in sage_module._COMPILED_KERNELS
 
 
 def test_params_at_different_steps_match_reference(monkeypatch: pytest.MonkeyPatch):
@@ -143,7 +156,7 @@ def test_compile_failure_raises_and_writes_nothing(monkeypatch: pytest.MonkeyPat
     def broken(*args: Any) -> None:
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(sage_module, "_compiled_kernel", lambda base, use_sage: broken)
+    monkeypatch.setattr(sage_module, "_compiled_kernel", lambda base, use_sage, arity=1: broken)
     params = make_params()
     before = [p.detach().clone() for p in params]
     optimizer = sage_module.SAGE(params, compiled=True, weight_decay=0.1)
