@@ -332,7 +332,7 @@ OWN_CALL_MIN_NUMEL = 4096
 # Those big tensors go KERNEL_ARITY to a call (one compiled graph that steps 8 tensor sets;
 # the rest one call each): on a quiet 2-core CPU, BERT 6x384's blocks layout then took
 # 1.45x a fused AdamW step instead of 1.53-1.58x with a call per tensor, for a first step of
-# 8 s instead of 5 s (warm inductor cache; about 30 s cold).
+# 8 s instead of 5 s (warm inductor cache; 27-47 s cold).
 KERNEL_ARITY = 8
 
 
