@@ -7,21 +7,18 @@
 
 The tensors are those of a 6-layer, 384-wide BERT for sequence classification (vocab
 30522, 512 positions, intermediate 1536, pooler, 2-class head): 105 tensors, 22.7M
-parameters, with fixed random gradients. Two layouts: every tensor under SAGE, and the
+parameters, with random gradients. Two layouts: every tensor under SAGE, and the
 realistic one from `sage_param_groups` (SAGE on the blocks' linear layers, weight decay
 0.01 except biases and norms), each against torch.optim.AdamW(fused=True) on the same
 groups. The optimizers are stepped in turn, one step each per round, so that load from
 other processes hits them alike; the figures are medians over rounds. Every step gets a
 new lr, as from a scheduler, to show the compiled kernels are never rebuilt.
 
-The compiled SAGE keeps each group in flat buffers (sage_core.optim.flat) and steps it
-with one kernel call where the gradients stay views of its gradient buffer from step to
-step, as here (fixed gradients) or with zero_grad(set_to_none=False). The "new grads" rows
-hand both optimizers new gradient tensors before each step, as autograd does after
-zero_grad(set_to_none=True); SAGE then reads each large gradient where it is (a kernel
-call per large tensor) and copies only the small ones (biases, norms) into one buffer,
-stepped with one call (copying all the gradients in would cost about as much as a fused
-AdamW step on CPU).
+Before each step both optimizers are handed new gradient tensors (same values, untimed),
+as autograd does after the training loop's zero_grad(set_to_none=True). SAGE runs with
+its default settings: on CPU its automatic choice is the compiled kernels for these
+groups (`sage_core.optim.sage._choose_implementation`); the uncompiled foreach SAGE
+(`foreach=True`) is timed beside it unless --no-foreach.
 
 SAGE.md's floor for the ratio is 9/7 = 1.29 (memory passes); a faster-than-floor figure
 means torch's fused AdamW kernel is itself not at its memory bound on this machine.
@@ -111,15 +108,12 @@ def run_layout(
 
     optimizers: dict[str, torch.optim.Optimizer] = {
         "adamw": torch.optim.AdamW(own(groups), lr=1e-5, eps=1e-6, fused=True),
+        "default": SAGE(own(groups), lr=1e-5),
         "foreach": SAGE(own(groups), lr=1e-5, foreach=True),
-        "compiled": SAGE(own(groups), lr=1e-5, compiled=True),
     }
-    assert optimizers["foreach"].param_groups[0]["foreach"] is True
     if args.no_foreach:
         del optimizers["foreach"]
     params = [p for g in groups for p in g["params"]]
-    # gradients as a training loop with zero_grad(set_to_none=True) hands them over: new
-    # tensors each step (same values)
     grad_values = [p.grad.clone() for p in params]
 
     def with_new_grads() -> None:
@@ -127,11 +121,10 @@ def run_layout(
             p.grad = g.clone()
 
     results: dict[str, float] = {}
-    # the first compiled step compiles the kernels it needs (and builds the flat buffers);
-    # the second one is warm
+    # the first default step compiles the kernels it needs; the second one is warm
     # (wall clock whatever --clock says: inductor compiles in worker processes)
-    first = timed(optimizers["compiled"].step, sync, clock=time.perf_counter)
-    second = timed(optimizers["compiled"].step, sync, clock=time.perf_counter)
+    first = timed(optimizers["default"].step, sync, clock=time.perf_counter)
+    second = timed(optimizers["default"].step, sync, clock=time.perf_counter)
     results["compile"] = first - second
     for key in ("adamw", "foreach"):
         for _ in range(2 if key in optimizers else 0):
@@ -142,22 +135,13 @@ def run_layout(
         for key, optimizer in optimizers.items():
             for group in optimizer.param_groups:
                 group["lr"] = 1e-5 * (1 + round_index % 7)
-            times[key].append(timed(optimizer.step, sync))
-    # then the compiled SAGE given new gradient tensors before each step (untimed), against
-    # AdamW again in the same rounds
-    times["adamw_new_grads"], times["compiled_new_grads"] = [], []
-    for round_index in range(args.rounds):
-        for key in ("adamw", "compiled"):
-            optimizer = optimizers[key]
-            for group in optimizer.param_groups:
-                group["lr"] = 1e-5 * (1 + round_index % 7)
             with_new_grads()
-            times[f"{key}_new_grads"].append(timed(optimizer.step, sync))
+            times[key].append(timed(optimizer.step, sync))
     results.update({key: statistics.median(values) for key, values in times.items()})
     results.update({f"{key}_min": min(values) for key, values in times.items()})
     results["recompiles"] = compiled_graphs() - graphs_before
     print(f"  [{name}] done: {len(groups)} groups, "
-          f"{sum(1 for g in groups if g.get('sage', True))} under SAGE", flush=True)
+          f"{sum(1 for g in groups if g.get('use_sage', True))} under SAGE", flush=True)
     return results
 
 
@@ -195,7 +179,8 @@ def main() -> None:
         f"({len(params)} tensors, {sum(p.numel() for p in params) / 1e6:.2f}M params, "
         f"{args.dtype}) on {device_name}; torch {torch.__version__}; "
         f"median of {args.rounds} interleaved steps, {args.clock} clock"
-        + (f"; fresh inductor cache {cache_dir}" if cache_dir else ""),
+        + (f"; fresh inductor cache {cache_dir}" if cache_dir else "")
+        + "; load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
         flush=True,
     )
     layouts = {
@@ -213,31 +198,20 @@ def main() -> None:
         print(f"{label:28}" + "".join(f"{cell(results[n]):>{width}}" for n in names))
 
     row("compile (first step - warm)", lambda r: f"{r['compile']:.1f} s")
-    row("AdamW fused", lambda r: f"{r['adamw'] * 1e3:.2f} ms")
-    if not args.no_foreach:
-        row("SAGE uncompiled (foreach)",
-            lambda r: f"{r['foreach'] * 1e3:.2f} ms  ({r['foreach'] / r['adamw']:.2f}x)")
-    row("SAGE compiled",
-        lambda r: f"{r['compiled'] * 1e3:.2f} ms  ({r['compiled'] / r['adamw']:.2f}x)")
-    row("AdamW fused, new grads", lambda r: f"{r['adamw_new_grads'] * 1e3:.2f} ms")
-    row("SAGE compiled, new grads", lambda r: (
-        f"{r['compiled_new_grads'] * 1e3:.2f} ms  "
-        f"({r['compiled_new_grads'] / r['adamw_new_grads']:.2f}x)"))
-    row("fastest step: AdamW fused", lambda r: f"{r['adamw_min'] * 1e3:.2f} ms")
-    if not args.no_foreach:
-        row("fastest step: SAGE foreach", lambda r: (
-            f"{r['foreach_min'] * 1e3:.2f} ms  ({r['foreach_min'] / r['adamw_min']:.2f}x)"))
-    row("fastest step: SAGE compiled", lambda r: (
-        f"{r['compiled_min'] * 1e3:.2f} ms  ({r['compiled_min'] / r['adamw_min']:.2f}x)"))
+    keys = ["default"] + ([] if args.no_foreach else ["foreach"])
+    labels = {"default": "SAGE default", "foreach": "SAGE foreach=True"}
+    for prefix, suffix in (("", ""), ("fastest step: ", "_min")):
+        row(f"{prefix}AdamW fused", lambda r, s=suffix: f"{r['adamw' + s] * 1e3:.2f} ms")
+        for key in keys:
+            row(f"{prefix}{labels[key]}", lambda r, k=key + suffix, s=suffix: (
+                f"{r[k] * 1e3:.2f} ms  ({r[k] / r['adamw' + s]:.2f}x)"))
     row("recompiles while timing", lambda r: f"{int(r['recompiles'])}")
     print(f"{'floor (9/7 memory passes)':28}" + "".join(f"{'1.29x':>{width}}" for _ in names))
     for name in names:
         r = results[name]
         print(
-            f"RATIO [{args.device}, {name}] sage_compiled/adamw_fused: median "
-            f"{r['compiled'] / r['adamw']:.2f}, fastest {r['compiled_min'] / r['adamw_min']:.2f}"
-            "; with new grads each step: median "
-            f"{r['compiled_new_grads'] / r['adamw_new_grads']:.2f}"
+            f"RATIO [{args.device}, {name}] sage_default/adamw_fused: median "
+            f"{r['default'] / r['adamw']:.2f}, fastest {r['default_min'] / r['adamw_min']:.2f}"
         )
 
 

@@ -9,39 +9,38 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from sage_core.optim.groups import Scope, sage_param_groups
+from sage_core.names import DEFAULT_BETA3, OPTIMIZERS, OptimizerName, SageScope
+from sage_core.optim.groups import sage_param_groups
 from sage_core.optim.sage import SAGE
 
-__all__ = ["OPTIMIZER_NAMES", "build_optimizer", "make_optimizer"]
-
-OPTIMIZER_NAMES: tuple[str, ...] = ("sage", "adamax-sage", "adamw", "adamax")
+__all__ = ["build_optimizer", "make_optimizer"]
 
 
 def build_optimizer(
     params: Iterable[Tensor] | Iterable[dict[str, Any]],
-    name: str,
+    name: OptimizerName,
     *,
     lr: float,
     weight_decay: float = 0.0,
-    beta3: float = 0.85,
+    beta3: float = DEFAULT_BETA3,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-6,
     compiled: bool | None = None,
 ) -> Optimizer:
     """The optimizer called ``name`` over ``params`` (tensors or param groups).
 
-    - ``"sage"``: AdamW-SAGE, ``SAGE(base="adamw")``; groups keep their own ``"sage"`` flag.
+    - ``"sage"``: AdamW-SAGE, ``SAGE(base="adamw")``; groups keep their own ``"use_sage"`` flag.
     - ``"adamax-sage"``: Adamax-SAGE, ``SAGE(base="adamax")``; likewise.
     - ``"adamw"``: plain ``torch.optim.AdamW``, fused where the params' device supports it,
-      else foreach. It ignores ``beta3``, ``compiled`` and any ``"sage"`` key in a group.
-    - ``"adamax"``: ``SAGE(base="adamax")`` with every group forced to ``"sage": False``,
+      else foreach. It ignores ``beta3``, ``compiled`` and any ``"use_sage"`` key in a group.
+    - ``"adamax"``: ``SAGE(base="adamax")`` with every group forced to ``"use_sage": False``,
       i.e. SAGE.md's Adamax formulas with mult = 1 (no Ibar state).
 
     ``weight_decay`` is the default for groups that do not set their own (those from
     `sage_param_groups` do). ``compiled`` is passed to SAGE (None: its automatic choice).
     """
-    if name not in OPTIMIZER_NAMES:
-        raise ValueError(f"Invalid optimizer name: {name!r} (expected one of {OPTIMIZER_NAMES})")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Invalid optimizer name: {name!r} (expected one of {OPTIMIZERS})")
     groups: list[Any] = list(params)
     if name == "adamw":
         return _torch_adamw(groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
@@ -52,8 +51,8 @@ def build_optimizer(
         return SAGE(groups, base="adamw", **common)
     if name == "adamax-sage":
         return SAGE(groups, base="adamax", **common)
-    plain = [{**g, "sage": False} if isinstance(g, dict) else g for g in groups]
-    return SAGE(plain, base="adamax", sage=False, **common)
+    plain = [{**g, "use_sage": False} if isinstance(g, dict) else g for g in groups]
+    return SAGE(plain, base="adamax", use_sage=False, **common)
 
 
 def _torch_adamw(
@@ -82,12 +81,12 @@ def _torch_adamw(
 
 def make_optimizer(
     model: nn.Module,
-    name: str,
+    name: OptimizerName,
     *,
     lr: float,
     weight_decay: float = 0.01,
-    beta3: float = 0.85,
-    scope: Scope = "blocks",
+    beta3: float = DEFAULT_BETA3,
+    scope: SageScope = "blocks",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-6,
     compiled: bool | None = None,

@@ -8,14 +8,13 @@ and the layers that get SAGE are the linear ones among them (`nn.Linear`, and tr
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["SCOPES", "sage_param_groups", "is_linear_layer", "is_norm_layer"]
+from sage_core.names import SAGE_SCOPES, SageScope
 
-SCOPES: tuple[str, ...] = ("blocks", "all")
-Scope = Literal["blocks", "all"]
+__all__ = ["sage_param_groups", "is_linear_layer", "is_norm_layer"]
 
 
 def is_linear_layer(module: nn.Module) -> bool:
@@ -41,21 +40,21 @@ def _block_module_ids(model: nn.Module) -> set[int]:
 
 
 def sage_param_groups(
-    model: nn.Module, weight_decay: float = 0.01, scope: Scope = "blocks"
+    model: nn.Module, weight_decay: float = 0.01, scope: SageScope = "blocks"
 ) -> list[dict[str, Any]]:
-    """Param groups for `SAGE` (also valid for any torch optimizer, which ignores "sage").
+    """Param groups for `SAGE` (also valid for any torch optimizer, which ignores "use_sage").
 
     ``scope="blocks"``: the weights and biases of the linear layers inside the model's
-    repeated blocks get ``"sage": True``; everything else (embeddings, norms, pooler, task
-    head) is plain (``"sage": False``). ``scope="all"``: every trainable tensor gets SAGE.
+    repeated blocks get ``"use_sage": True``; everything else (embeddings, norms, pooler, task
+    head) is plain (``"use_sage": False``). ``scope="all"``: every trainable tensor gets SAGE.
     Weight decay is ``weight_decay`` except for biases, parameters of norm layers and every
     parameter with fewer than 2 dimensions, which get 0.0. Frozen parameters are skipped, a
     tensor shared by several modules appears once, and empty groups are dropped. Each
     group carries a readable "name" (sage_decay, sage_no_decay, plain_decay,
     plain_no_decay).
     """
-    if scope not in SCOPES:
-        raise ValueError(f"Invalid scope: {scope!r} (expected one of {SCOPES})")
+    if scope not in SAGE_SCOPES:
+        raise ValueError(f"Invalid scope: {scope!r} (expected one of {SAGE_SCOPES})")
     if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     blocks = _block_module_ids(model)
@@ -87,7 +86,7 @@ def sage_param_groups(
             groups.append({
                 "name": group_name,
                 "params": params,
-                "sage": use_sage,
+                "use_sage": use_sage,
                 "weight_decay": weight_decay if decays else 0.0,
             })
     return groups

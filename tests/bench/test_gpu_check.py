@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 import torch
 
-import sage_core.optim.compiled as compiled_module
+from sage_core.optim.sage import compiled_kernels_available
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
 
@@ -26,7 +26,7 @@ def _load() -> ModuleType:
 
 
 @pytest.mark.skipif(
-    not compiled_module.compiled_kernels_available(torch.device("cpu")),
+    not compiled_kernels_available(torch.device("cpu")),
     reason="torch.compile cannot build CPU kernels here (no C++ compiler)",
 )
 def test_parity_cases_pass_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,10 +51,10 @@ def test_adamax_sage_and_plain_adamax():
     model = TwoBlocks()
     sage = make_optimizer(model, "adamax-sage", lr=1e-3)
     assert isinstance(sage, SAGE) and sage.defaults["base"] == "adamax"
-    assert any(g["sage"] for g in sage.param_groups)
+    assert any(g["use_sage"] for g in sage.param_groups)
     plain = make_optimizer(model, "adamax", lr=1e-3, scope="all")
     assert isinstance(plain, SAGE) and plain.defaults["base"] == "adamax"
-    assert all(g["sage"] is False for g in plain.param_groups)
+    assert all(g["use_sage"] is False for g in plain.param_groups)
     _train_step(plain, model)
     assert all("exp_avg_ipt" not in s for s in plain.state.values())
     assert all("exp_inf" in s for s in plain.state.values())
@@ -85,7 +85,7 @@ def test_build_optimizer_on_plain_parameters_and_options():
     )
     (group,) = optimizer.param_groups
     assert (group["lr"], group["weight_decay"], group["beta3"]) == (2e-3, 0.1, 0.6)
-    assert (group["betas"], group["eps"], group["sage"]) == ((0.8, 0.9), 1e-7, True)
+    assert (group["betas"], group["eps"], group["use_sage"]) == ((0.8, 0.9), 1e-7, True)
 
 
 def test_unknown_name_is_rejected():

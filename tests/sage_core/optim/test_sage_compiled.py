@@ -1,9 +1,8 @@
-"""The torch.compile'd kernels: agree with the reference (over flat buffers, one call per
-tensor, or packed), are chosen by default for large steps, compile once per variant, and
-fall back to foreach when compiling fails.
+"""The torch.compile'd kernels agree with the reference (one call per tensor, per several,
+or packed), are the automatic choice for large steps on CPU, compile once per variant, and
+are refused or raise, never swapped for another implementation, where they cannot be had.
 
-Tensors are tiny so that each kernel variant compiles in about a second. Tests of the
-per-tensor calls switch the flat layout off; test_sage_flat covers the rest of it."""
+Tensors are tiny so that each kernel variant compiles in about a second."""
 
 from __future__ import annotations
 
@@ -14,12 +13,10 @@ import torch
 from sage_testing import make_grads, make_params, run_steps
 from test_sage_parity import LRS, STEPS, TOLERANCES
 
-import sage_core.optim.compiled as compiled_module
-import sage_core.optim.flat as flat_module
 import sage_core.optim.sage as sage_module
 
 pytestmark = pytest.mark.skipif(
-    not compiled_module.compiled_kernels_available(torch.device("cpu")),
+    not sage_module.compiled_kernels_available(torch.device("cpu")),
     reason="torch.compile cannot build CPU kernels here (no C++ compiler)",
 )
 
@@ -45,25 +42,35 @@ def _assert_matches_reference(dtype: torch.dtype, fast: dict[str, Any], **option
         ("adamw", True, 0.1, torch.bfloat16),
     ],
 )
-@pytest.mark.parametrize("layout", ["flat", "packed", "own calls"])
+@pytest.mark.parametrize("layout", ["packed", "own calls"])
 def test_compiled_matches_reference(
     base: str, use_sage: bool, weight_decay: float, dtype: torch.dtype, layout: str,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """flat: one call over the group's buffers (not for bf16, which keeps per-tensor calls);
-    packed: every tensor is packed into one call; own calls: the larger ones get their own."""
-    if layout != "flat":
-        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
-    own_call_min_numel = 20 if layout == "own calls" else 4096
-    monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", own_call_min_numel)
+    """packed: every tensor is packed into one call; own calls: the larger ones get their
+    own (the transposed one is not contiguous: foreach, in both)."""
+    if layout == "own calls":
+        monkeypatch.setattr(sage_module, "OWN_CALL_MIN_NUMEL", 20)
     _assert_matches_reference(
-        dtype, dict(compiled=True), base=base, sage=use_sage, weight_decay=weight_decay
+        dtype, dict(compiled=True), base=base, use_sage=use_sage, weight_decay=weight_decay
     )
 
 
+@pytest.mark.parametrize(("base", "use_sage"), [("adamw", True), ("adamax", False)])
+def test_calls_over_several_tensors_match_reference(
+    base: str, use_sage: bool, monkeypatch: pytest.MonkeyPatch
+):
+    """Two tensor sets a call (the four contiguous tensors of 2+ elements: two calls)."""
+    monkeypatch.setattr(sage_module, "OWN_CALL_MIN_NUMEL", 2)
+    monkeypatch.setattr(sage_module, "KERNEL_ARITY", 2)
+    _assert_matches_reference(
+        torch.float32, dict(compiled=True), base=base, use_sage=use_sage, weight_decay=0.1
+    )
+    assert (base, use_sage, 2) in sage_module._COMPILED_KERNELS
+
+
 def test_params_at_different_steps_match_reference(monkeypatch: pytest.MonkeyPatch):
-    """Also for the flat layout, which never forms for a group whose steps differ."""
-    monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", 20)
+    monkeypatch.setattr(sage_module, "OWN_CALL_MIN_NUMEL", 20)
     results = []
     for options in (dict(foreach=False), dict(compiled=True)):
         params = make_params()
@@ -78,43 +85,51 @@ def test_params_at_different_steps_match_reference(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(g, r, **TOLERANCES[torch.float32])
 
 
-@pytest.mark.parametrize("layout", ["flat", "per tensor"])
 def test_default_for_large_steps_is_compiled_and_matches_reference(
-    layout: str, monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", 0)
-    if layout == "per tensor":
-        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
     calls: list[int] = []
-    real = compiled_module._compiled_sage
+    real = sage_module._compiled_sage
 
     def spy(params: list[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         calls.append(len(params))
         real(params, *args, **kwargs)
 
-    def flat_spy(name: str) -> Any:
-        real_flat = getattr(flat_module.FlatGroup, name)
-
-        def run(self: flat_module.FlatGroup, **kwargs: Any) -> bool | None:
-            calls.append(len(self.params))
-            return real_flat(self, **kwargs)
-        return run
-
-    monkeypatch.setattr(compiled_module, "_compiled_sage", spy)
-    for name in ("step", "step_new_grads"):  # held gradients, new ones
-        monkeypatch.setattr(flat_module.FlatGroup, name, flat_spy(name))
+    monkeypatch.setattr(sage_module, "_compiled_sage", spy)
     _assert_matches_reference(torch.float32, {}, base="adamw", weight_decay=0.1)
     assert len(calls) == STEPS
 
 
+def test_the_automatic_choice_counts_the_whole_step(monkeypatch: pytest.MonkeyPatch):
+    """A group too small alone takes the compiled kernels when the optimizer's step is large
+    enough (its other groups), and foreach when the whole step is small."""
+    params = make_params()
+    numel = sum(p.numel() for p in params)
+    monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", numel)
+    chosen: list[object] = []
+    real = sage_module._choose_implementation
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        chosen.append(real(*args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(sage_module, "_choose_implementation", spy)
+    optimizer = sage_module.SAGE([{"params": params[:1]}, {"params": params[1:]}])
+    for p, g in zip(params, make_grads(params, 0), strict=True):
+        p.grad = g
+    optimizer.step()
+    assert chosen == [sage_module._compiled_sage] * 2
+    params[0].grad = None
+    optimizer.step()
+    assert chosen[2:] == [sage_module._multi_tensor_sage]  # the first group had no grads
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("layout", ["flat", "per tensor"])
 def test_first_step_and_zero_params_with_compiled_kernel(
-    dtype: torch.dtype, layout: str, monkeypatch: pytest.MonkeyPatch
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ):
-    if layout == "per tensor":
-        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
-    monkeypatch.setitem(compiled_module.OWN_CALL_MIN_NUMEL, "cpu", 20)
+    monkeypatch.setattr(sage_module, "OWN_CALL_MIN_NUMEL", 20)
     lr, wd = 0.1, 0.2
     got, _ = run_steps(1, dtype=dtype, compiled=True, lr=lr, weight_decay=wd)
     for p0, p1 in zip(make_params(dtype), got, strict=True):
@@ -137,32 +152,54 @@ def test_no_recompilation_across_lr_steps_and_sizes():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
 
 
-@pytest.mark.parametrize("layout", ["flat", "per tensor"])
-def test_compile_failure_falls_back_to_foreach(
-    layout: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-):
-    if layout == "per tensor":
-        monkeypatch.setattr(flat_module, "FLAT_DEVICE_TYPES", frozenset())
+def test_compile_failure_raises_and_writes_nothing(monkeypatch: pytest.MonkeyPatch):
     def broken(*args: Any) -> None:
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(compiled_module, "_kernel", lambda base, sage: broken)
-    monkeypatch.setattr(compiled_module, "_WARM", set())
-    monkeypatch.setattr(compiled_module, "_BROKEN", set())
-    ref, _ = run_steps(5, foreach=True, weight_decay=0.1)
-    got, _ = run_steps(5, compiled=True, weight_decay=0.1)
-    for r, g in zip(ref, got, strict=True):
-        assert torch.equal(r, g)
-    assert "using the foreach implementation" in caplog.text
-    assert compiled_module._BROKEN  # not retried on the next step
+    monkeypatch.setattr(sage_module, "_compiled_kernel", lambda base, use_sage, arity=1: broken)
+    params = make_params()
+    before = [p.detach().clone() for p in params]
+    optimizer = sage_module.SAGE(params, compiled=True, weight_decay=0.1)
+    for p, g in zip(params, make_grads(params, 0), strict=True):
+        p.grad = g
+    with pytest.raises(RuntimeError, match="no compiler"):
+        optimizer.step()
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), b)
 
 
-def test_automatic_choice(monkeypatch: pytest.MonkeyPatch):
+def test_compiled_is_refused_where_it_cannot_be_built(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(sage_module, "compiled_kernels_available", lambda device: False)
+    with pytest.raises(ValueError, match=r"Invalid compiled: True \(torch.compile cannot"):
+        sage_module.SAGE(make_params(), compiled=True)
+    params = make_params()
+    with pytest.raises(ValueError, match="Invalid compiled: True"):
+        sage_module.SAGE([{"params": params[:2]}, {"params": params[2:], "compiled": True}])
+    # the automatic choice does not ask for them there: foreach
+    big = [torch.zeros(sage_module.COMPILE_MIN_NUMEL)]
+    choose = sage_module._choose_implementation
+    assert choose(big, foreach=None, compiled=None) is sage_module._multi_tensor_sage
+
+
+def test_the_choice():
+    choose = sage_module._choose_implementation
     small = [torch.zeros(10)]
-    assert not sage_module._use_compiled(small, None)  # too small to repay a compilation
-    assert sage_module._use_compiled(small, True)
-    assert not sage_module._use_compiled([torch.zeros(4 << 20)], False)
-    assert sage_module._use_compiled([torch.zeros(4 << 20)], None)
-    monkeypatch.setattr(sage_module, "COMPILE_MIN_NUMEL", 0)
-    # other devices (CUDA included) default to foreach
-    assert not sage_module._use_compiled([torch.empty(4 << 20, device="meta")], None)
+    big = [torch.zeros(sage_module.COMPILE_MIN_NUMEL)]
+    for params in (small, big):
+        assert choose(params, foreach=False, compiled=None) is sage_module._single_tensor_sage
+        assert choose(params, foreach=False, compiled=False) is sage_module._single_tensor_sage
+        assert choose(params, foreach=True, compiled=None) is sage_module._multi_tensor_sage
+        assert choose(params, foreach=None, compiled=False) is sage_module._multi_tensor_sage
+        assert choose(params, foreach=None, compiled=True) is sage_module._compiled_sage
+        with pytest.raises(ValueError, match="Conflicting options: compiled=True and foreach"):
+            choose(params, foreach=True, compiled=True)
+    # automatic: too small to repay a compilation; large on CPU; other devices (CUDA too)
+    assert choose(small, foreach=None, compiled=None) is sage_module._multi_tensor_sage
+    assert choose(big, foreach=None, compiled=None) is sage_module._compiled_sage
+    # the size is the whole optimizer step's: a small group of a large model too
+    assert choose(
+        small, foreach=None, compiled=None, step_numel=sage_module.COMPILE_MIN_NUMEL
+    ) is sage_module._compiled_sage
+    assert choose(big, foreach=None, compiled=None, step_numel=10) is sage_module._multi_tensor_sage
+    meta = [torch.empty(sage_module.COMPILE_MIN_NUMEL, device="meta")]
+    assert choose(meta, foreach=None, compiled=None) is sage_module._multi_tensor_sage

@@ -55,7 +55,7 @@ def _index(model: nn.Module, groups: list[dict]) -> dict[str, tuple[bool, float]
         assert group["params"], "empty groups are dropped"
         for p in group["params"]:
             assert id(p) not in by_id, "a tensor in two groups"
-            by_id[id(p)] = (group["sage"], group["weight_decay"])
+            by_id[id(p)] = (group["use_sage"], group["weight_decay"])
     names = dict(model.named_parameters())
     assert len(by_id) == len({id(p) for p in names.values() if p.requires_grad})
     return {name: by_id[id(p)] for name, p in names.items() if id(p) in by_id}
@@ -177,7 +177,7 @@ def test_tied_weights_appear_once_and_a_bare_linear_is_plain():
     assert model.lm_head.weight is model.shared.weight
     _index(model, sage_param_groups(model))
     groups = sage_param_groups(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
-    assert all(g["sage"] is False for g in groups)
+    assert all(g["use_sage"] is False for g in groups)
 
 
 def test_invalid_scope_is_rejected():

@@ -45,7 +45,8 @@ def _compare(dtype: torch.dtype, fast: dict[str, Any], **options: Any) -> None:
 def test_multi_tensor_matches_reference(
     base: str, weight_decay: float, use_sage: bool, dtype: torch.dtype
 ):
-    _compare(dtype, dict(foreach=True), base=base, weight_decay=weight_decay, sage=use_sage)
+    _compare(dtype, dict(foreach=True), base=base, weight_decay=weight_decay,
+             use_sage=use_sage)
 
 
 @pytest.mark.parametrize("base", ["adamw", "adamax"])

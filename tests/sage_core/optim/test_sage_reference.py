@@ -92,7 +92,7 @@ def test_reference_matches_literal_formulas(base: str, use_sage: bool, weight_de
     expected = literal(initial, grads, LRS, **hyper)
 
     got, _ = run_steps(
-        steps, dtype=torch.float64, lr_schedule=LRS, foreach=False, base=base, sage=use_sage,
+        steps, dtype=torch.float64, lr_schedule=LRS, foreach=False, base=base, use_sage=use_sage,
         betas=(0.8, 0.95), beta3=0.7, eps=1e-6, weight_decay=weight_decay,
     )
     for e, g in zip(expected, got, strict=True):
@@ -159,7 +159,7 @@ def test_zero_parameters_never_move(base: str, foreach: bool):
         (dict(base="sgd"), "Invalid base: 'sgd'"),
         (dict(foreach="yes"), "Invalid foreach: 'yes'"),
         (dict(compiled=True, foreach=False), "Conflicting options: compiled=True and foreach"),
-        (dict(sage=1), "Invalid sage: 1"),
+        (dict(use_sage=1), "Invalid use_sage: 1"),
     ],
 )
 def test_invalid_hyperparameters_are_rejected(kwargs: dict, message: str):
@@ -176,15 +176,15 @@ def test_invalid_group_override_is_rejected():
 def test_every_setting_is_a_default_and_groups_override_them():
     params = make_params()
     optimizer = SAGE(
-        [{"params": params[:2], "lr": 0.5, "sage": False}, {"params": params[2:]}],
+        [{"params": params[:2], "lr": 0.5, "use_sage": False}, {"params": params[2:]}],
         lr=0.01, beta3=0.6, base="adamax",
     )
     assert set(optimizer.defaults) == {
-        "lr", "betas", "beta3", "eps", "weight_decay", "base", "foreach", "compiled", "sage"
+        "lr", "betas", "beta3", "eps", "weight_decay", "base", "foreach", "compiled", "use_sage"
     }
     first, second = optimizer.param_groups
-    assert (first["lr"], first["sage"], first["beta3"]) == (0.5, False, 0.6)
-    assert (second["lr"], second["sage"], second["base"]) == (0.01, True, "adamax")
+    assert (first["lr"], first["use_sage"], first["beta3"]) == (0.5, False, 0.6)
+    assert (second["lr"], second["use_sage"], second["base"]) == (0.01, True, "adamax")
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def test_state_is_fp32_or_fp64_and_lazy(
     dtype: torch.dtype, state_dtype: torch.dtype, foreach: bool
 ):
     params = make_params(dtype)
-    optimizer = SAGE([{"params": params[:3]}, {"params": params[3:], "sage": False}],
+    optimizer = SAGE([{"params": params[:3]}, {"params": params[3:], "use_sage": False}],
                      foreach=foreach)
     assert len(optimizer.state) == 0
     params[1].grad = torch.ones_like(params[1])
@@ -230,7 +230,7 @@ def test_state_dict_round_trip_through_disk_continues_bit_identically(
     base: str, tmp_path: Path
 ):
     params = make_params()
-    groups = [{"params": params[:3]}, {"params": params[3:], "sage": False, "lr": 0.02}]
+    groups = [{"params": params[:3]}, {"params": params[3:], "use_sage": False, "lr": 0.02}]
     optimizer = SAGE(groups, lr=0.05, base=base, weight_decay=0.1)
 
     def train(opt: SAGE, ps: list[Tensor], steps: range) -> None:
@@ -247,11 +247,11 @@ def test_state_dict_round_trip_through_disk_continues_bit_identically(
     train(optimizer, params, range(5, 12))
 
     fresh = SAGE(
-        [{"params": copies[:3]}, {"params": copies[3:], "sage": False, "lr": 0.02}],
+        [{"params": copies[:3]}, {"params": copies[3:], "use_sage": False, "lr": 0.02}],
         lr=0.05, base=base, weight_decay=0.1,
     )
     fresh.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
-    assert fresh.param_groups[1]["sage"] is False
+    assert fresh.param_groups[1]["use_sage"] is False
     train(fresh, copies, range(5, 12))
     for a, b in zip(params, copies, strict=True):
         assert torch.equal(a, b)
@@ -289,3 +289,35 @@ def test_mult_mean_is_moderate_after_warmup():
     bc3 = 1 - 0.85**30
     mult = (ipt - state["exp_avg_ipt"] / bc3).abs() / (state["exp_avg_ipt"] / bc3 + 1e-12)
     assert 0.3 < mult.median().item() < 1.5
+
+
+def test_a_state_dict_saved_with_the_old_group_flag_loads(tmp_path: Path):
+    """Checkpoints written before the group flag was renamed call it "sage"."""
+    params = make_params()
+    groups = [{"params": params[:3]}, {"params": params[3:], "use_sage": False}]
+    optimizer = SAGE(groups, weight_decay=0.1)
+    for p, g in zip(params, make_grads(params, 0), strict=True):
+        p.grad = g
+    optimizer.step()
+    saved = optimizer.state_dict()
+    for group in saved["param_groups"]:
+        group["sage"] = group.pop("use_sage")
+    torch.save(saved, tmp_path / "old.pt")
+
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    fresh = SAGE([{"params": copies[:3]}, {"params": copies[3:], "use_sage": False}])
+    fresh.load_state_dict(torch.load(tmp_path / "old.pt", weights_only=True))
+    assert [g["use_sage"] for g in fresh.param_groups] == [True, False]
+    assert all("sage" not in g for g in fresh.param_groups)
+    for ps, opt in ((params, optimizer), (copies, fresh)):
+        for p, g in zip(ps, make_grads(ps, 1), strict=True):
+            p.grad = g
+        opt.step()
+    for a, b in zip(params, copies, strict=True):
+        assert torch.equal(a, b)
+    assert "exp_avg_ipt" not in fresh.state[copies[4]]
+
+
+def test_a_group_with_the_old_flag_name_is_refused():
+    with pytest.raises(ValueError, match="Invalid param group key 'sage' \\(False\\)"):
+        SAGE([{"params": make_params(), "sage": False}])
