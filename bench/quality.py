@@ -40,6 +40,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sage_core.names import DEFAULT_BETA3
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -138,7 +140,7 @@ def run_one(optimizer: str, lr: float, seed: int, args: argparse.Namespace, trai
     from sage_core.training import run_training
 
     spec = JobSpec(model=args.model, seed=seed, hyperparameters={
-        "optimizer": optimizer, "learning_rate": lr, "beta3": 0.85, "warmup_ratio": 0.1,
+        "optimizer": optimizer, "learning_rate": lr, "beta3": DEFAULT_BETA3, "warmup_ratio": 0.1,
         "n_epochs": args.epochs, "batch_size": args.batch_size,
         "max_seq_length": args.max_seq_length,
     }).resolve()
@@ -221,7 +223,8 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, split: di
         f"a stratified split drawn with seed 0: {split['train']} training "
         f"({split['train_spam']} spam), {split['dev']} dev ({split['dev_spam']} spam).",
         f"- Recipe: {args.epochs} epochs, batch {args.batch_size}, warmup 0.1 then linear "
-        "decay, clipping 1.0, weight decay 0.01, beta3 0.85 (SAGE), fp32 on the CPU.",
+        f"decay, clipping 1.0, weight decay 0.01, beta3 {DEFAULT_BETA3} (SAGE), fp32 on the "
+        "CPU.",
         "- Each figure: mean ± standard deviation over seeds "
         f"({', '.join(map(str, args.seeds))}) of the dev metric after the last epoch, in "
         "percent. \"Low sensitivity\": the fraction of the encoder layers' parameters with "

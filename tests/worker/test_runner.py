@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from worker_helpers import WorkerEnv
 
 from sage_core.db import transitions
 from sage_core.db.models import Checkpoint, File, Job, JobMetric
+from sage_core.transient import TransientJobError
 from worker import runner
 from worker.runner import JobRunner, run_job
 
@@ -182,3 +184,32 @@ def test_a_worker_that_lost_its_lease_changes_nothing(
     assert run_job(job_id, env.settings, worker_id="w1") == "running"
     job = env.job(job_id)
     assert job.lease_owner == "thief" and job.fine_tuned_model is None
+
+
+def test_runner_leaves_a_job_to_retry_on_a_database_outage(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    def outage(self: JobRunner, row: dict[str, Any]) -> None:
+        raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(JobRunner, "_on_metrics", outage)
+    job_id = env.add_job()
+    with pytest.raises(TransientJobError):
+        run_job(job_id, env.settings, worker_id="w1")
+    job = env.job(job_id)
+    assert (job.status, job.lease_owner, job.error) == ("running", "w1", None)
+
+
+def test_out_of_memory_fails_with_a_clear_error(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def oom(self: JobRunner, row: dict[str, Any]) -> None:
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(JobRunner, "_on_metrics", oom)
+    job_id = env.add_job()
+    assert run_job(job_id, env.settings) == "failed"
+    error = env.job(job_id).error
+    assert error is not None and error["code"] == "out_of_memory"
+    assert "smaller batch_size" in error["message"]

@@ -1,6 +1,5 @@
 """What the Celery task adds to the supervision of a job's process: duplicates start no
-process, a shutdown re-sends, a process that never claimed raises; and the runner turns a
-database outage into a transient exit instead of failing the job."""
+process, a shutdown re-sends, a process that never claimed raises."""
 
 from __future__ import annotations
 
@@ -8,14 +7,11 @@ import sys
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
 from worker_helpers import WorkerEnv
 
 from sage_core import supervision
 from sage_core.db import transitions
 from sage_core.supervision import JobSupervisor, Settled, Shutdown
-from sage_core.transient import TransientJobError
-from worker.runner import JobRunner, run_job
 from worker.supervisor import GpuSlots, supervise
 
 OWNER = "celery:h:1:x"
@@ -80,32 +76,3 @@ def test_gpu_slots_hand_out_each_gpu_once() -> None:
         assert {a, b} == {"0", "1"} and none is None
     with slots.take() as again:
         assert again in {"0", "1"}
-
-
-def test_runner_leaves_a_job_to_retry_on_a_database_outage(
-        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    def outage(self: JobRunner, row: dict[str, Any]) -> None:
-        raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
-
-    monkeypatch.setattr(JobRunner, "_on_metrics", outage)
-    job_id = env.add_job()
-    with pytest.raises(TransientJobError):
-        run_job(job_id, env.settings, worker_id="w1")
-    job = env.job(job_id)
-    assert (job.status, job.lease_owner, job.error) == ("running", "w1", None)
-
-
-def test_out_of_memory_fails_with_a_clear_error(
-        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    class OutOfMemoryError(RuntimeError):
-        pass
-
-    def oom(self: JobRunner, row: dict[str, Any]) -> None:
-        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(JobRunner, "_on_metrics", oom)
-    job_id = env.add_job()
-    assert run_job(job_id, env.settings) == "failed"
-    error = env.job(job_id).error
-    assert error is not None and error["code"] == "out_of_memory"
-    assert "smaller batch_size" in error["message"]
