@@ -9,7 +9,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     CurrentKey,
@@ -21,6 +23,7 @@ from api.deps import (
     ShownJob,
     StoreDep,
 )
+from api.dispatch import Dispatcher
 from api.schemas import (
     CheckpointPublic,
     EventPublic,
@@ -37,9 +40,11 @@ from api.services import sweeps as sweep_service
 from api.services.archive import stream_tree_targz
 from api.services.paging import page
 from api.services.stream import PING_SECONDS, job_stream, parse_cursor
-from sage_core.db.models import Checkpoint, Job, JobEvent, JobMetric
+from sage_core.artifacts import ArtifactStore
+from sage_core.db.models import ApiKey, Checkpoint, Job, JobEvent, JobMetric
 from sage_core.errors import ConflictError
 from sage_core.names import RESUME_FILES
+from sage_core.settings import Settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -51,14 +56,27 @@ def _listing(items: list, more: bool) -> ListPage:  # type: ignore[type-arg]
 
 
 @router.post("", response_model=JobPublic)
-def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep,
-               store: StoreDep, dispatcher: DispatcherDep, response: Response,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-               ) -> JobPublic:
+async def create_job(body: JobCreate, key: CurrentKey, session: SessionDep,
+                     settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep,
+                     response: Response,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+                     ) -> JobPublic:
     """Queue a fine-tuning job. The same Idempotency-Key and body return the same job.
 
     With `sweep` or `compare_to`: a parent job (`running`, never trained itself) and one
     queued child job per optimizer and learning rate; the parent is returned."""
+    # async, with the blocking part in one worker thread: a sync route would cost one more
+    # thread hop, for FastAPI's check of the answer.
+    job, created = await run_in_threadpool(
+        _create, session, key, body, idempotency_key, store, settings, dispatcher)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
+
+
+def _create(session: Session, key: ApiKey, body: JobCreate, idempotency_key: str | None,
+            store: ArtifactStore, settings: Settings, dispatcher: Dispatcher,
+            ) -> tuple[JobPublic, bool]:
     if sweep_service.is_sweep_request(body):
         job, queued, created = sweep_service.create_sweep(
             session, key, body, idempotency_key=idempotency_key, store=store, settings=settings)
@@ -68,9 +86,7 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
         queued = [job.id] if created else []
     for job_id in queued:
         dispatcher.dispatch(job_id)  # only after the rows are committed
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return job
+    return job, created
 
 
 @router.get("", response_model=ListPage[JobPublic])
