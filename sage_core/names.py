@@ -13,6 +13,8 @@ from typing import Literal, get_args
 
 OptimizerName = Literal["sage", "adamw", "adamax-sage", "adamax"]
 OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
+# Those that apply SAGE, to the parameters that the job's `sage_scope` selects.
+SAGE_OPTIMIZERS: tuple[OptimizerName, ...] = ("sage", "adamax-sage")
 
 # Where SAGE applies: "blocks", the linear layers inside the model's repeated blocks
 # (the paper's choice); "all", every trainable tensor.

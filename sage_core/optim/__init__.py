@@ -9,13 +9,19 @@ The optimizer names and SAGE scopes are `sage_core.names.OPTIMIZERS` and `SAGE_S
 """
 
 from sage_core.optim.factory import build_optimizer, make_optimizer
-from sage_core.optim.groups import is_linear_layer, is_norm_layer, sage_param_groups
+from sage_core.optim.groups import (
+    find_sage_scope,
+    is_linear_layer,
+    is_norm_layer,
+    sage_param_groups,
+)
 from sage_core.optim.sage import BASES, SAGE
 
 __all__ = [
     "BASES",
     "SAGE",
     "build_optimizer",
+    "find_sage_scope",
     "is_linear_layer",
     "is_norm_layer",
     "make_optimizer",

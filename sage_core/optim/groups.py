@@ -3,7 +3,13 @@
 Works for any architecture without knowing its parameter names: the repeated blocks are
 the modules inside an `nn.ModuleList` (the transformer layers of BERT, GPT-2, T5, ViT...),
 and the layers that get SAGE are the linear ones among them (`nn.Linear`, and transformers'
-`Conv1D`, recognised by class name so that this module imports only torch).
+`Conv1D`, recognised by class name so that this module imports only torch). A model with no
+linear layer inside an `nn.ModuleList` has no blocks to choose from: scope "blocks" falls back
+to "all" there (`find_sage_scope` says so), rather than leaving SAGE with nothing to step.
+
+peft's LoRA wrappers need no special case: the wrapper (`peft.tuners.lora.Linear`) is not an
+`nn.Linear` and owns no parameters itself; its frozen `base_layer` is skipped for being frozen;
+its adapters `lora_A`/`lora_B` are `nn.Linear` layers inside the block, so they get SAGE.
 """
 
 from __future__ import annotations
@@ -14,7 +20,12 @@ from torch import Tensor, nn
 
 from sage_core.names import SAGE_SCOPES, SageScope
 
-__all__ = ["sage_param_groups", "is_linear_layer", "is_norm_layer"]
+__all__ = ["find_sage_scope", "sage_param_groups", "is_linear_layer", "is_norm_layer"]
+
+NO_BLOCKS_REASON = (
+    "no repeated blocks found in the model (no linear layer inside an nn.ModuleList); "
+    "SAGE applies to every trainable tensor (sage_scope=all)"
+)
 
 
 def is_linear_layer(module: nn.Module) -> bool:
@@ -39,6 +50,20 @@ def _block_module_ids(model: nn.Module) -> set[int]:
     return inside
 
 
+def find_sage_scope(model: nn.Module, scope: SageScope) -> tuple[SageScope, str | None]:
+    """The scope `sage_param_groups` applies to ``model`` when asked for ``scope``, and why it
+    differs, if it does: ``("all", reason)`` for "blocks" on a model with no linear layer inside
+    a repeated block (frozen ones count: a frozen block is still a block), else
+    ``(scope, None)``."""
+    if scope not in SAGE_SCOPES:
+        raise ValueError(f"Invalid scope: {scope!r} (expected one of {SAGE_SCOPES})")
+    if scope == "blocks":
+        blocks = _block_module_ids(model)
+        if not any(id(m) in blocks and is_linear_layer(m) for m in model.modules()):
+            return "all", NO_BLOCKS_REASON
+    return scope, None
+
+
 def sage_param_groups(
     model: nn.Module, weight_decay: float = 0.01, scope: SageScope = "blocks"
 ) -> list[dict[str, Any]]:
@@ -46,15 +71,15 @@ def sage_param_groups(
 
     ``scope="blocks"``: the weights and biases of the linear layers inside the model's
     repeated blocks get ``"use_sage": True``; everything else (embeddings, norms, pooler, task
-    head) is plain (``"use_sage": False``). ``scope="all"``: every trainable tensor gets SAGE.
+    head) is plain (``"use_sage": False``); on a model without such blocks it means "all"
+    (`find_sage_scope`). ``scope="all"``: every trainable tensor gets SAGE.
     Weight decay is ``weight_decay`` except for biases, parameters of norm layers and every
     parameter with fewer than 2 dimensions, which get 0.0. Frozen parameters are skipped, a
     tensor shared by several modules appears once, and empty groups are dropped. Each
     group carries a readable "name" (sage_decay, sage_no_decay, plain_decay,
     plain_no_decay).
     """
-    if scope not in SAGE_SCOPES:
-        raise ValueError(f"Invalid scope: {scope!r} (expected one of {SAGE_SCOPES})")
+    scope, _ = find_sage_scope(model, scope)
     if not weight_decay >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     blocks = _block_module_ids(model)

@@ -58,7 +58,11 @@ from sage_core.training.device import Placement
 from sage_core.training.evaluator import BestTracker, Evaluator
 from sage_core.training.interface import Callbacks, TrainResult
 from sage_core.training.metric_logger import MetricLogger, TrainWindow
-from sage_core.training.optimization import build_optimizer, build_scheduler
+from sage_core.training.optimization import (
+    build_optimizer,
+    build_scheduler,
+    sage_scope_warning,
+)
 from sage_core.training.preflight import check_spec
 from sage_core.training.progress import Progress, RunPlan
 from sage_core.training.sampler import EpochSampler
@@ -185,6 +189,9 @@ class Trainer:
         self.model.train()
 
     def _setup_optimizer(self) -> None:
+        warning = sage_scope_warning(self.model, self.hp)
+        if warning is not None:
+            self._event("warning", warning)
         self.optimizer = build_optimizer(self.model, self.hp)
         self.scheduler = build_scheduler(self.optimizer, self.plan)
 

@@ -9,6 +9,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from sage_core.names import SAGE_OPTIMIZERS
 from sage_core.schemas import ResolvedHyperparameters
 from sage_core.training.progress import RunPlan
 
@@ -26,6 +27,16 @@ def build_optimizer(model: torch.nn.Module, hp: ResolvedHyperparameters) -> Opti
 
     return make_optimizer(model, hp.optimizer, lr=hp.learning_rate,
                           weight_decay=hp.weight_decay, beta3=hp.beta3, scope=hp.sage_scope)
+
+
+def sage_scope_warning(model: torch.nn.Module, hp: ResolvedHyperparameters) -> str | None:
+    """Why the run's SAGE covers other parameters than its `sage_scope` asked for (a model
+    without repeated blocks gets "all"), or None when it does not, or SAGE is not in use."""
+    from sage_core.optim import find_sage_scope
+
+    if hp.optimizer not in SAGE_OPTIMIZERS:
+        return None
+    return find_sage_scope(model, hp.sage_scope)[1]
 
 
 def build_scheduler(optimizer: Optimizer, plan: RunPlan) -> LambdaLR:

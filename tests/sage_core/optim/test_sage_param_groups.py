@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sage_core.optim import sage_param_groups
+from sage_core.optim import find_sage_scope, sage_param_groups
+from sage_core.optim.groups import NO_BLOCKS_REASON
 
 
 def tiny_bert() -> nn.Module:
@@ -28,6 +29,26 @@ def tiny_gpt2() -> nn.Module:
         vocab_size=99, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=2,
         pad_token_id=0,
     ))
+
+
+def tiny_gpt2_lm() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=99, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+    ))
+
+
+def tiny_llama(**overrides: object) -> nn.Module:
+    """Llama's decoder layout; attention biases on, so bias handling is tested too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(
+        vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        attention_bias=True, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(LlamaConfig(**{**config, **overrides}))
 
 
 def tiny_t5() -> nn.Module:
@@ -79,6 +100,21 @@ CASES: dict[str, tuple[Callable[[], nn.Module], str, int, list[str]]] = {
         2 * 4 * 2,
         [r"transformer\.wte\.weight", r"transformer\.wpe\.weight", r"transformer\.h\.0\.ln_1\..*",
          r"transformer\.ln_f\.weight", r"score\.weight"],
+    ),
+    "gpt2-lm": (
+        tiny_gpt2_lm,
+        r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)",
+        2 * 4 * 2,
+        [r"transformer\.wte\.weight", r"transformer\.wpe\.weight", r"transformer\.h\.0\.ln_1\..*",
+         r"transformer\.h\.1\.ln_2\..*", r"transformer\.ln_f\.(weight|bias)"],
+    ),
+    "llama": (
+        tiny_llama,
+        r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj\.(weight|bias)"
+        r"|mlp\.(gate|up|down)_proj\.weight)",
+        2 * (4 * 2 + 3),
+        [r"model\.embed_tokens\.weight", r"model\.layers\.\d+\.input_layernorm\.weight",
+         r"model\.layers\.\d+\.post_attention_layernorm\.weight", r"model\.norm\.weight"],
     ),
     "t5": (
         tiny_t5,
@@ -172,14 +208,49 @@ def test_frozen_params_and_empty_groups_are_skipped():
     assert [g["name"] for g in groups] == ["sage_decay", "sage_no_decay", "plain_no_decay"]
 
 
-def test_tied_weights_appear_once_and_a_bare_linear_is_plain():
-    model = tiny_t5()  # lm_head is tied to the shared embedding
-    assert model.lm_head.weight is model.shared.weight
-    _index(model, sage_param_groups(model))
-    groups = sage_param_groups(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
-    assert all(g["use_sage"] is False for g in groups)
+@pytest.mark.parametrize("build, embedding", [
+    (tiny_t5, "shared"), (tiny_llama, "model.embed_tokens"), (tiny_gpt2_lm, "transformer.wte"),
+])
+def test_a_tied_lm_head_appears_once_and_plain(build: Callable[[], nn.Module], embedding: str):
+    model = build()
+    tied = model.get_submodule(embedding).weight
+    assert model.lm_head.weight is tied
+    groups = sage_param_groups(model)
+    _index(model, groups)
+    owners = [g for g in groups for p in g["params"] if p is tied]
+    assert len(owners) == 1 and owners[0]["name"] == "plain_decay"
+
+
+def test_an_untied_lm_head_is_plain_and_decays():
+    model = tiny_llama(tie_word_embeddings=False)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    groups = sage_param_groups(model)
+    _index(model, groups)
+    assert any(p is model.lm_head.weight for g in groups if g["name"] == "plain_decay"
+               for p in g["params"])
+
+
+def test_a_model_without_blocks_falls_back_to_all():
+    model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+    assert find_sage_scope(model, "blocks") == ("all", NO_BLOCKS_REASON)
+    assert "sage_scope=all" in NO_BLOCKS_REASON
+    groups = sage_param_groups(model, weight_decay=0.01)
+    assert groups == sage_param_groups(model, weight_decay=0.01, scope="all")
+    assert [g["name"] for g in groups] == ["sage_decay", "sage_no_decay"]
+    # a ModuleList of norms alone is no block to choose linear layers from
+    norms = nn.ModuleDict({"lists": nn.ModuleList([nn.LayerNorm(3)]), "head": nn.Linear(3, 1)})
+    assert find_sage_scope(norms, "blocks") == ("all", NO_BLOCKS_REASON)
+
+
+def test_models_with_blocks_keep_their_scope(case: tuple[nn.Module, str, int, list]):
+    model, _, _, _ = case
+    assert find_sage_scope(model, "blocks") == ("blocks", None)
+    assert find_sage_scope(model, "all") == ("all", None)
+    assert find_sage_scope(nn.Linear(2, 2), "all") == ("all", None)
 
 
 def test_invalid_scope_is_rejected():
     with pytest.raises(ValueError, match="Invalid scope: 'layers'"):
         sage_param_groups(nn.Linear(2, 2), scope="layers")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Invalid scope: 'layers'"):
+        find_sage_scope(nn.Linear(2, 2), scope="layers")  # type: ignore[arg-type]

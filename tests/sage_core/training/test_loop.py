@@ -14,6 +14,7 @@ import torch
 from training_data import make_spec, regression_rows, spam_rows, write_jsonl
 
 from sage_core.errors import DataFileError, InvalidSpecError, TrainingError, UnknownModelError
+from sage_core.optim.groups import NO_BLOCKS_REASON
 from sage_core.training import Callbacks, TrainResult, run_training
 from sage_core.training.checkpoints import STATE_FILE, list_checkpoints, load_state
 from sage_core.training.loop import Trainer
@@ -306,6 +307,27 @@ def test_conflicting_options_fail_before_any_work(
         train(make_spec(**overrides), train_file, tmp_path / "out",
               valid_file if with_valid else None)
     assert not (tmp_path / "out/checkpoints").exists()
+
+
+def test_a_model_without_blocks_warns_that_sage_covers_everything(
+        train: Train, spam_files: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = TextClassification.build_model
+
+    def without_blocks(self: TextClassification, base_path: str) -> torch.nn.Module:
+        # the same layers in an nn.Sequential: the model runs as before, but has no
+        # nn.ModuleList for SAGE's scope to find
+        model = original(self, base_path)
+        model.bert.encoder.layer = torch.nn.Sequential(*model.bert.encoder.layer)
+        return model
+
+    monkeypatch.setattr(TextClassification, "build_model", without_blocks)
+    result, rec = train(make_spec(n_epochs=1), spam_files[0], tmp_path / "out", max_steps=2)
+    assert result.step == 2
+    assert ("warning", NO_BLOCKS_REASON) in rec.events
+    _, plain = train(make_spec(n_epochs=1, optimizer="adamw"), spam_files[0],
+                     tmp_path / "adamw", max_steps=1)
+    assert not [event for event in plain.events if event[0] == "warning"]
 
 
 def test_unknown_model_and_unknown_validation_label(

@@ -6,7 +6,13 @@ import pytest
 import torch
 from training_data import make_spec
 
-from sage_core.training.optimization import build_optimizer, build_scheduler, lr_factor
+from sage_core.optim.groups import NO_BLOCKS_REASON
+from sage_core.training.optimization import (
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    sage_scope_warning,
+)
 from sage_core.training.progress import RunPlan
 
 
@@ -30,3 +36,17 @@ def test_scheduler_follows_the_plan() -> None:
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([1e-2 * lr_factor(s, 10, 2) for s in range(10)])
+
+
+def test_sage_scope_warning_names_the_fallback_to_all() -> None:
+    flat = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3)])
+    for optimizer in ("sage", "adamax-sage"):
+        hp = make_spec(optimizer=optimizer).hyperparameters
+        assert hp.sage_scope == "blocks"
+        assert sage_scope_warning(flat, hp) == NO_BLOCKS_REASON
+        assert sage_scope_warning(blocks, hp) is None
+        assert sage_scope_warning(flat, make_spec(optimizer=optimizer, sage_scope="all")
+                                  .hyperparameters) is None
+    for optimizer in ("adamw", "adamax"):  # no SAGE: the scope means nothing
+        assert sage_scope_warning(flat, make_spec(optimizer=optimizer).hyperparameters) is None
