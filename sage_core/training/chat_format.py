@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
+
 # the label PyTorch's cross entropy ignores
 IGNORE_INDEX = -100
 
@@ -39,8 +41,9 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, max_se
     assistant message whose `weight` is not 0 (all tokens if `train_on_inputs`).
 
     Raises ValueError if the template does not render the conversation's prefixes as token
-    prefixes of the whole (the span of a message cannot then be found), or if an assistant
-    message opens the conversation (no prefix to render a generation prompt from).
+    prefixes of the whole (the span of a message cannot then be found), if an assistant
+    message opens the conversation (no prefix to render a generation prompt from), or if
+    the template refuses the conversation.
     """
     _check_max_seq_length(max_seq_length)
     if not messages:
@@ -84,10 +87,14 @@ def _render(tokenizer: Any, conversation: list[dict[str, Any]], *,
             add_generation_prompt: bool = False) -> list[int]:
     # Control tokens spelt inside a message are encoded as text, so a user cannot open or
     # close a turn by writing "<|im_end|>".
-    ids = tokenizer.apply_chat_template(
-        conversation, add_generation_prompt=add_generation_prompt, tokenize=True,
-        return_dict=False, sanitize_control_tokens=True,
-    )
+    try:
+        ids = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, tokenize=True,
+            return_dict=False, sanitize_control_tokens=True,
+        )
+    except TemplateError as exc:
+        # templates refuse what they cannot render (roles out of order) with raise_exception
+        raise ValueError(f"The chat template refused the conversation: {exc}") from exc
     return list(ids)
 
 

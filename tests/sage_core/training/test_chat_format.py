@@ -173,6 +173,20 @@ def test_a_control_token_written_by_a_user_is_text(tokenizer: Any, end_of_turn: 
     assert labelled_runs(encoded) == [words(tokenizer, "ok") + [end_of_turn]]
 
 
+def test_a_conversation_the_template_refuses_raises_value_error(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_gpt2(tmp_path))
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% if message['role'] == 'system' %}"
+        "{{ raise_exception('no system messages') }}{% endif %}"
+        "<|im_start|>{{ message['role'] }} {{ message['content'] }}<|im_end|>{% endfor %}"
+    )
+
+    with pytest.raises(ValueError, match="refused the conversation: no system messages"):
+        encode_chat(tokenizer, CONVERSATION, max_seq_length=512)
+
+
 def test_a_conversation_opening_with_the_assistant_is_refused(tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="Message 0 is an assistant message"):
         encode_chat(tokenizer, [{"role": "assistant", "content": "hi"}], max_seq_length=512)
