@@ -78,10 +78,12 @@ _CHATML_TEMPLATE = (
 )
 
 
-def _word_level_tokenizer(specials: list[str], words: Iterable[str], *, unk: str) -> object:
+def _word_level_tokenizer(specials: list[str], words: Iterable[str], *, unk: str,
+                          prepend: str | None) -> object:
     """A `tokenizers.Tokenizer` over whole words and punctuation; the specials are added
-    tokens, so the template's control tokens are never split."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    tokens, so the template's control tokens are never split. `prepend` starts every
+    encoding made with special tokens, as Llama's BOS does."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
 
     vocab: dict[str, int] = {}
@@ -91,19 +93,25 @@ def _word_level_tokenizer(specials: list[str], words: Iterable[str], *, unk: str
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.add_special_tokens(specials)
+    if prepend is not None:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{prepend} $A", pair=f"{prepend} $A $B",
+            special_tokens=[(prepend, vocab[prepend])],
+        )
     return tokenizer
 
 
 def _save_causal_lm(folder: Path, *, specials: list[str], words: Iterable[str], template: str,
-                    bos: str, eos: str, pad: str, unk: str, make_model: object,
-                    seed: int) -> Path:
+                    bos: str, eos: str, pad: str, unk: str, prepend_bos: bool,
+                    make_model: object, seed: int) -> Path:
     import torch
     from transformers import PreTrainedTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_word_level_tokenizer(specials, words, unk=unk),
+        tokenizer_object=_word_level_tokenizer(specials, words, unk=unk,
+                                               prepend=bos if prepend_bos else None),
         bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
     )
     tokenizer.chat_template = template
@@ -120,7 +128,8 @@ def build_tiny_llama(folder: Path, *, words: Iterable[str] = (), layers: int = 2
                      hidden: int = 64, seed: int = 0) -> Path:
     """Save a randomly initialised tiny Llama causal LM with a word-level tokenizer and a
     Llama-3-style chat template (header tokens, `<|eot_id|>` ending every turn, which is
-    also the EOS, as in Llama 3 Instruct). `words` extend the vocabulary."""
+    also the EOS, as in Llama 3 Instruct). As Llama's, the tokenizer starts what it encodes
+    with BOS unless told `add_special_tokens=False`. `words` extend the vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     def make_model(vocab_size: int, ids: dict[str, int]) -> LlamaForCausalLM:
@@ -137,7 +146,7 @@ def build_tiny_llama(folder: Path, *, words: Iterable[str] = (), layers: int = 2
     return _save_causal_lm(
         folder, specials=specials, words=words, template=_LLAMA_TEMPLATE,
         bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>",
-        unk="<unk>", make_model=make_model, seed=seed,
+        unk="<unk>", prepend_bos=True, make_model=make_model, seed=seed,
     )
 
 
@@ -146,7 +155,8 @@ def build_tiny_gpt2(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
     """Save a randomly initialised tiny GPT-2 causal LM with a word-level tokenizer and a
     ChatML chat template (`<|im_start|>role ... <|im_end|>`). As in GPT-2, BOS and EOS are
     both `<|endoftext|>`; the turn ends with `<|im_end|>`, which is not the EOS, as in the
-    ChatML models. `words` extend the vocabulary."""
+    ChatML models. As GPT-2's, the tokenizer adds no special tokens to what it encodes.
+    `words` extend the vocabulary."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     def make_model(vocab_size: int, ids: dict[str, int]) -> GPT2LMHeadModel:
@@ -160,7 +170,7 @@ def build_tiny_gpt2(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
     return _save_causal_lm(
         folder, specials=specials, words=words, template=_CHATML_TEMPLATE,
         bos="<|endoftext|>", eos="<|endoftext|>", pad="<|pad|>", unk="<unk>",
-        make_model=make_model, seed=seed,
+        prepend_bos=False, make_model=make_model, seed=seed,
     )
 
 

@@ -74,6 +74,8 @@ def test_only_assistant_tokens_and_their_end_of_turn_carry_loss(tokenizer: Any,
     assert not encoded.truncated
     assert len(encoded.labels) == len(encoded.input_ids)
     assert encoded.input_ids == tokenizer.apply_chat_template(CONVERSATION, return_dict=False)
+    # the template writes Llama's BOS itself; the tokenizer must not add a second
+    assert encoded.input_ids.count(tokenizer.bos_token_id) <= 1
     # each label is the token at its own position (the model shifts)
     for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
         assert label in (IGNORE_INDEX, token)
@@ -225,12 +227,14 @@ def test_a_template_whose_prefixes_do_not_match_is_refused(tmp_path: Path,
                        train_on_inputs=True).loss_tokens > 0
 
 
-def test_completion_loss_on_the_completion_and_eos(tokenizer: Any) -> None:
+def test_completion_loss_on_the_completion_and_eos(family_tokenizer: tuple[str, Any]) -> None:
+    family, tokenizer = family_tokenizer
     prompt, completion = "translate into french : thank you", "merci"
 
     encoded = encode_completion(tokenizer, prompt, completion, max_seq_length=512)
 
-    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    # Llama's tokenizer starts a sequence with BOS, GPT-2's adds nothing
+    prompt_ids = [tokenizer.bos_token_id] * (family == "llama") + words(tokenizer, prompt)
     completion_ids = words(tokenizer, completion) + [tokenizer.eos_token_id]
     assert encoded.input_ids == prompt_ids + completion_ids
     assert encoded.labels == [IGNORE_INDEX] * len(prompt_ids) + completion_ids
