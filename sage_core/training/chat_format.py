@@ -48,6 +48,8 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, max_se
     _check_max_seq_length(max_seq_length)
     if not messages:
         raise ValueError("A conversation needs at least one message")
+    # checked even where train_on_inputs overrides them: a bad file is bad either way
+    trained = [_weight(message, index) for index, message in enumerate(messages)]
     # `weight` is ours, not the template's
     conversation = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
     input_ids = _render(tokenizer, conversation)
@@ -56,7 +58,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, max_se
     else:
         labels = [IGNORE_INDEX] * len(input_ids)
         for index, message in enumerate(messages):
-            if message.get("role") != "assistant" or not _weight(message, index):
+            if message.get("role") != "assistant" or not trained[index]:
                 continue
             start, end = _assistant_span(tokenizer, conversation, index, input_ids)
             labels[start:end] = input_ids[start:end]

@@ -119,8 +119,9 @@ def test_a_weight_other_than_0_or_1_is_refused(tokenizer: Any, weight: object) -
     messages = [dict(m) for m in CONVERSATION]
     messages[4]["weight"] = weight
 
-    with pytest.raises(ValueError, match="Message 4: weight must be 0 or 1"):
-        encode_chat(tokenizer, messages, max_seq_length=512)
+    for train_on_inputs in (False, True):
+        with pytest.raises(ValueError, match="Message 4: weight must be 0 or 1"):
+            encode_chat(tokenizer, messages, max_seq_length=512, train_on_inputs=train_on_inputs)
 
 
 def test_train_on_inputs_puts_loss_on_every_token(tokenizer: Any) -> None:
