@@ -3,13 +3,17 @@
 `build_tiny_model(folder)` writes a Hugging Face folder (config + weights + tokenizer) for a
 2-layer, 64-wide BERT with a small WordPiece vocabulary, which the catalog serves like any
 other base model when the folder sits under SAGETRAIN_MODELS_DIR.
+
+`build_tiny_llama(folder)` and `build_tiny_gpt2(folder)` write decoder-only causal LMs with a
+word-level tokenizer and a chat template in the style of their family (Llama 3 headers,
+ChatML). Neither template has `{% generation %}` markers, as most real ones lack them.
 """
 
 from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +51,127 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+# Enough words for chat examples; tests that need more pass `words`.
+_CHAT_WORDS = (
+    "system user assistant you are a helpful bot hello hi how is the weather today it sunny "
+    "rainy what time now thanks thank good bye see later yes no ok sure please tell me joke "
+    "why did chicken cross road to get other side answer question one two three four five "
+    "translate into french bonjour merci capital of paris i am fine and , . ! ?"
+).split()
+
+_LLAMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _word_level_tokenizer(specials: list[str], words: Iterable[str], *, unk: str,
+                          prepend: str | None) -> object:
+    """A `tokenizers.Tokenizer` over whole words and punctuation; the specials are added
+    tokens, so the template's control tokens are never split. `prepend` starts every
+    encoding made with special tokens, as Llama's BOS does."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    vocab: dict[str, int] = {}
+    for token in [*specials, *_CHAT_WORDS, *words]:
+        vocab.setdefault(token, len(vocab))
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token=unk))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(specials)
+    if prepend is not None:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{prepend} $A", pair=f"{prepend} $A $B",
+            special_tokens=[(prepend, vocab[prepend])],
+        )
+    return tokenizer
+
+
+def _save_causal_lm(folder: Path, *, specials: list[str], words: Iterable[str], template: str,
+                    bos: str, eos: str, pad: str, unk: str, prepend_bos: bool,
+                    make_model: object, seed: int) -> Path:
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_word_level_tokenizer(specials, words, unk=unk,
+                                               prepend=bos if prepend_bos else None),
+        bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+    )
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    ids = {name: tokenizer.convert_tokens_to_ids(token)
+           for name, token in (("bos", bos), ("eos", eos), ("pad", pad))}
+    torch.manual_seed(seed)
+    model = make_model(len(tokenizer), ids)  # type: ignore[operator]
+    model.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_llama(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
+                     hidden: int = 64, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny Llama causal LM with a word-level tokenizer and a
+    Llama-3-style chat template (header tokens, `<|eot_id|>` ending every turn, which is
+    also the EOS, as in Llama 3 Instruct). As Llama's, the tokenizer starts what it encodes
+    with BOS unless told `add_special_tokens=False`. `words` extend the vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make_model(vocab_size: int, ids: dict[str, int]) -> LlamaForCausalLM:
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+            num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+            max_position_embeddings=512, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+            pad_token_id=ids["pad"],
+        )
+        return LlamaForCausalLM(config)
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<unk>"]
+    return _save_causal_lm(
+        folder, specials=specials, words=words, template=_LLAMA_TEMPLATE,
+        bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>",
+        unk="<unk>", prepend_bos=True, make_model=make_model, seed=seed,
+    )
+
+
+def build_tiny_gpt2(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
+                    hidden: int = 64, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny GPT-2 causal LM with a word-level tokenizer and a
+    ChatML chat template (`<|im_start|>role ... <|im_end|>`). As in GPT-2, BOS and EOS are
+    both `<|endoftext|>`; the turn ends with `<|im_end|>`, which is not the EOS, as in the
+    ChatML models. As GPT-2's, the tokenizer adds no special tokens to what it encodes.
+    `words` extend the vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make_model(vocab_size: int, ids: dict[str, int]) -> GPT2LMHeadModel:
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=2, n_positions=512,
+            bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        )
+        return GPT2LMHeadModel(config)
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>", "<unk>"]
+    return _save_causal_lm(
+        folder, specials=specials, words=words, template=_CHATML_TEMPLATE,
+        bos="<|endoftext|>", eos="<|endoftext|>", pad="<|pad|>", unk="<unk>",
+        prepend_bos=False, make_model=make_model, seed=seed,
+    )
 
 
 @contextmanager
