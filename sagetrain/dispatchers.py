@@ -18,7 +18,7 @@ from sage_core.settings import Settings
 
 log = logging.getLogger("sagetrain.dispatch")
 EXECUTORS = ("auto", "celery", "local", "none")
-__all__ = ["CeleryDispatcher", "JobRunning", "build_job_running", "resolve_executor"]
+__all__ = ["JobRunning", "build_job_running", "resolve_executor"]
 
 
 @dataclass

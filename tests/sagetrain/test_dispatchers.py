@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sage_core.broker import TASK_NAME, celery_config
+from sage_core.broker import TASK_NAME, CeleryDispatcher, celery_config
 from sage_core.settings import Settings
-from sagetrain.dispatchers import CeleryDispatcher, resolve_executor
+from sagetrain.dispatchers import resolve_executor
 
 BROKER = "redis://127.0.0.1:6379/13"
 
@@ -33,8 +33,9 @@ def test_celery_running_has_a_reaper_and_no_worker_import(tmp_path: Path) -> Non
     code = f"""
 import subprocess
 import sys
+from sage_core.broker import CeleryDispatcher
 from sage_core.settings import Settings
-from sagetrain.dispatchers import CeleryDispatcher, build_job_running
+from sagetrain.dispatchers import build_job_running
 from api.main import create_app
 running = build_job_running("auto", Settings(data_dir={str(tmp_path)!r}, broker_url={BROKER!r}))
 assert isinstance(running.dispatcher, CeleryDispatcher)

@@ -22,9 +22,8 @@ from s3_fixtures import S3Server
 from service_fixtures import redis_namespace
 
 from api.main import create_app
-from sage_core.broker import TASK_NAME
+from sage_core.broker import TASK_NAME, CeleryDispatcher
 from sage_core.db.keys import create_key
-from sagetrain.dispatchers import CeleryDispatcher
 
 pytestmark = pytest.mark.slow
 # Jobs stay under 200 steps, where the engine logs every step.
