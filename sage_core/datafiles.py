@@ -1,5 +1,12 @@
 """Reading and validating training files (JSONL, or CSV/TSV with a header).
 
+Four kinds of rows, one kind per file:
+- text classification / regression: `{"text", "text_pair"?, "label"}` (JSONL or CSV/TSV);
+- chat, OpenAI's format: `{"messages": [{"role", "content", "weight"?}, ...], "tools"?}`;
+- completion: `{"prompt", "completion"}`.
+The last two are recognised from the content (`detect_task`); regression and classification
+share a layout, so those two are told apart by the task the caller names.
+
 Torch-free, so the API validates uploads with the very code the trainer reads them with.
 Every problem names the file, the line (1-based, as an editor shows it) and the field.
 """
@@ -16,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sage_core.errors import DataFileError, DataIssue
-from sage_core.names import DEFAULT_TASK
+from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TaskName
 
 MIN_ROWS = 2
 KNOWN_COLUMNS = ("text", "text_pair", "label")
@@ -29,9 +36,35 @@ class Example:
     text_pair: str | None = None
 
 
+@dataclass(frozen=True)
+class ChatExample:
+    """One conversation: messages as given (OpenAI's keys; `weight` 0 or 1 on assistant
+    messages), and the tool definitions the conversation may call, if any."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def characters(self) -> int:
+        return sum(len(m.get("content") or "") for m in self.messages)
+
+
+@dataclass(frozen=True)
+class CompletionExample:
+    prompt: str
+    completion: str
+
+    @property
+    def characters(self) -> int:
+        return len(self.prompt) + len(self.completion)
+
+
+AnyExample = Example | ChatExample | CompletionExample
+
+
 @dataclass
 class Dataset:
-    examples: list[Example]
+    examples: list[Any]  # one kind of AnyExample, as `task` says
     format: str  # "jsonl" | "csv" | "tsv"
     columns: list[str] = field(default_factory=list)
     task: str = DEFAULT_TASK
@@ -48,6 +81,8 @@ class Dataset:
         return sorted(str(x) for x in labels)
 
     def stats(self) -> dict[str, Any]:
+        if self.task in GENERATIVE_TASKS:
+            return self._generative_stats()
         out: dict[str, Any] = {"rows": len(self.examples), "columns": self.columns,
                                "format": self.format}
         if self.task == "text-regression":
@@ -58,6 +93,33 @@ class Dataset:
             out["label_counts"] = dict(sorted(Counter(str(e.label) for e in self.examples).items()))
         return out
 
+    def _generative_stats(self) -> dict[str, Any]:
+        """Examples and their sizes. Sizes are in characters: tokens depend on the model's
+        tokenizer, which a file does not know; the job reports what its tokenizer truncated."""
+        out: dict[str, Any] = {"examples": len(self.examples), "format": self.format}
+        if self.task == "chat":
+            counts = [len(e.messages) for e in self.examples]
+            out["messages"] = sum(counts)
+            out["messages_per_example"] = _spread(counts)
+            out["examples_with_tools"] = sum(1 for e in self.examples if e.tools)
+        out["characters_per_example"] = _spread([e.characters for e in self.examples])
+        return out
+
+
+def _spread(values: list[int]) -> dict[str, float]:
+    return {"min": min(values), "mean": round(sum(values) / len(values), 1),
+            "max": max(values)}
+
+
+def detect_task(row: dict[str, Any]) -> TaskName | None:
+    """The task a JSON row's layout belongs to: chat, completion, or None (text rows,
+    whose task, classification or regression, the caller names)."""
+    if "messages" in row:
+        return "chat"
+    if "prompt" in row or "completion" in row:
+        return "completion"
+    return None
+
 
 def detect_format(filename: str, head: bytes) -> str:
     name = filename.lower()
@@ -67,15 +129,17 @@ def detect_format(filename: str, head: bytes) -> str:
     return "jsonl" if head.lstrip()[:1] == b"{" else "csv"
 
 
-def load_dataset(path: Path, task: str, *, filename: str | None = None,
+def load_dataset(path: Path, task: str | None, *, filename: str | None = None,
                  max_rows: int | None = None) -> Dataset:
     """Read and validate the file at `path`; errors name it as `filename` (the user's name)."""
     return parse_dataset(Path(path).read_bytes(), filename or Path(path).name, task,
                          max_rows=max_rows)
 
 
-def parse_dataset(data: bytes, filename: str, task: str, *, max_rows: int | None = None,
-                  max_errors: int = 10) -> Dataset:
+def parse_dataset(data: bytes, filename: str, task: str | None, *,
+                  max_rows: int | None = None, max_errors: int = 10) -> Dataset:
+    """Validate `data` as rows for `task`; with `task` None, for the task its rows' layout
+    shows (chat, completion, else the default, text classification)."""
     fmt = detect_format(filename, data[:64])
     try:
         text = data.decode("utf-8-sig")
@@ -85,16 +149,32 @@ def parse_dataset(data: bytes, filename: str, task: str, *, max_rows: int | None
     reader = _ValidatingReader(filename, task, max_rows, max_errors)
     if fmt == "jsonl":
         reader.read_jsonl(text)
+    elif task in GENERATIVE_TASKS:
+        raise DataFileError(filename, [DataIssue(
+            None, None, f"{task} files are JSONL, one example per line; this file reads as "
+                        f"{fmt.upper()}")])
     else:
         reader.read_csv(text, delimiter="\t" if fmt == "tsv" else ",")
     return reader.finish(fmt)
 
 
+_LAYOUT_NAMES = {"chat": "chat (OpenAI's messages format)", "completion": "prompt/completion",
+                 None: "text (text and label)"}
+_CHAT_ROLES = ("system", "user", "assistant", "tool")
+_CHAT_ROW_KEYS = ("messages", "tools", "parallel_tool_calls")
+_MESSAGE_KEYS = ("role", "content", "weight", "name", "tool_calls", "tool_call_id")
+_COMPLETION_KEYS = ("prompt", "completion")
+
+
 class _ValidatingReader:
-    def __init__(self, filename: str, task: str, max_rows: int | None, max_errors: int):
-        self.filename, self.task = filename, task
+    def __init__(self, filename: str, task: str | None, max_rows: int | None,
+                 max_errors: int):
+        self.filename, self.requested = filename, task
+        self.task: str = task or DEFAULT_TASK
+        self.layout: str | None = None  # detect_task of the first row: the file's layout
+        self.seen_first = False
         self.max_rows, self.max_errors = max_rows, max_errors
-        self.examples: list[Example] = []
+        self.examples: list[Any] = []
         self.issues: list[DataIssue] = []
         self.columns: list[str] = []
 
@@ -122,10 +202,128 @@ class _ValidatingReader:
             if not isinstance(row, dict):
                 self._issue(lineno, None, f"expected a JSON object, got {type(row).__name__}")
                 continue
+            if not self._same_layout(lineno, detect_task(row)):
+                continue
             for key in row:
                 if key not in self.columns:
                     self.columns.append(key)
-            self._add(lineno, row)
+            if self.layout == "chat":
+                self._add_chat(lineno, row)
+            elif self.layout == "completion":
+                self._add_completion(lineno, row)
+            else:
+                self._add(lineno, row)
+
+    def _same_layout(self, line: int, layout: str | None) -> bool:
+        """The first row fixes the file's layout (and, with no task requested, its task);
+        a later row of another layout, or a first row that does not fit the requested
+        task, is an issue."""
+        if not self.seen_first:
+            self.seen_first, self.layout = True, layout
+            if self.requested is None:
+                self.task = layout or DEFAULT_TASK
+            elif (self.requested in GENERATIVE_TASKS) != (layout is not None) or (
+                    layout is not None and layout != self.requested):
+                self._issue(line, None, f"this row is {_LAYOUT_NAMES[layout]}, which does not "
+                            f"fit the task {self.requested} that the file was given for")
+                raise DataFileError(self.filename, self.issues)
+            return True
+        if layout != self.layout:
+            self._issue(line, None, f"mixed formats: this row is {_LAYOUT_NAMES[layout]}, "
+                        f"but the file began as {_LAYOUT_NAMES[self.layout]}; use one format "
+                        "per file")
+            return False
+        return True
+
+    def _unknown_keys(self, line: int, row: dict[str, Any], allowed: tuple[str, ...],
+                      where: str = "") -> bool:
+        unknown = [k for k in row if k not in allowed]
+        if unknown:
+            self._issue(line, f"{where}{unknown[0]}", "unknown field; allowed: "
+                        + ", ".join(allowed))
+        return bool(unknown)
+
+    def _add_chat(self, line: int, row: dict[str, Any]) -> None:
+        if self._unknown_keys(line, row, _CHAT_ROW_KEYS):
+            return
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            self._issue(line, "messages", "must be a non-empty list of messages")
+            return
+        tools = row.get("tools")
+        if tools is not None and not (isinstance(tools, list)
+                                      and all(isinstance(t, dict) for t in tools)):
+            self._issue(line, "tools", "must be a list of tool definitions (objects)")
+            return
+        issues = len(self.issues)
+        for index, message in enumerate(messages):
+            self._check_message(line, index, message)
+            if len(self.issues) > issues:
+                return  # one problem per line, the first
+        roles = [m["role"] for m in messages]
+        if "assistant" not in roles:
+            self._issue(line, "messages", "no assistant message: nothing to learn from")
+        elif roles[0] == "assistant":
+            self._issue(line, "messages[0].role", "a conversation must start with a system "
+                                                 "or user message, not an assistant one")
+        elif all(m.get("weight", 1) == 0 for m in messages if m["role"] == "assistant"):
+            self._issue(line, "messages", "every assistant message has weight 0: nothing to "
+                                          "learn from")
+        else:
+            self.examples.append(ChatExample(messages=messages, tools=tools or None))
+
+    def _check_message(self, line: int, index: int, message: Any) -> None:
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            self._issue(line, where, f"must be an object, got {type(message).__name__}")
+            return
+        if self._unknown_keys(line, message, _MESSAGE_KEYS, f"{where}."):
+            return
+        role = message.get("role")
+        if role not in _CHAT_ROLES:
+            self._issue(line, f"{where}.role", ("missing" if role is None else
+                        f"unknown role {json.dumps(role)[:40]}") + "; use one of "
+                        + ", ".join(_CHAT_ROLES))
+            return
+        content = message.get("content")
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list)):
+            self._issue(line, f"{where}.tool_calls",
+                        "only an assistant message has tool_calls, a list")
+            return
+        if content is None and calls is None:
+            self._issue(line, f"{where}.content", "missing")
+            return
+        if content is not None and not isinstance(content, str):
+            self._issue(line, f"{where}.content",
+                        f"must be a string, got {type(content).__name__}")
+            return
+        if role != "assistant" and not content.strip():
+            self._issue(line, f"{where}.content", f"empty {role} message")
+            return
+        if "weight" in message:
+            weight = message["weight"]
+            if role != "assistant":
+                self._issue(line, f"{where}.weight",
+                            "only assistant messages take a weight")
+            elif isinstance(weight, bool) or weight not in (0, 1):
+                self._issue(line, f"{where}.weight",
+                            f"must be 0 or 1, got {json.dumps(weight)[:40]}")
+
+    def _add_completion(self, line: int, row: dict[str, Any]) -> None:
+        if self._unknown_keys(line, row, _COMPLETION_KEYS):
+            return
+        prompt, completion = row.get("prompt"), row.get("completion")
+        for name, value in (("prompt", prompt), ("completion", completion)):
+            if not isinstance(value, str):
+                self._issue(line, name, "required, a string" + (
+                    "" if value is None else f" (got {type(value).__name__})"))
+                return
+        assert isinstance(prompt, str) and isinstance(completion, str)
+        if not completion.strip():
+            self._issue(line, "completion", "empty: nothing to learn from")
+            return
+        self.examples.append(CompletionExample(prompt=prompt, completion=completion))
 
     def read_csv(self, text: str, delimiter: str) -> None:
         rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -199,6 +397,8 @@ class _ValidatingReader:
     def finish(self, fmt: str) -> Dataset:
         if self.issues:
             raise DataFileError(self.filename, self.issues)
+        if not self.examples:
+            raise DataFileError(self.filename, [DataIssue(None, None, "empty: no examples")])
         if len(self.examples) < MIN_ROWS:
             raise DataFileError(self.filename, [DataIssue(
                 None, None, f"needs at least {MIN_ROWS} rows, found {len(self.examples)}")])

@@ -32,20 +32,35 @@ DEFAULT_LEARNING_RATE: dict[OptimizerName, float] = {
     "adamax": 1e-4,
     "adamax-sage": 3e-4,
 }
+# With LoRA only the small adapters train, which takes a larger step than full fine-tuning.
+LORA_LEARNING_RATE_FACTOR = 4.0
 DEFAULT_EPOCHS = 3
-DEFAULT_BATCH_SIZE = 32
 
 # --- tasks --------------------------------------------------------------------------------
 
-TaskName = Literal["text-classification", "text-regression"]
+TaskName = Literal["text-classification", "text-regression", "chat", "completion"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)
 DEFAULT_TASK: TaskName = "text-classification"
+# Tasks that train a causal (decoder-only) language model to generate text: OpenAI's chat
+# format (`messages`) and prompt/completion pairs. Only these take LoRA and train_on_inputs.
+GENERATIVE_TASKS: tuple[TaskName, ...] = ("chat", "completion")
+
+# "auto" batch size and the default max_seq_length, by task: encoder classifiers read short
+# texts; a causal LM reads whole conversations, fewer of them per step.
+DEFAULT_BATCH_SIZE: dict[TaskName, int] = {
+    "text-classification": 32, "text-regression": 32, "chat": 8, "completion": 8,
+}
+DEFAULT_MAX_SEQ_LENGTH: dict[TaskName, int] = {
+    "text-classification": 128, "text-regression": 128, "chat": 1024, "completion": 1024,
+}
 
 # Each task's main metric (a key of the task's metrics, logged with a "valid_" prefix) and
 # whether greater is better: what early stopping, "best checkpoint" and sweeps compare.
 MAIN_METRIC: dict[TaskName, tuple[str, bool]] = {
     "text-classification": ("f1_macro", True),  # macro F1: robust to class imbalance
     "text-regression": ("loss", False),
+    "chat": ("loss", False),  # OpenAI's: the validation loss on the assistant's tokens
+    "completion": ("loss", False),
 }
 
 

@@ -11,18 +11,45 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sage_core.errors import InvalidSpecError
 from sage_core.names import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BETA3,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_MAX_SEQ_LENGTH,
     DEFAULT_TASK,
+    GENERATIVE_TASKS,
+    LORA_LEARNING_RATE_FACTOR,
     OptimizerName,
     SageScope,
     TaskName,
 )
 
 Auto = Literal["auto"]
+
+
+class LoraSettings(BaseModel):
+    """LoRA (Hu et al. 2021) through `peft`: the base model is frozen and low-rank adapters
+    are trained beside the chosen linear layers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, le=1024, description="Rank of each adapter")
+    alpha: float = Field(16, gt=0, le=4096,
+                         description="Scaling numerator: an adapter's output is scaled by alpha/r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="all-linear: every linear layer but the output head; or module names "
+                    "such as [\"q_proj\", \"v_proj\"]")
+
+    @model_validator(mode="after")
+    def _check(self) -> LoraSettings:
+        if isinstance(self.target_modules, list) and not (
+                self.target_modules and all(self.target_modules)):
+            raise ValueError("target_modules must be 'all-linear' or a non-empty list of names")
+        return self
 
 
 class Hyperparameters(BaseModel):
@@ -35,7 +62,8 @@ class Hyperparameters(BaseModel):
         "auto", description=f"Passes over the training file (auto: {DEFAULT_EPOCHS})"
     )
     batch_size: int | Auto = Field(
-        "auto", description=f"Examples per optimizer step (auto: {DEFAULT_BATCH_SIZE})"
+        "auto", description="Examples per optimizer step (auto: "
+        + ", ".join(f"{n} for {t}" for t, n in DEFAULT_BATCH_SIZE.items()) + ")"
     )
     learning_rate_multiplier: float | Auto = Field(
         "auto", description="Scales the optimizer's default learning rate (auto: 1)"
@@ -47,7 +75,8 @@ class Hyperparameters(BaseModel):
     learning_rate: float | None = Field(
         None, gt=0, le=1,
         description="Peak learning rate; overrides the multiplier and the optimizer's default ("
-        + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LEARNING_RATE.items()) + ")",
+        + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LEARNING_RATE.items())
+        + f"; {LORA_LEARNING_RATE_FACTOR:g}x that with LoRA)",
     )
     beta3: float = Field(
         DEFAULT_BETA3, gt=0, lt=1, description="SAGE's sensitivity EMA coefficient"
@@ -59,8 +88,9 @@ class Hyperparameters(BaseModel):
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Global gradient-norm clipping before each step; null disables"
     )
-    max_seq_length: int = Field(
-        128, ge=8, le=4096, description="Tokens per example after truncation"
+    max_seq_length: int | None = Field(
+        None, ge=8, le=32768, description="Tokens per example after truncation (default: "
+        + ", ".join(f"{n} for {t}" for t, n in DEFAULT_MAX_SEQ_LENGTH.items()) + ")"
     )
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="Micro-batches per step; must divide batch_size"
@@ -76,6 +106,14 @@ class Hyperparameters(BaseModel):
         "blocks",
         description="blocks: SAGE on the repeated blocks' linear layers; all: every tensor",
     )
+    train_on_inputs: bool = Field(
+        False, description="chat/completion: loss on every token, not only the assistant's "
+                           "(the completion's)")
+    lora: LoraSettings | None = Field(
+        None, description="chat/completion: train LoRA adapters instead of every weight")
+    gradient_checkpointing: bool | Auto = Field(
+        "auto", description="Recompute activations in the backward pass to save memory "
+                            "(auto: on for models over 1B parameters on a GPU)")
 
     @model_validator(mode="after")
     def _check(self) -> Hyperparameters:
@@ -90,17 +128,27 @@ class Hyperparameters(BaseModel):
             raise ValueError("give learning_rate or learning_rate_multiplier, not both")
         return self
 
-    def resolve(self) -> ResolvedHyperparameters:
+    def resolve(self, task: TaskName = DEFAULT_TASK) -> ResolvedHyperparameters:
+        """Every value concrete for a job of `task` (whose defaults some depend on)."""
+        if task not in GENERATIVE_TASKS:
+            for name in ("lora", "train_on_inputs"):
+                if getattr(self, name) not in (None, False):
+                    raise InvalidSpecError(
+                        f"{name} applies to the tasks {', '.join(GENERATIVE_TASKS)}, not to "
+                        f"{task}", param=f"hyperparameters.{name}")
         multiplier = 1.0 if self.learning_rate_multiplier == "auto" else float(
             self.learning_rate_multiplier
         )
-        lr = self.learning_rate or DEFAULT_LEARNING_RATE[self.optimizer] * multiplier
+        default_lr = DEFAULT_LEARNING_RATE[self.optimizer] * (
+            LORA_LEARNING_RATE_FACTOR if self.lora is not None else 1.0)
         data = self.model_dump()
         data.update(
             n_epochs=DEFAULT_EPOCHS if self.n_epochs == "auto" else self.n_epochs,
-            batch_size=DEFAULT_BATCH_SIZE if self.batch_size == "auto" else self.batch_size,
+            batch_size=DEFAULT_BATCH_SIZE[task] if self.batch_size == "auto"
+            else self.batch_size,
             learning_rate_multiplier=multiplier,
-            learning_rate=lr,
+            learning_rate=self.learning_rate or default_lr * multiplier,
+            max_seq_length=self.max_seq_length or DEFAULT_MAX_SEQ_LENGTH[task],
         )
         return ResolvedHyperparameters.model_validate(data)
 
@@ -125,6 +173,10 @@ class ResolvedHyperparameters(BaseModel):
     checkpoint_every_steps: int | None
     early_stopping_patience: int | None
     sage_scope: SageScope
+    train_on_inputs: bool = False
+    lora: LoraSettings | None = None
+    # "auto" stays until the engine knows the model's size and device
+    gradient_checkpointing: bool | Auto = "auto"
 
 
 class JobSpec(BaseModel):
@@ -140,7 +192,7 @@ class JobSpec(BaseModel):
     def resolve(self) -> ResolvedSpec:
         return ResolvedSpec(
             model=self.model, task=self.task, seed=self.seed,
-            hyperparameters=self.hyperparameters.resolve(),
+            hyperparameters=self.hyperparameters.resolve(self.task),
         )
 
 

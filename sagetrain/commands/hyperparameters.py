@@ -6,15 +6,19 @@ and a field added to the model is an option of both with no edit here.
 A field's option is `--` and its name with dashes (`--beta3`, `--warmup-ratio`), except
 OpenAI's `n_epochs`, which is `--epochs`. Where the field takes "auto" the option does too;
 where it takes null and defaults to something else (`max_grad_norm`), `none` sends null.
+A yes/no field takes `true` or `false`; a nested one (`lora`) takes its JSON object, or
+`true` for its defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import types
 from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from sage_core.schemas import Hyperparameters
@@ -48,6 +52,17 @@ def _option(name: str, info: FieldInfo) -> dict[str, Any]:
     literals = _literals(members)
     number = next((m for m in members if m in (int, float)), None)
     help_text = info.description or name
+    nested = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)),
+                  None)
+    if nested is not None:
+        return {"type": _json_object, "metavar": "JSON|true",
+                "help": f"{help_text}: a JSON object with "
+                        + ", ".join(nested.model_fields) + ", or true for the defaults"}
+    if bool in members:
+        return {"type": _parser(_yes_no, literals), "metavar": "|".join(["true|false",
+                                                                          *literals]),
+                "help": help_text + ("" if info.default == "auto"
+                                     else f" (default {info.default})")}
     if number is None:  # a pure Literal: a choice
         return {"choices": literals, "metavar": "{" + ",".join(literals) + "}",
                 "help": f"{help_text} (default {info.default})"}
@@ -67,12 +82,31 @@ def _parser(number: type, words: list[str]) -> Callable[[str], Any]:
         try:
             return number(text)
         except ValueError:
-            kinds = ("an integer" if number is int else "a number") + "".join(
+            kinds = {int: "an integer", float: "a number"}.get(number, "true or false") + "".join(
                 f" or {w!r}" for w in words)
             raise argparse.ArgumentTypeError(f"{text!r} is not {kinds}") from None
 
     parse.__name__ = number.__name__  # argparse names the type in its messages
     return parse
+
+
+def _yes_no(text: str) -> bool:
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in words:
+        raise ValueError(text)
+    return words[text.lower()]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    if text.lower() == "true":
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object or 'true'")
+    return value
 
 
 def add_hyperparameter_arguments(group: argparse._ActionsContainer) -> None:

@@ -20,15 +20,20 @@ def test_every_hyperparameter_is_an_option_that_reaches_the_spec(command: list[s
             "--weight-decay", "0", "--max-grad-norm", "none", "--max-seq-length", "64",
             "--gradient-accumulation-steps", "2", "--eval-every-steps", "5",
             "--checkpoint-every-steps", "10", "--early-stopping-patience", "3",
-            "--sage-scope", "all", "--learning-rate-multiplier", "auto"]
+            "--sage-scope", "all", "--learning-rate-multiplier", "auto",
+            "--train-on-inputs", "true", "--lora", '{"r": 4, "target_modules": ["q_proj"]}',
+            "--gradient-checkpointing", "false"]
     given = hyperparameters_from_args(build_parser().parse_args(argv))
     assert set(given) == set(Hyperparameters.model_fields)
+    assert given["train_on_inputs"] is True and given["gradient_checkpointing"] is False
+    assert given["lora"] == {"r": 4, "target_modules": ["q_proj"]}
     assert given["n_epochs"] == "auto" and given["batch_size"] == 16
     assert given["beta3"] == 0.7 and given["max_grad_norm"] is None
     assert given["early_stopping_patience"] == 3 and given["sage_scope"] == "all"
     given.pop("learning_rate_multiplier")  # "auto", which learning_rate allows beside it
-    spec = Hyperparameters.model_validate(given).resolve()
+    spec = Hyperparameters.model_validate(given).resolve("chat")
     assert (spec.optimizer, spec.learning_rate, spec.warmup_ratio) == ("adamax-sage", 2e-4, 0.2)
+    assert spec.lora is not None and spec.lora.r == 4 and spec.lora.alpha == 16
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=["train", "jobs-create"])
