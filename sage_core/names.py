@@ -79,3 +79,7 @@ def main_metric(task: str) -> tuple[str, bool]:
 STATE_FILE = "training_state.pt"
 PROGRESS_FILE = "trainer_state.json"
 RESUME_FILES: frozenset[str] = frozenset({STATE_FILE, PROGRESS_FILE})
+# A LoRA job's checkpoint folder holds the merged model (a plain Hugging Face folder) at its
+# root and the peft adapter folder (adapter_config.json, adapter weights) in this subfolder:
+# a download's `variant=merged` ships the first, `variant=adapter` the second.
+ADAPTER_DIR = "adapter"
