@@ -172,15 +172,8 @@ class CausalLMTask(Task):
         with quiet_transformers():
             return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
 
-    def _configure_generation(self, model: Any) -> None:
-        """Saved with the model: `generate` stops at the end of a turn, and pads."""
-        config = model.generation_config
-        config.eos_token_id = list(self._stop_ids)
-        config.pad_token_id = self.pad_id
-
     def build_model(self, base_path: str) -> torch.nn.Module:
         model = self._load(base_path)
-        self._configure_generation(model)
         if self.hp is not None and self.hp.lora is not None:
             model = _lora().apply_lora(model, self.hp.lora)
         return cast(torch.nn.Module, model)
@@ -192,6 +185,11 @@ class CausalLMTask(Task):
         return cast(torch.nn.Module, self._load(folder))
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        # Saved with the model (a peft model passes these through to its base model):
+        # `generate` stops at the end of a turn, and pads.
+        config = cast(Any, model).generation_config
+        config.eos_token_id = list(self._stop_ids)
+        config.pad_token_id = self.pad_id
         if self.hp is not None and self.hp.lora is not None:
             with quiet_transformers():
                 _lora().save_lora(model, folder)

@@ -350,7 +350,7 @@ def test_a_tiny_llama_learns_to_answer_and_not_what_weight_0_turns_say(
 
 
 # --------------------------------------------------------------------------- LoRA
-def test_lora_trains_adapters_and_saves_a_loadable_merged_model(
+def test_lora_trains_adapters_resumes_and_saves_a_loadable_merged_model(
         decoders: Path, tmp_path: Path) -> None:
     pytest.importorskip("sage_core.training.lora")
     from sage_core.names import ADAPTER_DIR
@@ -358,8 +358,15 @@ def test_lora_trains_adapters_and_saves_a_loadable_merged_model(
     train = _chat_file(tmp_path / "train.jsonl", GREETINGS[:8])
     spec = make_spec("tiny-llama", task="chat", n_epochs=1, batch_size=4, max_seq_length=64,
                      lora={"r": 4})
-    result = run_training(spec, train, tmp_path / "out", models_dir=decoders, device="cpu",
-                          validation_file=train)
-    assert result.final_dir is not None
+
+    def run(**kwargs: Any) -> Any:
+        return run_training(spec, train, tmp_path / "out", models_dir=decoders, device="cpu",
+                            validation_file=train, **kwargs)
+
+    assert run(max_steps=1).status == "stopped"
+    result = run()  # resumes from the adapter of step 1 (load_lora)
+    assert result.status == "completed" and result.final_dir is not None
     assert (result.final_dir / ADAPTER_DIR / "adapter_config.json").exists()
+    config = json.loads((result.final_dir / "generation_config.json").read_text())
+    assert 4 in config["eos_token_id"]  # <|eot_id|>
     _generate(result.final_dir, GREETINGS[0][:2])  # the merged model loads without peft
