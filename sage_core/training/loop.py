@@ -309,10 +309,15 @@ class Trainer:
 
     def _samples(self) -> None:
         """The task's samples (a causal LM's answers) as events. Sampling draws no random
-        number the run would miss: the RNG states are restored, and train mode too."""
+        number the run would miss: the RNG states are restored, and train mode too. A
+        diagnostic: a failure is a warning, never the run's end."""
         rng = ckpt.capture_rng()
         try:
             samples = self.task.sample_events(self.model, self.progress.step)
+        except Exception as exc:
+            LOG.exception("%ssamples failed", self.log_prefix)
+            self._event("warning", f"samples skipped at step {self.progress.step}: {exc}")
+            return
         finally:
             ckpt.restore_rng(rng)
             self.model.train()
