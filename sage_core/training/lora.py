@@ -93,9 +93,9 @@ def merged_state_dict(model: PeftModel) -> dict[str, Tensor]:
             with torch.no_grad():
                 delta = module.get_delta_weight(adapter)  # type: ignore[attr-defined]
                 merged[f"{name}.weight"] = (weight + delta).cpu()
-    on_cpu: dict[int, Tensor] = {}  # id of a device tensor -> its CPU copy, so ties survive
+    on_cpu: dict[int, Tensor] = {}  # id of a parameter -> its CPU copy, so ties survive
     state: dict[str, Tensor] = {}
-    for key, tensor in base.state_dict().items():
+    for key, tensor in base.state_dict(keep_vars=True).items():
         if ".lora_" in key:
             continue
         key = key.replace(".base_layer.", ".")

@@ -27,7 +27,7 @@ FAMILIES = ("llama", "gpt2")
 @pytest.fixture(scope="module", params=FAMILIES)
 def base_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     build = {"llama": build_tiny_llama, "gpt2": build_tiny_gpt2}[request.param]
-    return str(build(tmp_path_factory.mktemp(f"tiny-{request.param}")))
+    return str(build(tmp_path_factory.mktemp("tiny") / request.param))
 
 
 def _base(path: str) -> nn.Module:
@@ -104,7 +104,7 @@ def test_an_odd_rank_is_refused():
 
 
 def test_a_target_that_is_not_linear_is_refused(base_path: str):
-    embedding = "embed_tokens" if "llama" in base_path else "wte"
+    embedding = "embed_tokens" if base_path.endswith("llama") else "wte"
     with pytest.raises(InvalidSpecError, match=f"not linear: {embedding}") as caught:
         _lora(base_path, target_modules=["lm_head", embedding])
     assert caught.value.param == "hyperparameters.lora.target_modules"
@@ -126,6 +126,10 @@ def test_the_merged_folder_is_base_plus_delta_and_loads_without_peft(
 
     merged = _base(str(tmp_path))
     assert not isinstance(merged, PeftModel)
+    def tied(m: nn.Module) -> bool:
+        return m.get_output_embeddings().weight is m.get_input_embeddings().weight  # type: ignore[operator]
+
+    assert tied(merged) == tied(_base(base_path)) == base_path.endswith("gpt2")
     assert torch.allclose(_logits(merged), _logits(model), atol=1e-5)
     base = dict(_base(base_path).named_parameters())
     wrapped = dict(model.get_base_model().named_modules())
