@@ -337,6 +337,10 @@ class _ValidatingReader:
         header = [h.strip() for h in header]
         self.columns = header
         missing = [c for c in ("text", "label") if c not in header]
+        if missing and {"messages", "prompt", "completion"} & set(header):
+            self._issue(1, None, "chat and prompt/completion files are JSONL, one example "
+                                 f"per line; this file reads as CSV with the columns {header}")
+            raise DataFileError(self.filename, self.issues)
         if missing:
             self._issue(1, None, "the header must name the columns 'text' and 'label' "
                                  f"(missing {', '.join(repr(m) for m in missing)}; got {header})")
