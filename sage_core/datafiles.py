@@ -298,7 +298,7 @@ class _ValidatingReader:
             self._issue(line, f"{where}.content",
                         f"must be a string, got {type(content).__name__}")
             return
-        if role != "assistant" and not content.strip():
+        if role != "assistant" and not (content or "").strip():
             self._issue(line, f"{where}.content", f"empty {role} message")
             return
         if "weight" in message:
