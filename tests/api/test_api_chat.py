@@ -333,3 +333,24 @@ def test_an_unknown_variant_names_the_allowed_ones(service: Service) -> None:
     (variant,) = [p for p in params if p["name"] == "variant"]
     assert variant["schema"]["enum"] == ["merged", "adapter"]
     assert variant["schema"]["default"] == "merged"
+
+
+def test_cli_downloads_either_variant(in_process: Service, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from sagetrain.cli import main
+
+    service = in_process
+    job_id = service.create_job(training_file=service.upload(CHAT)["id"],
+                                hyperparameters={"lora": {}})["id"]
+    ckpt = _checkpoint(service, job_id, lora=True)
+    assert main(["checkpoints", "download", job_id, "--variant", "adapter",
+                 "--output", str(tmp_path / "a")]) == 0
+    adapter = Path(capsys.readouterr().out.strip())
+    assert adapter == tmp_path / "a" / f"{job_id}-step-3-adapter"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json",
+                                                         "adapter_model.safetensors"]
+    assert main(["checkpoints", "download", job_id, "--checkpoint", ckpt,
+                 "--output", str(tmp_path / "m")]) == 0
+    merged = Path(capsys.readouterr().out.strip())
+    assert sorted(p.name for p in merged.iterdir()) == ["config.json", "model.safetensors",
+                                                        "tokenizer.json"]
