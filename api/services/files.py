@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,7 +14,7 @@ from sage_core.datafiles import Dataset, parse_dataset
 from sage_core.db.ids import FILE, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus
 from sage_core.errors import ConflictError, DataFileError
-from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TASKS
+from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TASKS, TaskName
 from sage_core.settings import Settings
 
 PURPOSE_FINE_TUNE = "fine-tune"
@@ -69,8 +71,10 @@ def task_family(task: str) -> str:
     return task if task in GENERATIVE_TASKS else "text"
 
 
-def file_task(file: File) -> str:
-    return file.task or DEFAULT_TASK  # rows from before files kept their task
+def file_task(file: File) -> TaskName:
+    """The task `file` was validated for (one of TASKS: uploads check it); rows from
+    before files kept their task were validated as the default."""
+    return cast(TaskName, file.task or DEFAULT_TASK)
 
 
 def ensure_file_for_task(file: File, task: str, store: ArtifactStore, settings: Settings,

@@ -1,10 +1,10 @@
 """Creating, listing and steering fine-tuning jobs.
 
 One way to create: `check_request` validates a creation request once (an Idempotency-Key
-replay, the model, the files), `new_job` builds every job row (a single job, a sweep's
-parent and each of its children) and `save` commits them, or hands back the job of a
-concurrent request that won with the same Idempotency-Key. A job's queue position is
-counted when it is shown.
+replay, the model, the files, the task and hyperparameters to train with), `new_job`
+builds every job row (a single job, a sweep's parent and each of its children) and `save`
+commits them, or hands back the job of a concurrent request that won with the same
+Idempotency-Key. A job's queue position is counted when it is shown.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
     hyperparameters = hyperparameters_of(body)
     resolve_model(body.model, settings)
     training = _owned_file(session, key, body.training_file, "training_file")
-    task: TaskName = body.task or file_task(training)  # type: ignore[assignment]
+    task = body.task or file_task(training)
     ensure_file_for_task(training, task, store, settings, "training_file")
     if body.validation_file is not None:
         validation = _owned_file(session, key, body.validation_file, "validation_file")
