@@ -62,21 +62,15 @@ def restore_fine_tuned_model(sessions: sessionmaker[Session], store: ArtifactSto
     """Copy the final model of the owner's succeeded job whose fine-tuned model is `name`
     into `folder` (a plain Hugging Face folder: no resume state, no LoRA adapter) for a job
     that trains it further. Raises SageTrainError (param "model") if there is none."""
-    # The name ends with the id of the job that made it ("ft:{model}:{suffix}:{id}"); a
-    # sweep's parent shows its best child's name but keeps no checkpoints of its own.
-    job_id = f"ftjob-{name.rsplit(':', 1)[-1]}"
+    # The final checkpoint is the one at the job's last step (the runner stores final/
+    # there when no periodic checkpoint fell on it). A sweep's parent shows its best
+    # child's name but has no checkpoints of its own: the join finds the child's.
     with sessions() as s:
-        parent = s.scalar(select(Job).where(
-            Job.id == job_id, Job.owner_id == owner_id, Job.fine_tuned_model == name,
-            Job.status == JobStatus.SUCCEEDED))
-        key = None
-        if parent is not None:
-            # The final checkpoint is the one at the job's last step (the runner stores
-            # final/ there when no periodic checkpoint fell on it).
-            key = s.scalar(select(Checkpoint.storage_key)
-                           .where(Checkpoint.job_id == parent.id)
-                           .order_by((Checkpoint.step == parent.step).desc(),
-                                     Checkpoint.step.desc()).limit(1))
+        key = s.scalar(
+            select(Checkpoint.storage_key).join(Job, Job.id == Checkpoint.job_id)
+            .where(Job.owner_id == owner_id, Job.fine_tuned_model == name,
+                   Job.status == JobStatus.SUCCEEDED)
+            .order_by((Checkpoint.step == Job.step).desc(), Checkpoint.step.desc()).limit(1))
     if key is None or not store.exists(key):
         raise SageTrainError(f"the fine-tuned model {name!r} is no longer available",
                              param="model", code="model_not_found")

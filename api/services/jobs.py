@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, aliased
 
 from api.errors import InvalidRequestError
 from api.schemas import JobCreate, JobPublic
+from api.services.base_models import check_base_model
 from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task
 from sage_core.artifacts import ArtifactStore
-from sage_core.catalog import resolve_model
 from sage_core.db import transitions
 from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
@@ -75,7 +75,7 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
     if idempotency_key and (earlier := replay(session, key, idempotency_key,
                                               request_hash(body))):
         return earlier
-    resolve_model(body.model, settings)
+    check_base_model(session, key, body.model, settings, task=body.task)
     for file_id, param in ((body.training_file, "training_file"),
                            (body.validation_file, "validation_file")):
         if file_id is not None:
