@@ -78,7 +78,10 @@ def default_worker_id() -> str:
 
 
 def fine_tuned_name(job: Job) -> str:
-    return f"ft:{job.model}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
+    # A job that trained a fine-tuned model further names its base model, as OpenAI does,
+    # not the chain ("ft:ft:..."); catalog names have no colons.
+    base = job.model.split(":")[1] if job.model.startswith("ft:") else job.model
+    return f"ft:{base}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
 def run_job(job_id: str, settings: Settings | None = None, *, worker_id: str | None = None,
