@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session, aliased
 
 from api.errors import InvalidRequestError
 from api.schemas import JobCreate, JobPublic
+from api.services.base_models import check_base_model
 from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task, file_task
 from sage_core.artifacts import ArtifactStore
-from sage_core.catalog import resolve_model
 from sage_core.db import transitions
 from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
@@ -113,9 +113,10 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
                                               request_hash(body))):
         return earlier
     hyperparameters = hyperparameters_of(body)
-    resolve_model(body.model, settings)
     training = _owned_file(session, key, body.training_file, "training_file")
     task = body.task or file_task(training)
+    # a fine-tuned model ("ft:...") trains further on its own task
+    check_base_model(session, key, body.model, settings, task=task)
     ensure_file_for_task(training, task, store, settings, "training_file")
     if body.validation_file is not None:
         validation = _owned_file(session, key, body.validation_file, "validation_file")
