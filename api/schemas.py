@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric, WebhookEndpoint
 from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
@@ -40,7 +40,12 @@ class FilePublic(BaseModel):
     status: str
     status_details: str | None = None
     expires_at: int | None = None
-    stats: dict[str, Any] | None = Field(None, description="sagetrain: rows, columns, labels")
+    stats: dict[str, Any] | None = Field(
+        None, description="sagetrain: `task`, the task the rows were validated for, and "
+                          "their statistics: for text rows, columns and label counts (or "
+                          "range); for chat and completion, examples and characters per "
+                          "example (chat: messages, messages_per_example, "
+                          "examples_with_tools)")
 
     @classmethod
     def from_row(cls, row: File) -> FilePublic:
@@ -85,6 +90,37 @@ class CompareToRequest(BaseModel):
                           "learning rate times 1/3, 1 and 3")
 
 
+SUPPORTED_METHODS = ("supervised",)
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="Everything the top-level `hyperparameters` takes; give one or the "
+                          "other")
+
+
+class MethodRequest(BaseModel):
+    """OpenAI's `method`. sagetrain trains `supervised` only; its hyperparameters take
+    everything the top-level `hyperparameters` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="supervised (dpo and reinforcement are refused)")
+    supervised: SupervisedMethod | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        # Checked before the fields, so that a dpo request is told about its type rather
+        # than about its `dpo` object.
+        if isinstance(data, dict) and "type" in data and data["type"] not in SUPPORTED_METHODS:
+            raise ValueError(f"method type {str(data['type'])[:40]!r} is not supported; "
+                             f"sagetrain trains with: {', '.join(SUPPORTED_METHODS)}")
+        return data
+
+
 class JobCreate(BaseModel):
     """POST /v1/fine_tuning/jobs. Unknown fields are rejected, naming the field."""
 
@@ -99,7 +135,13 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1,
                              description="Random seed; default: one is chosen and stored")
     metadata: dict[str, str] | None = Field(None, description="Up to 16 string pairs")
-    task: TaskName = Field(DEFAULT_TASK, description="sagetrain: the task to train")
+    method: MethodRequest | None = Field(
+        None, description="OpenAI's method: {\"type\": \"supervised\", \"supervised\": "
+                          "{\"hyperparameters\": {...}}}, the hyperparameters as the top-level "
+                          "field takes them (give one or the other)")
+    task: TaskName | None = Field(
+        None, description="sagetrain: the task to train (default: the training file's task, "
+                          f"as its upload recognised it; {DEFAULT_TASK} for text rows)")
     sweep: SweepRequest | None = Field(
         None, description="sagetrain: a parent job with one child job per value "
                           "(needs validation_file; see GET .../{id}/sweep)")
@@ -151,6 +193,13 @@ class SweepInfo(BaseModel):
     best_job_id: str | None = None
 
 
+def _method(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """A job's `method` as OpenAI shows it: every sagetrain job is supervised."""
+    shown = {k: hyperparameters.get(k)
+             for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    return {"type": "supervised", "supervised": {"hyperparameters": shown}}
+
+
 class JobPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -162,6 +211,10 @@ class JobPublic(BaseModel):
     training_file: str
     validation_file: str | None
     hyperparameters: dict[str, Any]
+    method: dict[str, Any] = Field(
+        description="OpenAI's shape: {type: supervised, supervised: {hyperparameters: "
+                    "{n_epochs, batch_size, learning_rate_multiplier}}}, resolved; "
+                    "`hyperparameters` has every value")
     fine_tuned_model: str | None
     result_files: list[str]
     trained_tokens: int | None
@@ -180,11 +233,12 @@ class JobPublic(BaseModel):
 
     @classmethod
     def from_row(cls, job: Job, queue_position: int | None = None) -> JobPublic:
+        hyperparameters = job.spec.get("hyperparameters", {})
         return cls(
             id=job.id, model=job.model, status=job.status, created_at=ts(job.created_at) or 0,
             finished_at=ts(job.finished_at), estimated_finish=ts(job.estimated_finish),
             training_file=job.training_file_id, validation_file=job.validation_file_id,
-            hyperparameters=job.spec.get("hyperparameters", {}),
+            hyperparameters=hyperparameters, method=_method(hyperparameters),
             fine_tuned_model=job.fine_tuned_model, result_files=list(job.result_file_ids or []),
             trained_tokens=job.trained_tokens, seed=job.seed, metadata=job.user_metadata,
             error=JobError(**job.error) if job.error else None, organization_id=job.owner_id,

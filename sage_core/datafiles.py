@@ -298,7 +298,7 @@ class _ValidatingReader:
             self._issue(line, f"{where}.content",
                         f"must be a string, got {type(content).__name__}")
             return
-        if role != "assistant" and not content.strip():
+        if role != "assistant" and not (content or "").strip():
             self._issue(line, f"{where}.content", f"empty {role} message")
             return
         if "weight" in message:
@@ -337,6 +337,10 @@ class _ValidatingReader:
         header = [h.strip() for h in header]
         self.columns = header
         missing = [c for c in ("text", "label") if c not in header]
+        if missing and {"messages", "prompt", "completion"} & set(header):
+            self._issue(1, None, "chat and prompt/completion files are JSONL, one example "
+                                 f"per line; this file reads as CSV with the columns {header}")
+            raise DataFileError(self.filename, self.issues)
         if missing:
             self._issue(1, None, "the header must name the columns 'text' and 'label' "
                                  f"(missing {', '.join(repr(m) for m in missing)}; got {header})")

@@ -35,7 +35,7 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    r: int = Field(8, ge=1, le=1024, description="Rank of each adapter")
+    r: int = Field(8, ge=2, le=1024, description="Rank of each adapter, even")
     alpha: float = Field(16, gt=0, le=4096,
                          description="Scaling numerator: an adapter's output is scaled by alpha/r")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input")
@@ -46,6 +46,10 @@ class LoraSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> LoraSettings:
+        if self.r % 2:
+            # both adapter factors start non-zero with B @ A = 0 (so SAGE's sensitivity of
+            # each is non-zero from the first step), which takes an even rank
+            raise ValueError(f"r must be even, got {self.r}")
         if isinstance(self.target_modules, list) and not (
                 self.target_modules and all(self.target_modules)):
             raise ValueError("target_modules must be 'all-linear' or a non-empty list of names")

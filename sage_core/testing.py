@@ -136,7 +136,7 @@ def build_tiny_llama(folder: Path, *, words: Iterable[str] = (), layers: int = 2
         config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
             num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-            max_position_embeddings=512, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+            max_position_embeddings=2048, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
             pad_token_id=ids["pad"],
         )
         return LlamaForCausalLM(config)
@@ -161,7 +161,7 @@ def build_tiny_gpt2(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
 
     def make_model(vocab_size: int, ids: dict[str, int]) -> GPT2LMHeadModel:
         config = GPT2Config(
-            vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=2, n_positions=512,
+            vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=2, n_positions=1024,
             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
         )
         return GPT2LMHeadModel(config)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # name -> (module under sagetrain.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "fine-tune locally with no server"),
+    "chat": ("chat", "chat with a causal language model folder"),
     "serve": ("serve", "run the HTTP API and a job executor"),
     "worker": ("worker", "run a Celery worker that trains queued jobs (distributed mode)"),
     "migrate": ("migrate", "apply database migrations"),

@@ -263,9 +263,12 @@ class Client:
         return response.content
 
     def download_checkpoint(self, job_id: str, checkpoint_id: str | None = None,
-                            dest: str | os.PathLike[str] = ".") -> Path:
+                            dest: str | os.PathLike[str] = ".",
+                            variant: Literal["merged", "adapter"] = "merged") -> Path:
         """Download a checkpoint (default: the job's latest) and extract it under `dest`.
-        Returns the extracted Hugging Face model folder."""
+        Returns the extracted folder: with `variant` "merged", a Hugging Face model folder
+        (a LoRA job's adapters merged in); with "adapter", a LoRA job's peft adapter folder
+        (a job that trained every weight has none: SageTrainAPIError, code no_adapter)."""
         if checkpoint_id is None:
             checkpoints = self.list_checkpoints(job_id, limit=1000)["data"]
             if not checkpoints:
@@ -278,7 +281,7 @@ class Client:
                                          delete=False) as part:
             try:
                 url = f"/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/content"
-                with self._http.stream("GET", url) as response:
+                with self._http.stream("GET", url, params={"variant": variant}) as response:
                     _raise_for_error(response)
                     for chunk in response.iter_bytes():
                         part.write(chunk)

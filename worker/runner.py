@@ -51,11 +51,13 @@ from sage_core.transient import (
     is_transient,
     out_of_memory_message,
 )
-from worker.restore import restore_latest_checkpoint
+from worker.restore import restore_fine_tuned_model, restore_latest_checkpoint
 
 log = logging.getLogger("sagetrain.worker")
 
 STOP_POLL_SECONDS = 1.0
+# Under the job's output folder: the fine-tuned model an "ft:..." job starts from.
+BASE_MODEL_DIR = "base-model"
 _JOB_ID = re.compile(r"^ftjob-[0-9a-z]{1,40}$")
 
 # Set by SIGTERM/SIGINT: stop at the next step, save a checkpoint, requeue the job.
@@ -76,7 +78,10 @@ def default_worker_id() -> str:
 
 
 def fine_tuned_name(job: Job) -> str:
-    return f"ft:{job.model}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
+    # A job that trained a fine-tuned model further names its base model, as OpenAI does,
+    # not the chain ("ft:ft:..."); catalog names have no colons.
+    base = job.model.split(":")[1] if job.model.startswith("ft:") else job.model
+    return f"ft:{base}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
 def run_job(job_id: str, settings: Settings | None = None, *, worker_id: str | None = None,
@@ -149,12 +154,18 @@ class JobRunner:
                       if job.validation_file_id else None)
         # A job that ran on another machine resumes from its checkpoint in the store.
         restore_latest_checkpoint(self.sessions, self.store, self.job_id, self.output_dir)
+        base_model_dir = None
+        if job.model.startswith("ft:"):  # trains one of the owner's fine-tuned models further
+            base_model_dir = restore_fine_tuned_model(
+                self.sessions, self.store, job.owner_id, job.model,
+                self.output_dir / BASE_MODEL_DIR)
         callbacks = Callbacks(on_metrics=self._on_metrics, on_checkpoint=self._on_checkpoint,
                               should_stop=self._should_stop, on_event=self._on_event)
         result = run_training(spec, train_file, self.output_dir, validation_file=valid_file,
                               callbacks=callbacks, models_dir=self.settings.models_dir,
                               allow_hub_models=self.settings.allow_hub_models,
-                              device=self.settings.device, resume=True)
+                              device=self.settings.device, resume=True,
+                              base_model_dir=base_model_dir)
         if result.status == "stopped":
             self._stopped(result.step)
             return

@@ -25,15 +25,22 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
             "file": {"type": "string", "format": "binary",
                      "description": "JSONL, or CSV/TSV with a header"},
             "purpose": {"type": "string", "enum": ["fine-tune"]},
-            "task": {"type": "string", "enum": list(TASKS), "default": DEFAULT_TASK,
-                     "description": "sagetrain: the task to validate the rows for"},
+            "task": {"type": "string", "enum": list(TASKS),
+                     "description": "sagetrain, optional: the task to validate the rows "
+                                    "for. Absent, it is recognised from the rows: "
+                                    "`messages` is chat, `prompt`/`completion` is "
+                                    f"completion, anything else {DEFAULT_TASK} "
+                                    "(text-regression must be named). A task the rows do "
+                                    "not fit is a 400 naming both"},
         }}}}}}
 
 
 @router.post("", response_model=FilePublic, openapi_extra=_UPLOAD_BODY)
 def create_file(upload: UploadDep, key: CurrentKey, session: SessionDep, store: StoreDep,
                 settings: SettingsDep) -> FilePublic:
-    """Upload a training or validation file; a bad one gets 400 naming its first bad lines."""
+    """Upload a training or validation file; a bad one gets 400 naming its first bad lines.
+    The answer's `stats` carry the task it was validated for (recognised from the rows when
+    none is given) and the rows' statistics."""
     return FilePublic.from_row(store_upload(session, key, upload, store, settings))
 
 

@@ -34,16 +34,15 @@ from api.schemas import (
     SensitivityPublic,
     SweepReport,
 )
+from api.services import checkpoints as checkpoint_service
 from api.services import jobs as service
 from api.services import sensitivity as sensitivity_service
 from api.services import sweeps as sweep_service
-from api.services.archive import stream_tree_targz
 from api.services.paging import page
 from api.services.stream import PING_SECONDS, job_stream, parse_cursor
 from sage_core.artifacts import ArtifactStore
 from sage_core.db.models import ApiKey, Checkpoint, Job, JobEvent, JobMetric
 from sage_core.errors import ConflictError
-from sage_core.names import RESUME_FILES
 from sage_core.settings import Settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -192,14 +191,27 @@ def list_checkpoints(job: OwnedJob, session: SessionDep, after: str | None = Non
     return _listing([CheckpointPublic.from_row(r) for r in rows], more)
 
 
+CheckpointVariant = Literal["merged", "adapter"]
+
+
 @router.get("/{job_id}/checkpoints/{checkpoint_id}/content", response_class=StreamingResponse,
-            responses={200: {"content": {"application/gzip": {}}}})
-def download_checkpoint(checkpoint: OwnedCheckpoint, store: StoreDep) -> StreamingResponse:
-    """The checkpoint as a .tar.gz of a Hugging Face model folder (`from_pretrained`)."""
-    name = f"{checkpoint.job_id}-step-{checkpoint.step}"
-    body = stream_tree_targz(store, checkpoint.storage_key, name, skip=RESUME_FILES)
-    return StreamingResponse(body, media_type="application/gzip", headers={
-        "Content-Disposition": f'attachment; filename="{name}.tar.gz"'})
+            responses={200: {"content": {"application/gzip": {}}},
+                       400: {"description": "variant=adapter on a checkpoint of a job that "
+                                            "trained every weight (code `no_adapter`), or "
+                                            "an unknown variant"}})
+def download_checkpoint(
+        checkpoint: OwnedCheckpoint, store: StoreDep,
+        variant: Annotated[CheckpointVariant, Query(
+            description="merged (default): the whole model as a Hugging Face folder (a LoRA "
+                        "job's adapters merged in); adapter: a LoRA job's peft adapter "
+                        "folder alone (adapter_config.json and the adapter weights), to load "
+                        "on top of the base model")] = "merged",
+) -> StreamingResponse:
+    """The checkpoint as a .tar.gz of one folder: a Hugging Face model folder
+    (`from_pretrained`), or with `variant=adapter` a LoRA job's peft adapter folder."""
+    body = checkpoint_service.archive(store, checkpoint, variant)
+    return StreamingResponse(body.chunks, media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{body.name}.tar.gz"'})
 
 
 @router.get("/{job_id}/sensitivity", response_model=SensitivityPublic,

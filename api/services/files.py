@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,7 +14,7 @@ from sage_core.datafiles import Dataset, parse_dataset
 from sage_core.db.ids import FILE, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus
 from sage_core.errors import ConflictError, DataFileError
-from sage_core.names import DEFAULT_TASK, TASKS
+from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TASKS, TaskName
 from sage_core.settings import Settings
 
 PURPOSE_FINE_TUNE = "fine-tune"
@@ -20,13 +22,16 @@ PURPOSE_RESULTS = "fine-tune-results"
 _UNFINISHED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
 
-def _validate(upload: Upload, settings: Settings) -> tuple[str, str, Dataset]:
+def _validate(upload: Upload, settings: Settings) -> tuple[str, Dataset]:
+    """The purpose and the validated rows. With no `task` field the task is the one the
+    rows' layout shows (chat, completion, else text-classification); a task given that
+    the rows do not fit is a DataFileError naming both."""
     purpose = upload.fields.get("purpose")
     if purpose != PURPOSE_FINE_TUNE:
         raise InvalidRequestError(
             f"purpose must be '{PURPOSE_FINE_TUNE}', got {purpose!r}", param="purpose")
-    task = upload.fields.get("task") or DEFAULT_TASK
-    if task not in TASKS:
+    task = upload.fields.get("task") or None
+    if task is not None and task not in TASKS:
         raise InvalidRequestError(f"task must be one of {', '.join(TASKS)}; got {task!r}",
                                   param="task")
     if upload.path is None or upload.filename is None:
@@ -35,20 +40,21 @@ def _validate(upload: Upload, settings: Settings) -> tuple[str, str, Dataset]:
         raise InvalidRequestError("the file is empty", param="file")
     dataset = parse_dataset(upload.path.read_bytes(), upload.filename, task,
                             max_rows=settings.max_file_rows)
-    return purpose, task, dataset
+    return purpose, dataset
 
 
 def store_upload(session: Session, key: ApiKey, upload: Upload, store: ArtifactStore,
                  settings: Settings) -> File:
-    """Validate and keep an upload; DataFileError (400) names the first bad lines."""
-    purpose, task, dataset = _validate(upload, settings)
+    """Validate and keep an upload, with the task it was validated for (detected when not
+    given); DataFileError (400) names the first bad lines."""
+    purpose, dataset = _validate(upload, settings)
     assert upload.path is not None and upload.filename is not None
     file_id = new_id(FILE)
     # The extension is the detected format, so readers later detect the same one.
     storage_key = f"files/{file_id}.{dataset.format}"
     size = store.put_file(storage_key, upload.path)
     row = File(id=file_id, owner_id=key.id, filename=upload.filename[:512], purpose=purpose,
-               bytes=size, storage_key=storage_key, status="processed", task=task,
+               bytes=size, storage_key=storage_key, status="processed", task=dataset.task,
                stats=dataset.stats())
     session.add(row)
     try:
@@ -59,11 +65,30 @@ def store_upload(session: Session, key: ApiKey, upload: Upload, store: ArtifactS
     return row
 
 
+def task_family(task: str) -> str:
+    """What a file of `task` holds: "chat", "completion" or "text" (classification and
+    regression rows share a layout, so a text file may serve either)."""
+    return task if task in GENERATIVE_TASKS else "text"
+
+
+def file_task(file: File) -> TaskName:
+    """The task `file` was validated for (one of TASKS: uploads check it); rows from
+    before files kept their task were validated as the default."""
+    return cast(TaskName, file.task or DEFAULT_TASK)
+
+
 def ensure_file_for_task(file: File, task: str, store: ArtifactStore, settings: Settings,
                          param: str) -> None:
-    """A file validated for another task is checked again for `task` (400 if it fails)."""
-    if file.task == task:
+    """`file` holds data for `task`: a file of another family (chat, completion, text) is a
+    400 naming both tasks; a text file validated for the other text task is checked again
+    for `task` (400 if it fails)."""
+    held = file_task(file)
+    if held == task:
         return
+    if task_family(held) != task_family(task):
+        raise InvalidRequestError(
+            f"{param} {file.id} holds {task_family(held)} data (task {held}), but the job's "
+            f"task is {task}", param=param, code="invalid_file")
     with store.open(file.storage_key) as source:
         data = source.read()
     try:

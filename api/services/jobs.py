@@ -1,10 +1,10 @@
 """Creating, listing and steering fine-tuning jobs.
 
 One way to create: `check_request` validates a creation request once (an Idempotency-Key
-replay, the model, the files), `new_job` builds every job row (a single job, a sweep's
-parent and each of its children) and `save` commits them, or hands back the job of a
-concurrent request that won with the same Idempotency-Key. A job's queue position is
-counted when it is shown.
+replay, the model, the files, the task and hyperparameters to train with), `new_job`
+builds every job row (a single job, a sweep's parent and each of its children) and `save`
+commits them, or hands back the job of a concurrent request that won with the same
+Idempotency-Key. A job's queue position is counted when it is shown.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -22,14 +23,15 @@ from sqlalchemy.orm import Session, aliased
 
 from api.errors import InvalidRequestError
 from api.schemas import JobCreate, JobPublic
-from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task
+from api.services.base_models import check_base_model
+from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task, file_task
 from sage_core.artifacts import ArtifactStore
-from sage_core.catalog import resolve_model
 from sage_core.db import transitions
 from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
-from sage_core.errors import ConflictError
+from sage_core.errors import ConflictError, InvalidSpecError
+from sage_core.names import TaskName
 from sage_core.schemas import Hyperparameters, JobSpec
 from sage_core.settings import Settings
 
@@ -52,10 +54,17 @@ def replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> 
     return job
 
 
-def _check_file(session: Session, key: ApiKey, file_id: str, param: str, task: str,
-                store: ArtifactStore, settings: Settings) -> None:
-    """The key's file, uploaded for fine-tuning and valid for the task (a file validated for
-    another task is parsed again); the error names the field at fault."""
+@dataclass(frozen=True)
+class Checked:
+    """A creation request once validated: the task and the hyperparameters to train with
+    (the body's, or its method's)."""
+
+    task: TaskName
+    hyperparameters: Hyperparameters
+
+
+def _owned_file(session: Session, key: ApiKey, file_id: str, param: str) -> File:
+    """The key's file, uploaded for fine-tuning; the error names the field at fault."""
     row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id))
     if row is None:
         raise InvalidRequestError(f"No such file: '{file_id}'", param=param,
@@ -63,24 +72,57 @@ def _check_file(session: Session, key: ApiKey, file_id: str, param: str, task: s
     if row.purpose != PURPOSE_FINE_TUNE:
         raise InvalidRequestError(f"file {file_id} has purpose '{row.purpose}', "
                                   f"not '{PURPOSE_FINE_TUNE}'", param=param, code="invalid_file")
-    ensure_file_for_task(row, task, store, settings, param)
+    return row
+
+
+def hyperparameters_of(body: JobCreate) -> Hyperparameters:
+    """The top-level `hyperparameters` or, in OpenAI's newer shape, `method.supervised.
+    hyperparameters`; both at once is a 400 (param "method")."""
+    inner = body.method.supervised.hyperparameters if (
+        body.method is not None and body.method.supervised is not None) else None
+    if inner is None:
+        return body.hyperparameters
+    if "hyperparameters" in body.model_fields_set:
+        raise InvalidRequestError(
+            "give hyperparameters either at the top level or in "
+            "method.supervised.hyperparameters, not both", param="method",
+            code="invalid_value")
+    return inner
+
+
+def _resolvable(body: JobCreate, task: TaskName, hyperparameters: Hyperparameters) -> None:
+    """The hyperparameters apply to the task (e.g. lora only to chat and completion): a
+    400 naming the field as the request gave it."""
+    try:
+        hyperparameters.resolve(task)
+    except InvalidSpecError as exc:
+        if exc.param and hyperparameters is not body.hyperparameters:
+            exc.param = f"method.supervised.{exc.param}"
+        raise
 
 
 def check_request(session: Session, key: ApiKey, body: JobCreate, *,
                   idempotency_key: str | None, store: ArtifactStore,
-                  settings: Settings) -> Job | None:
+                  settings: Settings) -> Job | Checked:
     """Validate a creation request (a job or a sweep): the job an earlier request with the
-    same Idempotency-Key made, if any; else None once the model is in the catalog and each
-    file the body names is the key's, for fine-tuning, valid for the task."""
+    same Idempotency-Key made, if any; else, once the model is in the catalog, each file the
+    body names is the key's, for fine-tuning and holds data for the task, and the
+    hyperparameters apply to it, the task (the body's, else the training file's) and the
+    hyperparameters to train with."""
     if idempotency_key and (earlier := replay(session, key, idempotency_key,
                                               request_hash(body))):
         return earlier
-    resolve_model(body.model, settings)
-    for file_id, param in ((body.training_file, "training_file"),
-                           (body.validation_file, "validation_file")):
-        if file_id is not None:
-            _check_file(session, key, file_id, param, body.task, store, settings)
-    return None
+    hyperparameters = hyperparameters_of(body)
+    training = _owned_file(session, key, body.training_file, "training_file")
+    task = body.task or file_task(training)
+    # a fine-tuned model ("ft:...") trains further on its own task
+    check_base_model(session, key, body.model, settings, task=task)
+    ensure_file_for_task(training, task, store, settings, "training_file")
+    if body.validation_file is not None:
+        validation = _owned_file(session, key, body.validation_file, "validation_file")
+        ensure_file_for_task(validation, task, store, settings, "validation_file")
+    _resolvable(body, task, hyperparameters)
+    return Checked(task=task, hyperparameters=hyperparameters)
 
 
 def seed_for(body: JobCreate) -> int:
@@ -88,15 +130,16 @@ def seed_for(body: JobCreate) -> int:
     return body.seed if body.seed is not None else secrets.randbelow(2**31)
 
 
-def new_job(key: ApiKey, body: JobCreate, *, seed: int, hyperparameters: Hyperparameters,
-            now: datetime, status: str = S.QUEUED, **columns: Any) -> Job:
-    """A job row for the request (added by the caller): the body's model, task, files,
-    suffix and metadata, trained with `hyperparameters` (resolved here); queued at `now`
-    unless another status is given. `columns`: any other column's value."""
+def new_job(key: ApiKey, body: JobCreate, *, task: TaskName, seed: int,
+            hyperparameters: Hyperparameters, now: datetime, status: str = S.QUEUED,
+            **columns: Any) -> Job:
+    """A job row for the request (added by the caller): the body's model, files, suffix
+    and metadata, trained for `task` with `hyperparameters` (resolved here); queued at
+    `now` unless another status is given. `columns`: any other column's value."""
     job_id = new_id(JOB)
-    spec = JobSpec(model=body.model, task=body.task, seed=seed,
+    spec = JobSpec(model=body.model, task=task, seed=seed,
                    hyperparameters=hyperparameters).resolve()
-    return Job(id=job_id, owner_id=key.id, model=body.model, task=body.task,
+    return Job(id=job_id, owner_id=key.id, model=body.model, task=task,
                spec=spec.model_dump(mode="json"), seed=seed, suffix=body.suffix,
                user_metadata=body.metadata, training_file_id=body.training_file,
                validation_file_id=body.validation_file, status=status, created_at=now,
@@ -126,12 +169,13 @@ def save(session: Session, key: ApiKey, body: JobCreate, idempotency_key: str | 
 def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_key: str | None,
                store: ArtifactStore, settings: Settings) -> tuple[JobPublic, bool]:
     """Validate and queue a job. Returns (job, created); created is False on a replay."""
-    earlier = check_request(session, key, body, idempotency_key=idempotency_key, store=store,
-                            settings=settings)
-    if earlier is not None:
-        return to_public(session, [earlier])[0], False
-    job = new_job(key, body, seed=seed_for(body), hyperparameters=body.hyperparameters,
-                  now=utcnow(), idempotency_key=idempotency_key,
+    checked = check_request(session, key, body, idempotency_key=idempotency_key,
+                            store=store, settings=settings)
+    if isinstance(checked, Job):
+        return to_public(session, [checked])[0], False
+    job = new_job(key, body, task=checked.task, seed=seed_for(body),
+                  hyperparameters=checked.hyperparameters, now=utcnow(),
+                  idempotency_key=idempotency_key,
                   request_hash=request_hash(body) if idempotency_key else None)
     session.add(job)
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")

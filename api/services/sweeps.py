@@ -78,10 +78,10 @@ def _default_grid(optimizer: OptimizerName, multiplier: float, param: str) -> li
     return grid
 
 
-def plan(body: JobCreate) -> list[tuple[str, float]]:
-    """The children to run, (optimizer, learning rate) in order, own optimizer first; a 400
-    naming the field for anything that cannot be honoured."""
-    hp = body.hyperparameters
+def plan(body: JobCreate, hp: Hyperparameters) -> list[tuple[str, float]]:
+    """The children to run, (optimizer, learning rate) in order, own optimizer first, for a
+    request training with `hp` (its hyperparameters or its method's); a 400 naming the
+    field for anything that cannot be honoured."""
     if body.validation_file is None:
         raise InvalidRequestError(
             "A sweep or compare_to needs a validation_file: its child jobs are ranked by "
@@ -142,21 +142,22 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
     """Validate and create the parent and its queued children in one transaction. Returns
     (parent, the children's ids, created); created is False on an Idempotency-Key replay
     (nothing to dispatch then)."""
-    earlier = jobs.check_request(session, key, body, idempotency_key=idempotency_key,
+    checked = jobs.check_request(session, key, body, idempotency_key=idempotency_key,
                                  store=store, settings=settings)
-    if earlier is not None:
-        return jobs.to_public(session, [earlier])[0], [], False
-    runs = plan(body)
+    if isinstance(checked, Job):
+        return jobs.to_public(session, [checked])[0], [], False
+    hp, task = checked.hyperparameters, checked.task
+    runs = plan(body, hp)
     seed, now = jobs.seed_for(body), utcnow()
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
     # what each child trains with.
-    parent = jobs.new_job(key, body, seed=seed, hyperparameters=body.hyperparameters, now=now,
+    parent = jobs.new_job(key, body, task=task, seed=seed, hyperparameters=hp, now=now,
                           status=S.RUNNING, started_at=now, idempotency_key=idempotency_key,
                           request_hash=jobs.request_hash(body) if idempotency_key else None)
-    children = [jobs.new_job(key, body, seed=seed, now=now, parent_id=parent.id,
-                             hyperparameters=_child_hyperparameters(body.hyperparameters, o, lr))
+    children = [jobs.new_job(key, body, task=task, seed=seed, now=now, parent_id=parent.id,
+                             hyperparameters=_child_hyperparameters(hp, o, lr))
                 for o, lr in runs]
-    metric, greater = main_metric(body.task)
+    metric, greater = main_metric(task)
     parent.sweep = {"metric": metric, "greater_is_better": greater, "best_job_id": None,
                     "runs": [{"job_id": child.id, "optimizer": o, "learning_rate": lr}
                              for child, (o, lr) in zip(children, runs, strict=True)]}

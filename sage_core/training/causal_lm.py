@@ -20,18 +20,18 @@ Choices a caller may rely on:
   events (`sample_events`).
 - A saved model's generation_config stops at EOS and at the chat template's end-of-turn
   tokens (ChatML's `<|im_end|>` is not GPT-2's EOS), and names a pad token.
-- With `lora` set, the adapters come from lora.py and checkpoints hold the merged model
-  and the adapter; gradient checkpointing and the memory check come from memory.py
-  (`_optional_module`: both live on another branch until merged).
+- With `lora` set, the model trains LoRA adapters (lora.py) and each checkpoint holds the
+  merged model at its root and the adapter in ADAPTER_DIR, from which a resume continues.
+  Gradient checkpointing (as `gradient_checkpointing` says) and the memory check come from
+  memory.py, before the model moves to its device. Both modules load peft, so they are
+  imported where used: a classification run never loads peft.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, cast
 
 import numpy as np
@@ -175,13 +175,18 @@ class CausalLMTask(Task):
     def build_model(self, base_path: str) -> torch.nn.Module:
         model = self._load(base_path)
         if self.hp is not None and self.hp.lora is not None:
-            model = _lora().apply_lora(model, self.hp.lora)
+            from sage_core.training.lora import apply_lora
+
+            model = apply_lora(model, self.hp.lora)
         return cast(torch.nn.Module, model)
 
     def load_model(self, folder: Path) -> torch.nn.Module:
         if self.hp is not None and self.hp.lora is not None:
+            from sage_core.training.lora import load_lora
+
             assert self._path is not None, "load_processor comes first"
-            return cast(torch.nn.Module, _lora().load_lora(self._path, folder, self.hp.lora))
+            # the checkpointer restores the RNG states that building the adapter drew from
+            return cast(torch.nn.Module, load_lora(self._path, folder))
         return cast(torch.nn.Module, self._load(folder))
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
@@ -191,19 +196,21 @@ class CausalLMTask(Task):
         config.eos_token_id = list(self._stop_ids)
         config.pad_token_id = self.pad_id
         if self.hp is not None and self.hp.lora is not None:
+            from sage_core.training.lora import save_lora
+
             with quiet_transformers():
-                _lora().save_lora(model, folder)
+                save_lora(model, folder)  # type: ignore[arg-type]
             self.save_processor(folder)
         else:
             super().save_model(model, folder)
 
     def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
-        memory = _optional_module("memory")
-        if memory is None or self.hp is None:
+        from sage_core.training import memory
+
+        if self.hp is None:
             return
         if memory.gradient_checkpointing_wanted(self.hp.gradient_checkpointing, model, device):
-            model.gradient_checkpointing_enable(  # type: ignore[operator]
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            memory.enable_gradient_checkpointing(model)
         memory.check_memory_fits(model, self.hp, device)
 
     # ------------------------------------------------------------ loss and metrics
@@ -325,23 +332,3 @@ def _text(message: dict[str, Any]) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= SAMPLE_PROMPT_CHARS else text[:SAMPLE_PROMPT_CHARS] + "..."
-
-
-# ---- LoRA and memory: lora.py and memory.py come from branch chat-lora --------------------
-def _optional_module(name: str) -> ModuleType | None:
-    """sage_core.training.<name>, or None where this build lacks it.
-    TODO(merge chat-lora): import lora and memory directly and drop this function."""
-    try:
-        return importlib.import_module(f"sage_core.training.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"sage_core.training.{name}":
-            raise  # the module is there but one of its imports is not
-        return None
-
-
-def _lora() -> ModuleType:
-    lora = _optional_module("lora")
-    if lora is None:
-        raise InvalidSpecError("LoRA is not available in this build of sagetrain",
-                               param="lora")
-    return lora

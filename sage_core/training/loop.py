@@ -93,13 +93,14 @@ class Trainer:
                  device: str | None = None, validation_file: Path | None = None,
                  callbacks: Callbacks | None = None, resume: bool = True,
                  max_steps: int | None = None, log_every: int | None = None,
-                 job_id: str | None = None) -> None:
+                 job_id: str | None = None, base_model_dir: Path | None = None) -> None:
         self.spec = spec
         self.hp = spec.hyperparameters
         self.train_file = Path(train_file)
         self.validation_file = Path(validation_file) if validation_file is not None else None
         self.output_dir = Path(output_dir)
         self.models_dir, self.allow_hub_models = models_dir, allow_hub_models
+        self.base_model_dir = base_model_dir
         self.callbacks = callbacks or Callbacks()
         self.requested_device = device
         self.resume = resume
@@ -139,18 +140,19 @@ class Trainer:
             if value is not None and value < 1:
                 raise ValueError(f"Invalid {name}: {value}")
         self.placement = self._placement()
-        base = find_model(self.spec.model, models_dir=self.models_dir,
-                          allow_hub_models=self.allow_hub_models)
+        base_path = (str(self.base_model_dir) if self.base_model_dir is not None else
+                     find_model(self.spec.model, models_dir=self.models_dir,
+                                allow_hub_models=self.allow_hub_models).path)
         self.task: Task = get_task(self.spec.task, self.hp)
         self._train_data, self._valid_data = self._load_data()
-        self.task.load_processor(base.path)
+        self.task.load_processor(base_path)
         limit = self.task.max_length_limit()
         if limit is not None and self.hp.max_seq_length > limit:
             raise InvalidSpecError(
                 f"max_seq_length {self.hp.max_seq_length} exceeds the {limit} tokens that "
                 f"{self.spec.model} accepts", param="max_seq_length")
         self.checkpointer = self._checkpointer()
-        return base.path
+        return base_path
 
     def _placement(self) -> Placement:
         return Placement.resolve(self.requested_device)
@@ -399,7 +401,7 @@ def run_training(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
                  device: str | None = None, validation_file: Path | None = None,
                  callbacks: Callbacks | None = None, resume: bool = True,
                  max_steps: int | None = None, log_every: int | None = None,
-                 job_id: str | None = None) -> TrainResult:
+                 job_id: str | None = None, base_model_dir: Path | None = None) -> TrainResult:
     """Fine-tune `spec.model` on `train_file`, writing checkpoints/, final/ and metrics.jsonl
     under `output_dir`; resume from the latest checkpoint there unless `resume` is False
     (which deletes what an earlier run left).
@@ -410,13 +412,16 @@ def run_training(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
     `max_steps` ends the run early, as a stop does (the schedule still spans the whole
     run): for benchmarks and smoke tests. `log_every` overrides the train-row interval.
     `job_id` prefixes the engine's own log lines ("[ftjob-...] ..."), not on_event's.
+    `base_model_dir`: a local folder to start from instead of the catalog's `spec.model`
+    (a fine-tuned model trained further; `spec.model` then only names it).
     Raises InvalidSpecError, DataFileError, UnknownModelError before any training starts,
     and TrainingError (code "nan_loss") for a non-finite loss.
     """
     trainer = Trainer(spec, train_file, output_dir, models_dir=models_dir,
                       allow_hub_models=allow_hub_models, device=device,
                       validation_file=validation_file, callbacks=callbacks, resume=resume,
-                      max_steps=max_steps, log_every=log_every, job_id=job_id)
+                      max_steps=max_steps, log_every=log_every, job_id=job_id,
+                      base_model_dir=base_model_dir)
     try:
         trainer.setup()
         return trainer.train()

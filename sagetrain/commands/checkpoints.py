@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="checkpoint id (ftckpt-...; default: the latest)")
     download.add_argument("--output", metavar="DIR", type=Path, default=Path("."),
                           help="folder to extract into (default: the current folder)")
+    download.add_argument("--variant", choices=("merged", "adapter"), default="merged",
+                          help="merged (default): the whole model; adapter: a LoRA job's "
+                          "peft adapter folder alone")
     add_connection_arguments(listing)
     add_connection_arguments(download)
 
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     def action(client: Client) -> int:
         if args.action == "list":
             return print_json(client.list_checkpoints(args.job_id))
-        folder = client.download_checkpoint(args.job_id, args.checkpoint, dest=args.output)
+        folder = client.download_checkpoint(args.job_id, args.checkpoint, dest=args.output,
+                                            variant=args.variant)
         print(folder)
         return 0
 

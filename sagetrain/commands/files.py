@@ -19,11 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     upload = sub.add_parser("upload", help="upload a file (prints it as JSON, with its id)",
                             description="Upload a training or validation file: JSONL, or "
-                            "CSV/TSV with a header; columns text, label, optional text_pair. "
-                            "The server validates it; prints the file as JSON.")
+                            "CSV/TSV with a header, of text rows (text, label, optional "
+                            "text_pair); or JSONL of chat ({\"messages\": [...]}) or "
+                            "prompt/completion rows. The server validates it; prints the file "
+                            "as JSON, its task and statistics under stats.")
     upload.add_argument("file", metavar="FILE", type=Path)
     upload.add_argument("--task", choices=TASKS, default=None,
-                        help=f"the task to validate the rows for (server default {DEFAULT_TASK})")
+                        help="the task to validate the rows for (default: recognised from "
+                        f"the rows: chat, completion, else {DEFAULT_TASK}; text-regression "
+                        "must be named)")
     listing = sub.add_parser("list", help="list your files, newest first (JSON)",
                              description="List your files, newest first, as JSON.")
     listing.add_argument("--limit", metavar="N", type=int, default=None)

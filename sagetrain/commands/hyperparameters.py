@@ -75,18 +75,20 @@ def _option(name: str, info: FieldInfo) -> dict[str, Any]:
             "metavar": "|".join(["N" if number is int else "X", *accepts])}
 
 
-def _parser(number: type, words: list[str]) -> Callable[[str], Any]:
+def _parser(number: Callable[[str], Any], words: list[str]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if text.lower() in words:
             return text.lower()
         try:
             return number(text)
         except ValueError:
-            kinds = {int: "an integer", float: "a number"}.get(number, "true or false") + "".join(
-                f" or {w!r}" for w in words)
+            kind = "an integer" if number is int else "a number" if number is float \
+                else "true or false"
+            kinds = kind + "".join(f" or {w!r}" for w in words)
             raise argparse.ArgumentTypeError(f"{text!r} is not {kinds}") from None
 
-    parse.__name__ = number.__name__  # argparse names the type in its messages
+    # argparse names the type in its messages
+    parse.__name__ = getattr(number, "__name__", "value")
     return parse
 
 

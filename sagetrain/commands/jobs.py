@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--validation-file", metavar="ID", default=None,
                         help="id of an uploaded validation file")
     create.add_argument("--task", choices=TASKS, default=None,
-                        help=f"what to train (server default {DEFAULT_TASK})")
+                        help="what to train (default: the training file's task, as its "
+                        f"upload recognised it; {DEFAULT_TASK} for text rows)")
     add_hyperparameter_arguments(create.add_argument_group(
         "hyperparameters (unset: the server's defaults)"))
     create.add_argument("--sweep-lr", metavar="X", type=float, nargs="+", default=None,

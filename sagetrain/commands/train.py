@@ -41,12 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "sentence-transformers/all-MiniLM-L6-v2 or a folder name under "
                            "SAGETRAIN_MODELS_DIR")
     data.add_argument("--train-file", metavar="FILE", required=True, type=Path,
-                      help="training data: JSONL, or CSV/TSV with a header; columns text, "
-                           "label, optional text_pair")
+                      help="training data: JSONL chat conversations (OpenAI's "
+                           "{\"messages\": [...]}) or prompt/completion pairs; or JSONL, "
+                           "CSV or TSV with a header, columns text, label, optional "
+                           "text_pair")
     data.add_argument("--validation-file", metavar="FILE", type=Path, default=None,
                       help="validation data in the same format; enables evaluation")
-    data.add_argument("--task", choices=TASKS, default=DEFAULT_TASK,
-                      help=f"what to train (default {DEFAULT_TASK})")
+    data.add_argument("--task", choices=TASKS, default=None,
+                      help="what to train (default: what the training file holds: chat for "
+                           "conversations, completion for prompt/completion pairs, else "
+                           f"{DEFAULT_TASK}; text-regression is never guessed)")
     add_hyperparameter_arguments(
         parser.add_argument_group("hyperparameters (unset: the API's defaults)"))
     run = parser.add_argument_group("run")
@@ -71,6 +75,14 @@ def build_spec(args: argparse.Namespace) -> Any:
 
     return JobSpec.model_validate({"model": args.model, "task": args.task, "seed": args.seed,
                                    "hyperparameters": hyperparameters_from_args(args)})
+
+
+def detect_task(train_file: Path) -> str:
+    """The task a training file's rows are laid out for (chat, completion, else text
+    classification); raises DataFileError if the file is not valid for it."""
+    from sage_core.datafiles import load_dataset
+
+    return load_dataset(train_file, None).task
 
 
 def default_output(model: str) -> Path:
@@ -135,18 +147,28 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from sage_core.catalog import find_model
     from sage_core.errors import DataFileError, InvalidSpecError, SageTrainError, UnknownModelError
     from sage_core.settings import get_settings
 
-    try:
-        spec = build_spec(args).resolve()
-    except ValidationError as exc:
-        return _fail(_validation_message(exc))
     for flag, path in (("--train-file", args.train_file),
                        ("--validation-file", args.validation_file)):
         if path is not None and not path.is_file():
             return _fail(f"{flag}: no such file: {path}")
     settings = get_settings()
+    if args.task is None:
+        try:
+            # the engine's order: an unknown model is told before a bad file
+            find_model(args.model, models_dir=settings.models_dir,
+                       allow_hub_models=settings.allow_hub_models)
+            args.task = detect_task(args.train_file)
+        except (UnknownModelError, DataFileError) as exc:
+            return _fail(exc.message)
+        print(f"task: {args.task} (from {args.train_file.name}'s layout; --task to choose)")
+    try:
+        spec = build_spec(args).resolve()
+    except ValidationError as exc:
+        return _fail(_validation_message(exc))
     if not settings.allow_hub_models:
         # The catalog serves local folders only; make sure nothing reaches for the hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -194,8 +194,8 @@ def test_tools_need_a_chat_template_that_reads_them(decoders: Path, tmp_path: Pa
 
 
 def test_max_length_limit_comes_from_the_models_positions(decoders: Path) -> None:
-    assert _task(decoders / "tiny-llama").max_length_limit() == 512
-    assert _task(decoders / "tiny-gpt2").max_length_limit() == 512  # n_positions
+    assert _task(decoders / "tiny-llama").max_length_limit() == 2048
+    assert _task(decoders / "tiny-gpt2").max_length_limit() == 1024  # n_positions
 
 
 def test_a_two_argument_on_event_still_works() -> None:
