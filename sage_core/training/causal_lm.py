@@ -30,6 +30,7 @@ Choices a caller may rely on:
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -55,13 +56,12 @@ from sage_core.training.tasks import (
     Batch,
     Encoded,
     Report,
-    Task,
+    TokenizedTask,
     ignore_report,
     length_mask,
     pad_rows,
     padded_width,
     quiet_transformers,
-    tokenizer_length_limit,
 )
 
 SAMPLE_COUNT = 3  # validation examples answered at each evaluation
@@ -70,7 +70,7 @@ SAMPLE_EXTRA_TOKENS = 16
 SAMPLE_PROMPT_CHARS = 500  # of the prompt shown in a sample event
 
 
-class CausalLMTask(Task):
+class CausalLMTask(TokenizedTask):
     """What chat and completion share; subclasses encode their kind of example."""
 
     main_metric, greater_is_better = "loss", False
@@ -78,8 +78,6 @@ class CausalLMTask(Task):
 
     def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
         super().__init__(hp)
-        self.tokenizer: Any = None
-        self._path: str | None = None
         self._samples: list[Any] = []  # the first validation examples, for sample_events
         self._stop_ids: list[int] = []
 
@@ -89,22 +87,13 @@ class CausalLMTask(Task):
         self._samples = list(validation.examples[:SAMPLE_COUNT]) if validation else []
 
     def load_processor(self, path: str) -> None:
-        from transformers import AutoTokenizer
-
-        self._path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        super().load_processor(path)
         eos = self.tokenizer.eos_token_id
         self._stop_ids = list(dict.fromkeys(
             ([eos] if eos is not None else []) + self._end_of_turn_ids()))
 
     def _end_of_turn_ids(self) -> list[int]:
         return []
-
-    def save_processor(self, folder: Path) -> None:
-        self.tokenizer.save_pretrained(folder)
-
-    def max_length_limit(self) -> int | None:
-        return tokenizer_length_limit(self.tokenizer, self._path)
 
     @property
     def _train_on_inputs(self) -> bool:
@@ -115,8 +104,8 @@ class CausalLMTask(Task):
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-    def _encode_example(self, example: Any, max_length: int) -> EncodedText:
-        raise NotImplementedError
+    @abstractmethod
+    def _encode_example(self, example: Any, max_length: int) -> EncodedText: ...
 
     def _check_examples(self, examples: list[Any], param: str) -> None:
         return None
@@ -150,9 +139,6 @@ class CausalLMTask(Task):
                               f"token within max_seq_length ({max_length} tokens) and are "
                               "left out")
         return items
-
-    def example_length(self, item: Encoded) -> int:
-        return len(item.features["input_ids"])
 
     def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
         lengths = [self.example_length(it) for it in items]
@@ -244,9 +230,9 @@ class CausalLMTask(Task):
         return hits.sum(), counted.sum()
 
     # ------------------------------------------------------------ samples
+    @abstractmethod
     def _sample(self, example: Any) -> tuple[list[int], str, str]:
         """The prompt's ids, the prompt as shown, and the reference answer."""
-        raise NotImplementedError
 
     def sample_events(self, model: torch.nn.Module, step: int) -> list[tuple[str, dict[str, Any]]]:
         device = next(model.parameters()).device

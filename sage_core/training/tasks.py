@@ -199,28 +199,8 @@ class Task(ABC):
         return []
 
 
-def tokenizer_length_limit(tokenizer: Any, model_path: str | None) -> int | None:
-    """The least of the tokenizer's limit and the model's position embeddings
-    (`max_position_embeddings`, which GPT-2's config maps to n_positions)."""
-    from transformers import AutoConfig
-
-    limits = []
-    # Tokenizers without a limit report a huge sentinel (int(1e30)).
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:
-        limits.append(tokenizer_limit)
-    if model_path is not None:
-        config = AutoConfig.from_pretrained(model_path)
-        for name in ("max_position_embeddings", "n_positions"):
-            positions = getattr(config, name, None)
-            if isinstance(positions, int):
-                limits.append(positions)
-                break
-    return min(limits) if limits else None
-
-
-class _TextTask(Task):
-    """Text (and text-pair) input through a Hugging Face tokenizer, dynamic padding."""
+class TokenizedTask(Task):
+    """Token ids from the base model's Hugging Face tokenizer, padded per batch."""
 
     def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
         super().__init__(hp)
@@ -235,6 +215,32 @@ class _TextTask(Task):
 
     def save_processor(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(folder)
+
+    def example_length(self, item: Encoded) -> int:
+        return len(item.features["input_ids"])
+
+    def max_length_limit(self) -> int | None:
+        """The least of the tokenizer's limit and the model's position embeddings
+        (`max_position_embeddings`; GPT-2's n_positions)."""
+        from transformers import AutoConfig
+
+        limits = []
+        # Tokenizers without a limit report a huge sentinel (int(1e30)).
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)
+        if self._path is not None:
+            config = AutoConfig.from_pretrained(self._path)
+            for name in ("max_position_embeddings", "n_positions"):
+                positions = getattr(config, name, None)
+                if isinstance(positions, int):
+                    limits.append(positions)
+                    break
+        return min(limits) if limits else None
+
+
+class _TextTask(TokenizedTask):
+    """Text (and text-pair) input to a sequence classifier, dynamic padding."""
 
     @abstractmethod
     def _target(self, label: str | int | float) -> int | float: ...
@@ -258,9 +264,6 @@ class _TextTask(Task):
                 out[i] = Encoded(feats, self._target(examples[i].label))
         return [e for e in out if e is not None]
 
-    def example_length(self, item: Encoded) -> int:
-        return len(item.features["input_ids"])
-
     def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
         lengths = [self.example_length(it) for it in items]
         width = padded_width(lengths, pad_to_multiple_of)
@@ -274,9 +277,6 @@ class _TextTask(Task):
         return Batch(inputs, targets, len(items), sum(lengths))
 
     _target_dtype: ClassVar[torch.dtype]
-
-    def max_length_limit(self) -> int | None:
-        return tokenizer_length_limit(self.tokenizer, self._path)
 
     def _load(self, path: str | Path, **kwargs: Any) -> Any:  # a PreTrainedModel
         from transformers import AutoModelForSequenceClassification
