@@ -249,9 +249,9 @@ class JobRunner:
                              or row.pause_requested or row.lease_owner != self.owner)
         return self._stop_cached
 
-    def _on_event(self, level: str, message: str) -> None:
+    def _on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
         with self.sessions.begin() as s:
-            add_event(s, self.job_id, message, level=level)
+            add_event(s, self.job_id, message, level=level, data=data)
 
     # --- endings ----------------------------------------------------------------------------
 

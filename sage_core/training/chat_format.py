@@ -36,9 +36,12 @@ class EncodedText:
 
 
 def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, max_seq_length: int,
-                train_on_inputs: bool = False) -> EncodedText:
+                train_on_inputs: bool = False,
+                tools: list[dict[str, Any]] | None = None) -> EncodedText:
     """Render `messages` with the tokenizer's chat template and label the tokens of every
-    assistant message whose `weight` is not 0 (all tokens if `train_on_inputs`).
+    assistant message whose `weight` is not 0 (all tokens if `train_on_inputs`). `tools`,
+    the conversation's tool definitions, go to the template (the caller checks that it
+    renders them: see `template_supports_tools`).
 
     Raises ValueError if the template does not render the conversation's prefixes as token
     prefixes of the whole (the span of a message cannot then be found), if an assistant
@@ -50,9 +53,8 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, max_se
         raise ValueError("A conversation needs at least one message")
     # checked even where train_on_inputs overrides them: a bad file is bad either way
     trained = [_weight(message, index) for index, message in enumerate(messages)]
-    # `weight` is ours, not the template's
-    conversation = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-    input_ids = _render(tokenizer, conversation)
+    conversation = _without_weights(messages)
+    input_ids = _render(tokenizer, conversation, tools=tools)
     if train_on_inputs:
         labels = list(input_ids)
     else:
@@ -60,7 +62,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, max_se
         for index, message in enumerate(messages):
             if message.get("role") != "assistant" or not trained[index]:
                 continue
-            start, end = _assistant_span(tokenizer, conversation, index, input_ids)
+            start, end = _assistant_span(tokenizer, conversation, index, input_ids, tools)
             labels[start:end] = input_ids[start:end]
     return _truncate(input_ids, labels, max_seq_length)
 
@@ -85,14 +87,50 @@ def encode_completion(tokenizer: Any, prompt: str, completion: str, *, max_seq_l
     return _truncate(input_ids, prompt_labels + completion_ids, max_seq_length)
 
 
+def encode_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
+                  tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """`messages` rendered with the generation prompt: what a model answers from."""
+    return _render(tokenizer, _without_weights(messages), add_generation_prompt=True,
+                   tools=tools)
+
+
+def template_supports_tools(tokenizer: Any) -> bool:
+    """Whether the chat template reads `tools` at all (one that does not would drop them in
+    silence)."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named templates; "tool_use" where there is one
+        template = " ".join(template.values())
+    return isinstance(template, str) and "tools" in template
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The control tokens the chat template ends an assistant turn with (`<|eot_id|>`,
+    `<|im_end|>`), found by rendering one: the added (special) tokens after the message's
+    content, such as `<|im_end|>` before ChatML's newline. Empty if there are none."""
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    before = _render(tokenizer, conversation[:1], add_generation_prompt=True)
+    span = _render(tokenizer, conversation)[len(before):]
+    content = list(tokenizer("ok", add_special_tokens=False)["input_ids"])
+    # the content's tokens open the span; what follows closes the turn
+    start = len(content) if span[: len(content)] == content else 0
+    added = set(tokenizer.added_tokens_decoder)
+    return [token for token in dict.fromkeys(span[start:]) if token in added]
+
+
+def _without_weights(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    # `weight` is ours, not the template's
+    return [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+
+
 def _render(tokenizer: Any, conversation: list[dict[str, Any]], *,
-            add_generation_prompt: bool = False) -> list[int]:
+            add_generation_prompt: bool = False,
+            tools: list[dict[str, Any]] | None = None) -> list[int]:
     # Control tokens spelt inside a message are encoded as text, so a user cannot open or
     # close a turn by writing "<|im_end|>".
     try:
         ids = tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=add_generation_prompt, tokenize=True,
-            return_dict=False, sanitize_control_tokens=True,
+            conversation, tools=tools, add_generation_prompt=add_generation_prompt,
+            tokenize=True, return_dict=False, sanitize_control_tokens=True,
         )
     except TemplateError as exc:
         # templates refuse what they cannot render (roles out of order) with raise_exception
@@ -101,14 +139,15 @@ def _render(tokenizer: Any, conversation: list[dict[str, Any]], *,
 
 
 def _assistant_span(tokenizer: Any, conversation: list[dict[str, Any]], index: int,
-                    input_ids: list[int]) -> tuple[int, int]:
+                    input_ids: list[int],
+                    tools: list[dict[str, Any]] | None = None) -> tuple[int, int]:
     """[start, end) of message `index` in `input_ids`: its content and end-of-turn tokens,
     without the role header the generation prompt renders."""
     if index == 0:
         raise ValueError("Message 0 is an assistant message: a conversation must open with "
                          "a system or user message")
-    before = _render(tokenizer, conversation[:index], add_generation_prompt=True)
-    through = _render(tokenizer, conversation[: index + 1])
+    before = _render(tokenizer, conversation[:index], add_generation_prompt=True, tools=tools)
+    through = _render(tokenizer, conversation[: index + 1], tools=tools)
     if before != through[: len(before)] or through != input_ids[: len(through)]:
         raise ValueError(
             f"The chat template does not render message {index} (assistant) consistently: "

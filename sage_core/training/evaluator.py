@@ -2,7 +2,7 @@
 early stopping, and which checkpoint is the best one.
 
 The main metric is the task's (`sage_core.names.main_metric`): valid_f1_macro for
-classification, valid_loss for regression.
+classification, valid_loss for regression, chat and completion.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ class Evaluator:
                 with self.placement.autocast():
                     outputs = model(**batch.inputs)
                 loss_sum += float(task.loss(outputs, batch.targets).sum())
-                predictions.append(task.predict(outputs).cpu())
+                predictions.append(task.predict(outputs, batch.targets).cpu())
         finally:
             model.train()
         ordered = torch.cat(predictions).numpy()
         preds = np.empty_like(ordered)
         preds[np.asarray(order)] = ordered
-        targets = np.asarray([it.target for it in items])
+        targets = [it.target for it in items]
         metrics = {"loss": loss_sum / len(items), **task.metrics(preds, targets)}
         if not math.isfinite(metrics["loss"]):
             raise TrainingError(f"validation loss is {metrics['loss']} at step {step}",

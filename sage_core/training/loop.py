@@ -8,10 +8,18 @@ Choices a caller may rely on:
 - Train rows are logged every `log_every` optimizer steps (default: every step for runs of
   under 200 steps, else every total_steps // 100 steps, at most every 50), at the last
   step, and at a stop; `train_loss` and `grad_norm` are means over the steps since the
-  previous row, `learning_rate` the rate of the row's step.
-- Evaluation (with a validation file) every `eval_every_steps` and at each epoch end.
-  The main metric, for early stopping and the "best" checkpoint, is valid_f1_macro for
-  classification and valid_loss for regression (`sage_core.names.main_metric`).
+  previous row, `learning_rate` the rate of the row's step. Chat and completion rows also
+  hold train_mean_token_accuracy (loss tokens predicted right, over all the row's steps).
+- Evaluation (with a validation file) every `eval_every_steps` and at each epoch end:
+  valid_loss and the task's metrics, prefixed valid_ (valid_accuracy, valid_f1_macro,
+  valid_mcc; valid_pearson, valid_spearman; valid_mean_token_accuracy for chat and
+  completion). The main metric, for early stopping and the "best" checkpoint, is
+  valid_f1_macro for classification, valid_loss for the others
+  (`sage_core.names.main_metric`). After each evaluation a causal LM answers the first
+  validation prompts greedily: one "Sample at step N: ..." event each, with data
+  {step, prompt, reference, answer} (`Task.sample_events`; RNG and train mode restored).
+- Losses are per-example means, and a step's loss is the mean over its examples, so every
+  example weighs equally (a chat example: the mean over its own trained tokens).
 - Checkpoints every `checkpoint_every_steps`, at each epoch end, at a stop and at early
   stopping. The newest KEEP_LAST of them are kept, plus the one with the best main metric
   (among checkpoints taken at an evaluation); the rest are deleted.
@@ -65,9 +73,10 @@ from sage_core.training.optimization import (
 )
 from sage_core.training.preflight import check_spec
 from sage_core.training.progress import Progress, RunPlan
+from sage_core.training.registry import get_task
 from sage_core.training.sampler import EpochSampler
 from sage_core.training.sensitivity_hook import SensitivityHook
-from sage_core.training.tasks import Encoded, Task, get_task
+from sage_core.training.tasks import Encoded, Task
 
 LOG = logging.getLogger(__name__)
 
@@ -134,7 +143,7 @@ class Trainer:
         base_path = (str(self.base_model_dir) if self.base_model_dir is not None else
                      find_model(self.spec.model, models_dir=self.models_dir,
                                 allow_hub_models=self.allow_hub_models).path)
-        self.task: Task = get_task(self.spec.task)
+        self.task: Task = get_task(self.spec.task, self.hp)
         self._train_data, self._valid_data = self._load_data()
         self.task.load_processor(base_path)
         limit = self.task.max_length_limit()
@@ -168,13 +177,15 @@ class Trainer:
     def _setup_data(self) -> None:
         hp = self.hp
         self.micro_batch = hp.batch_size // hp.gradient_accumulation_steps
-        self.train_items = self.task.encode(self._train_data, hp.max_seq_length)
+        self.train_items = self.task.encode(self._train_data, hp.max_seq_length,
+                                            param="training_file", report=self._event)
         self.valid_items = (None if self._valid_data is None
-                            else self.task.encode(self._valid_data, hp.max_seq_length))
+                            else self.task.encode(self._valid_data, hp.max_seq_length,
+                                                  param="validation_file", report=self._event))
         self.sampler = self._sampler()
         self.plan = RunPlan.make(self.sampler.steps_per_epoch, n_epochs=hp.n_epochs,
                                  warmup_ratio=hp.warmup_ratio, log_every=self.requested_log_every)
-        self.window = TrainWindow(hp.learning_rate)
+        self.window = TrainWindow(hp.learning_rate, self.task.train_statistic_name)
         self.tracker = BestTracker(self.spec.task, patience=hp.early_stopping_patience,
                                    total_steps=self.plan.total_steps)
         self.evaluator = None if self.valid_items is None else Evaluator(
@@ -187,6 +198,7 @@ class Trainer:
             self.model = self.task.build_model(base_path)
         else:
             self.model = self.task.load_model(resume_from)
+        self.task.prepare_model(self.model, self.placement.device)
         self.model.to(self.placement.device)
         self.model.train()
 
@@ -217,11 +229,15 @@ class Trainer:
         lr = float(self.scheduler.get_last_lr()[0])
         scaler = self.placement.precision.scaler
         total = torch.zeros((), device=self.placement.device)
+        statistic: tuple[torch.Tensor, torch.Tensor] | None = None
         for start in range(0, len(indices), self.micro_batch):
             chunk = [self.train_items[i] for i in indices[start:start + self.micro_batch]]
-            loss = self._loss_step(chunk, len(indices))
+            loss, chunk_statistic = self._loss_step(chunk, len(indices))
             (scaler.scale(loss) if scaler else loss).backward()
             total += loss.detach()
+            if chunk_statistic is not None:
+                statistic = chunk_statistic if statistic is None else (
+                    statistic[0] + chunk_statistic[0], statistic[1] + chunk_statistic[1])
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -234,15 +250,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         # Kept as tensors: reading them forces a device sync, done only when a row is logged.
-        self.window.add(total, grad_norm.detach(), lr, len(indices))
+        self.window.add(total, grad_norm.detach(), lr, len(indices), statistic)
 
-    def _loss_step(self, items: list[Encoded], step_examples: int) -> torch.Tensor:
-        """The micro-batch's share of the step's mean loss."""
+    def _loss_step(self, items: list[Encoded], step_examples: int
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The micro-batch's share of the step's mean loss, and its train statistic."""
         batch = self.placement.batch(self.task, items)
         self.progress.trained_tokens += batch.tokens
         with self.placement.autocast():
             outputs = self.model(**batch.inputs)
-        return self.task.loss(outputs, batch.targets).sum() / step_examples
+        loss = self.task.loss(outputs, batch.targets).sum() / step_examples
+        return loss, self.task.train_statistic(outputs, batch.targets)
 
     def _after_step(self) -> str | None:
         """Log, evaluate, checkpoint and decide whether to go on; a status ends the run."""
@@ -288,15 +306,33 @@ class Trainer:
         metrics = self.evaluator.evaluate(self.model, self.progress.step)
         self._log({**self.plan.position(self.progress.step), **metrics})
         self.tracker.observe(self.progress, metrics)
+        self._samples()
         return self.tracker.early_stop_due(self.progress)
+
+    def _samples(self) -> None:
+        """The task's samples (a causal LM's answers) as events. Sampling draws no random
+        number the run would miss: the RNG states are restored, and train mode too. A
+        diagnostic: a failure is a warning, never the run's end."""
+        rng = ckpt.capture_rng()
+        try:
+            samples = self.task.sample_events(self.model, self.progress.step)
+        except Exception as exc:
+            LOG.exception("%ssamples failed", self.log_prefix)
+            self._event("warning", f"samples skipped at step {self.progress.step}: {exc}")
+            return
+        finally:
+            ckpt.restore_rng(rng)
+            self.model.train()
+        for message, data in samples:
+            self._event("info", message, data)
 
     def _log(self, row: dict[str, Any]) -> None:
         assert self.logger is not None
         self.logger.log(row)
 
-    def _event(self, level: str, message: str) -> None:
+    def _event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
         getattr(LOG, level)(self.log_prefix + message)
-        self.callbacks.on_event(level, message)
+        self.callbacks.on_event(level, message, data)
 
     # ---------------------------------------------------------------- save
     def _save_model(self, folder: Path) -> None:

@@ -2,7 +2,9 @@
 
 `MetricLogger` appends each row to metrics.jsonl and hands it to `on_metrics`.
 `TrainWindow` keeps the step losses and gradient norms since the last train row on the
-device (reading them forces a sync) and turns them into one row of means.
+device (reading them forces a sync) and turns them into one row of means, with the task's
+train statistic where it has one (`Task.train_statistic`: a ratio of sums over the row's
+steps, such as train_mean_token_accuracy).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class _Step:
     grad_norm: torch.Tensor
     learning_rate: float
     examples: int
+    statistic: tuple[torch.Tensor, torch.Tensor] | None = None  # (numerator, denominator)
 
 
 class TrainWindow:
@@ -62,8 +65,9 @@ class TrainWindow:
     are means over them, `learning_rate` that of the last, and samples_per_second leaves
     out the time spent inside `paused()` (evaluation, checkpoints)."""
 
-    def __init__(self, learning_rate: float) -> None:
+    def __init__(self, learning_rate: float, statistic_name: str | None = None) -> None:
         self._learning_rate = learning_rate  # the spec's, named in the non-finite message
+        self._statistic_name = statistic_name
         self._steps: list[_Step] = []
         self._start = time.perf_counter()
         self._paused = 0.0
@@ -72,8 +76,9 @@ class TrainWindow:
         self._start, self._paused = time.perf_counter(), 0.0
 
     def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, learning_rate: float,
-            examples: int) -> None:
-        self._steps.append(_Step(loss, grad_norm, learning_rate, examples))
+            examples: int,
+            statistic: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self._steps.append(_Step(loss, grad_norm, learning_rate, examples, statistic))
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -114,5 +119,14 @@ class TrainWindow:
             "grad_norm": sum(norms) / len(norms) if norms else None,
             "samples_per_second": sum(s.examples for s in self._steps) / elapsed,
         }
+        if self._statistic_name is not None:
+            row[f"train_{self._statistic_name}"] = self._statistic()
         self._steps.clear()
         return row
+
+    def _statistic(self) -> float | None:
+        pairs = [s.statistic for s in self._steps if s.statistic is not None]
+        if not pairs:
+            return None
+        numerator, denominator = torch.stack([torch.stack(p).float() for p in pairs]).sum(0)
+        return float(numerator / denominator) if denominator > 0 else 0.0

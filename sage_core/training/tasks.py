@@ -2,14 +2,15 @@
 
 The loop is task-agnostic: it asks its `Task` for the model with its head, the encoded
 examples, batches, the per-example loss, predictions and metrics. A new task (seq2seq,
-image classification) is a new subclass registered in `TASKS`; the loop does not change.
+image classification) is a new subclass registered in `registry.TASKS`; the loop does not
+change.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +22,15 @@ import torch.nn.functional as F
 from sage_core.datafiles import Dataset
 from sage_core.errors import InvalidSpecError
 from sage_core.names import MAIN_METRIC
+from sage_core.schemas import ResolvedHyperparameters
 from sage_core.training import metrics as M
+
+# where `Task.encode` reports on the data: report(level, message), level "info" | "warning"
+Report = Callable[[str, str], None]
+
+
+def ignore_report(level: str, message: str) -> None:
+    return None
 
 
 @dataclass
@@ -29,7 +38,7 @@ class Encoded:
     """One example, ready to batch: model features (unpadded token lists) and its target."""
 
     features: dict[str, list[int]]
-    target: int | float
+    target: int | float | list[int]  # a class id, a value, or per-token labels (causal LM)
 
 
 @dataclass
@@ -54,6 +63,29 @@ class Batch:
                      self.size, self.tokens)
 
 
+def pad_rows(rows: Sequence[Sequence[int]], width: int, value: int, *,
+             left: bool = False) -> torch.Tensor:
+    """[len(rows), width] long tensor: each row's values, then (or before, `left`) `value`."""
+    tensor = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        values = torch.as_tensor(row, dtype=torch.long)
+        if left:
+            tensor[i, width - len(values):] = values
+        else:
+            tensor[i, : len(values)] = values
+    return tensor
+
+
+def padded_width(lengths: Sequence[int], pad_to_multiple_of: int) -> int:
+    return -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+
+
+def length_mask(lengths: Sequence[int], width: int, *, left: bool = False) -> torch.Tensor:
+    """The attention mask of rows of `lengths` padded to `width`: from the lengths, never
+    from comparing ids with the pad id (which may be a real token, such as EOS)."""
+    return pad_rows([[1] * n for n in lengths], width, 0, left=left)
+
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report (the new head's weights are expected to be new)
@@ -73,12 +105,19 @@ def quiet_transformers() -> Iterator[None]:
 
 
 class Task(ABC):
-    """One kind of problem. Instances hold per-run state (label names, the tokenizer)."""
+    """One kind of problem. Instances hold per-run state (label names, the tokenizer) and
+    the run's hyperparameters (None: the defaults, for tests and tools)."""
 
     name: ClassVar[str]
     # a key of `metrics()`, compared for early stopping and "best" (sage_core.names)
     main_metric: ClassVar[str]
     greater_is_better: ClassVar[bool]
+    # A ratio that train rows report besides the loss, as train_<name> (see
+    # `train_statistic`); None for none.
+    train_statistic_name: ClassVar[str | None] = None
+
+    def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
+        self.hp = hp
 
     @abstractmethod
     def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
@@ -105,12 +144,21 @@ class Task(ABC):
     def load_model(self, folder: Path) -> torch.nn.Module:
         """A model this task saved earlier (a checkpoint), checked against this run's labels."""
 
+    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Called with the built or loaded model before it moves to `device`: memory
+        savings (gradient checkpointing) and checks that it fits."""
+        return None
+
     @abstractmethod
     def max_length_limit(self) -> int | None:
         """The longest input the model accepts, or None if unbounded."""
 
     @abstractmethod
-    def encode(self, dataset: Dataset, max_length: int) -> list[Encoded]: ...
+    def encode(self, dataset: Dataset, max_length: int, *, param: str = "training_file",
+               report: Report = ignore_report) -> list[Encoded]:
+        """The examples to train or evaluate on. `param` names the file in errors
+        ("training_file" or "validation_file"); `report(level, message)` receives what the
+        user should know about the data (truncated or dropped examples)."""
 
     def example_length(self, item: Encoded) -> int:
         """The padded dimension's length of `item`: evaluation batches examples of similar
@@ -128,16 +176,34 @@ class Task(ABC):
         gradient accumulation weighs every example of an optimizer step equally."""
 
     @abstractmethod
-    def predict(self, outputs: Any) -> torch.Tensor: ...
+    def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Per example (first dimension [batch]), what `metrics` needs of it: the predicted
+        class or value, or per-example counts (a causal LM's correct and loss tokens)."""
 
     @abstractmethod
-    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]: ...
+    def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
+        """Metrics over a whole file: `predictions` are `predict`'s rows in the file's
+        order, `targets` the examples' `Encoded.target`s."""
+
+    def train_statistic(self, outputs: Any,
+                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A micro-batch's (numerator, denominator) of `train_statistic_name`, detached and
+        on the device: the train rows report sum(numerators) / sum(denominators) over their
+        steps, read only when a row is logged. None for tasks without one."""
+        return None
+
+    def sample_events(self, model: torch.nn.Module, step: int) -> list[tuple[str, dict[str, Any]]]:
+        """(message, data) of each sample the model produces at an evaluation, for the
+        event log (a causal LM's answers to validation prompts). The caller restores the RNG
+        and train mode afterwards."""
+        return []
 
 
-class _TextTask(Task):
-    """Text (and text-pair) input through a Hugging Face tokenizer, dynamic padding."""
+class TokenizedTask(Task):
+    """Token ids from the base model's Hugging Face tokenizer, padded per batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
+        super().__init__(hp)
         self.tokenizer: Any = None
         self._path: str | None = None
 
@@ -150,10 +216,37 @@ class _TextTask(Task):
     def save_processor(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(folder)
 
+    def example_length(self, item: Encoded) -> int:
+        return len(item.features["input_ids"])
+
+    def max_length_limit(self) -> int | None:
+        """The least of the tokenizer's limit and the model's position embeddings
+        (`max_position_embeddings`; GPT-2's n_positions)."""
+        from transformers import AutoConfig
+
+        limits = []
+        # Tokenizers without a limit report a huge sentinel (int(1e30)).
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)
+        if self._path is not None:
+            config = AutoConfig.from_pretrained(self._path)
+            for name in ("max_position_embeddings", "n_positions"):
+                positions = getattr(config, name, None)
+                if isinstance(positions, int):
+                    limits.append(positions)
+                    break
+        return min(limits) if limits else None
+
+
+class _TextTask(TokenizedTask):
+    """Text (and text-pair) input to a sequence classifier, dynamic padding."""
+
     @abstractmethod
     def _target(self, label: str | int | float) -> int | float: ...
 
-    def encode(self, dataset: Dataset, max_length: int) -> list[Encoded]:
+    def encode(self, dataset: Dataset, max_length: int, *, param: str = "training_file",
+               report: Report = ignore_report) -> list[Encoded]:
         examples = dataset.examples
         keys = [k for k in self.tokenizer.model_input_names if k != "attention_mask"]
         out: list[Encoded | None] = [None] * len(examples)
@@ -171,50 +264,19 @@ class _TextTask(Task):
                 out[i] = Encoded(feats, self._target(examples[i].label))
         return [e for e in out if e is not None]
 
-    def example_length(self, item: Encoded) -> int:
-        return len(item.features["input_ids"])
-
     def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
         lengths = [self.example_length(it) for it in items]
-        width = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+        width = padded_width(lengths, pad_to_multiple_of)
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         pad_values = {"input_ids": self.tokenizer.pad_token_id or 0}
-        inputs: dict[str, torch.Tensor] = {}
-        for key in items[0].features:
-            tensor = torch.full((len(items), width), pad_values.get(key, 0), dtype=torch.long)
-            for row, it in enumerate(items):
-                values = torch.as_tensor(it.features[key], dtype=torch.long)
-                if left:
-                    tensor[row, width - len(values):] = values
-                else:
-                    tensor[row, : len(values)] = values
-            inputs[key] = tensor
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, n in enumerate(lengths):
-            if left:
-                mask[row, width - n:] = 1
-            else:
-                mask[row, :n] = 1
-        inputs["attention_mask"] = mask
+        inputs = {key: pad_rows([it.features[key] for it in items], width,
+                                pad_values.get(key, 0), left=left)
+                  for key in items[0].features}
+        inputs["attention_mask"] = length_mask(lengths, width, left=left)
         targets = torch.tensor([it.target for it in items], dtype=self._target_dtype)
         return Batch(inputs, targets, len(items), sum(lengths))
 
     _target_dtype: ClassVar[torch.dtype]
-
-    def max_length_limit(self) -> int | None:
-        from transformers import AutoConfig
-
-        limits = []
-        # Tokenizers without a limit report a huge sentinel (int(1e30)).
-        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:
-            limits.append(tokenizer_limit)
-        if self._path is not None:
-            positions = getattr(AutoConfig.from_pretrained(self._path),
-                                "max_position_embeddings", None)
-            if isinstance(positions, int):
-                limits.append(positions)
-        return min(limits) if limits else None
 
     def _load(self, path: str | Path, **kwargs: Any) -> Any:  # a PreTrainedModel
         from transformers import AutoModelForSequenceClassification
@@ -229,8 +291,8 @@ class TextClassification(_TextTask):
     main_metric, greater_is_better = MAIN_METRIC["text-classification"]
     _target_dtype = torch.long
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
+        super().__init__(hp)
         self.label_names: list[str] = []
         self.label2id: dict[str, int] = {}
 
@@ -274,10 +336,10 @@ class TextClassification(_TextTask):
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), targets, reduction="none")
 
-    def predict(self, outputs: Any) -> torch.Tensor:
+    def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return outputs.logits.argmax(dim=-1)
 
-    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
         return {
             "accuracy": M.accuracy(targets, predictions),
             "f1_macro": M.f1_macro(targets, predictions),
@@ -310,20 +372,19 @@ class TextRegression(_TextTask):
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.logits.float().squeeze(-1) - targets) ** 2
 
-    def predict(self, outputs: Any) -> torch.Tensor:
+    def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return outputs.logits.float().squeeze(-1)
 
-    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
         return {"pearson": M.pearson(predictions, targets),
                 "spearman": M.spearman(predictions, targets)}
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (TextClassification, TextRegression)}
+def __getattr__(name: str) -> Any:
+    # The registry holds the causal-LM tasks too, which import this module; its names stay
+    # importable from here, where they used to live.
+    if name in ("TASKS", "get_task"):
+        from sage_core.training import registry
 
-
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]()
-    except KeyError:
-        raise InvalidSpecError(f"unknown task {name!r}; known: {', '.join(TASKS)}",
-                               param="task") from None
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from worker_helpers import WorkerEnv
 
 from sage_core.db import transitions
-from sage_core.db.models import Checkpoint, File, Job, JobMetric
+from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric
 from sage_core.transient import TransientJobError
 from worker import runner
 from worker.runner import JobRunner, run_job
@@ -213,3 +213,17 @@ def test_out_of_memory_fails_with_a_clear_error(
     error = env.job(job_id).error
     assert error is not None and error["code"] == "out_of_memory"
     assert "smaller batch_size" in error["message"]
+
+
+def test_engine_events_keep_their_data(env: WorkerEnv) -> None:
+    job_id = env.add_job()
+    job_runner = JobRunner(job_id, env.settings, worker_id="w1", store=env.store)
+    sample = {"step": 3, "prompt": "hello", "reference": "hi", "answer": "hi"}
+    job_runner._on_event("info", "Sample at step 3: hi", sample)
+    job_runner._on_event("warning", "2 of 9 examples were truncated")
+    with env.sessions() as s:
+        rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                         .order_by(JobEvent.created_at, JobEvent.id)).all()
+        got = [(r.level, r.message, r.data) for r in rows]
+    assert got[-2:] == [("info", "Sample at step 3: hi", sample),
+                        ("warn", "2 of 9 examples were truncated", None)]

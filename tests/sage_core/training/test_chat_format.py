@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from sage_core.testing import build_tiny_gpt2, build_tiny_llama
-from sage_core.training.chat_format import IGNORE_INDEX, EncodedText, encode_chat, encode_completion
+from sage_core.training.chat_format import (
+    IGNORE_INDEX,
+    EncodedText,
+    encode_chat,
+    encode_completion,
+    encode_prompt,
+    end_of_turn_ids,
+    template_supports_tools,
+)
 
 # No word is shared between system/user and assistant messages, so a stray label shows.
 SYSTEM = "you are a helpful bot"
@@ -278,3 +286,29 @@ def test_the_tiny_decoders_load_offline_and_predict(tmp_path: Path) -> None:
         out = model(input_ids=ids, labels=torch.tensor([encoded.labels]))
         assert out.logits.shape == (1, ids.shape[1], len(tokenizer))
         assert torch.isfinite(out.loss)
+
+
+def test_end_of_turn_is_the_control_token_closing_an_assistant_turn(
+        tokenizer: Any, end_of_turn: int) -> None:
+    # Llama 3's <|eot_id|> (also its EOS); ChatML's <|im_end|>, not GPT-2's EOS
+    assert end_of_turn_ids(tokenizer) == [end_of_turn]
+
+
+def test_a_prompt_ends_with_the_generation_prompt_and_drops_weights(tokenizer: Any) -> None:
+    messages = [{"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi", "weight": 0},
+                {"role": "user", "content": "thanks"}]
+    plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    expected = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
+    assert encode_prompt(tokenizer, messages) == list(expected)
+
+
+def test_tool_support_is_read_from_the_template(tokenizer: Any) -> None:
+    assert not template_supports_tools(tokenizer)
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = "{% if tools %}{{ tools | tojson }}{% endif %}" + original
+        assert template_supports_tools(tokenizer)
+    finally:
+        tokenizer.chat_template = original

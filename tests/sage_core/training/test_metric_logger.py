@@ -58,3 +58,16 @@ def test_a_resumed_log_drops_rows_after_the_checkpoint(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"step": 1}, {"step": 2}, {"step": 3, "train_loss": 0.5}]
     assert seen == [{"step": 3, "train_loss": 0.5}]
+
+
+def test_a_task_statistic_is_a_ratio_of_sums_over_the_rows_steps() -> None:
+    window = TrainWindow(learning_rate=0.1, statistic_name="mean_token_accuracy")
+    window.add(torch.tensor(1.0), torch.tensor(1.0), 0.1, 8, (torch.tensor(1), torch.tensor(2)))
+    window.add(torch.tensor(1.0), torch.tensor(1.0), 0.1, 8, (torch.tensor(5), torch.tensor(6)))
+    row = window.flush(2)
+    # (1 + 5) / (2 + 6), not the mean of 1/2 and 5/6: every token weighs the same
+    assert row is not None and row["train_mean_token_accuracy"] == 0.75
+    plain = TrainWindow(learning_rate=0.1)
+    _step(plain, 1.0, 1.0)
+    assert set(plain.flush(1) or {}) == {"train_loss", "learning_rate", "grad_norm",
+                                         "samples_per_second"}

@@ -10,7 +10,8 @@ from training_data import spam_rows, write_jsonl
 
 from sage_core.datafiles import load_dataset
 from sage_core.errors import InvalidSpecError
-from sage_core.training.tasks import TASKS, TextClassification, TextRegression, get_task
+from sage_core.training.registry import TASKS, get_task
+from sage_core.training.tasks import TextClassification, TextRegression
 
 
 def _classification(tmp_path: Path, rows: list[dict], tiny: Path) -> TextClassification:
@@ -22,7 +23,7 @@ def _classification(tmp_path: Path, rows: list[dict], tiny: Path) -> TextClassif
 
 
 def test_registry() -> None:
-    assert set(TASKS) == {"text-classification", "text-regression"}
+    assert set(TASKS) == {"text-classification", "text-regression", "chat", "completion"}
     assert isinstance(get_task("text-regression"), TextRegression)
     with pytest.raises(InvalidSpecError, match="unknown task 'image-classification'"):
         get_task("image-classification")
