@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ def _never_stop() -> bool:
     return False
 
 
-def _ignore_event(level: str, message: str, data: dict[str, Any] | None = None) -> None:
+def _ignore_event(level: str, message: str, data: dict[str, Any] | None) -> None:
     return None
 
 
@@ -34,35 +33,15 @@ class Callbacks:
         may be deleted by a later checkpoint's pruning, so copy it inside the callback.
     should_stop(): polled after every optimizer step; True saves a resume checkpoint and
         returns a TrainResult with status "stopped".
-    on_event(level, message, data=None): "info" | "warning" | "error" lines for humans;
-        `data`, a JSON-able dict, where the line has structured content (a sample answer:
-        step, prompt, reference, answer). A two-argument on_event still works: it is
-        called without `data`.
+    on_event(level, message, data): "info" | "warning" | "error" lines for humans; `data`, a
+        JSON-able dict where the line has structured content (a sample answer: step, prompt,
+        reference, answer), else None.
     """
 
     on_metrics: Callable[[dict[str, Any]], None] = _ignore_metrics
     on_checkpoint: Callable[[Path, int, dict[str, Any]], None] = _ignore_checkpoint
     should_stop: Callable[[], bool] = _never_stop
-    on_event: Callable[..., None] = _ignore_event
-
-    def __post_init__(self) -> None:
-        if not _takes_data(self.on_event):
-            two_arguments = self.on_event
-
-            def on_event(level: str, message: str, data: dict[str, Any] | None = None) -> None:
-                two_arguments(level, message)
-
-            self.on_event = on_event
-
-
-def _takes_data(callback: Callable[..., None]) -> bool:
-    try:
-        inspect.signature(callback).bind("info", "message", data=None)
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (some builtins): trust it
-        return True
-    return True
+    on_event: Callable[[str, str, dict[str, Any] | None], None] = _ignore_event
 
 
 @dataclass

@@ -53,12 +53,6 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> PeftModel:
     """``model`` wrapped by peft with LoRA adapters as ``settings`` say, initialised
     "orthogonal" (see the module docstring): the base is frozen, the adapters are trainable.
     "all-linear" targets every linear layer but the output head."""
-    if settings.r % 2:
-        raise InvalidSpecError(
-            f"LoRA rank r must be even, got {settings.r}: the adapters are initialised with "
-            "both factors non-zero and B @ A = 0, which takes an even rank",
-            param="hyperparameters.lora.r",
-        )
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=settings.r,

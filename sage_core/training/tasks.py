@@ -378,13 +378,3 @@ class TextRegression(_TextTask):
     def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
         return {"pearson": M.pearson(predictions, targets),
                 "spearman": M.spearman(predictions, targets)}
-
-
-def __getattr__(name: str) -> Any:
-    # The registry holds the causal-LM tasks too, which import this module; its names stay
-    # importable from here, where they used to live.
-    if name in ("TASKS", "get_task"):
-        from sage_core.training import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

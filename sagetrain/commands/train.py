@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
     callbacks = Callbacks(
         on_metrics=progress.on_metrics,
-        on_event=lambda level, message: progress.write(
+        on_event=lambda level, message, data: progress.write(
             message if level == "info" else f"{level}: {message}"),
         should_stop=lambda: bool(interrupted),
         on_checkpoint=lambda folder, step, metrics: None,

@@ -100,7 +100,7 @@ def test_a_bad_file_fails_detection_with_its_line(
 
 
 def _chat_task_exists() -> bool:
-    from sage_core.training.tasks import TASKS
+    from sage_core.training.registry import TASKS
 
     return "chat" in TASKS
 

@@ -7,7 +7,7 @@ from sage_core.names import TASKS, main_metric
 
 
 def test_every_task_has_a_main_metric_the_engine_logs() -> None:
-    from sage_core.training.tasks import TASKS as TASK_CLASSES
+    from sage_core.training.registry import TASKS as TASK_CLASSES
 
     assert set(TASKS) == set(TASK_CLASSES)
     for name, task in TASK_CLASSES.items():

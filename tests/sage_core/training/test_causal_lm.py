@@ -198,13 +198,6 @@ def test_max_length_limit_comes_from_the_models_positions(decoders: Path) -> Non
     assert _task(decoders / "tiny-gpt2").max_length_limit() == 1024  # n_positions
 
 
-def test_a_two_argument_on_event_still_works() -> None:
-    seen: list[tuple[str, str]] = []
-    callbacks = Callbacks(on_event=lambda level, message: seen.append((level, message)))
-    callbacks.on_event("info", "Sample at step 1: hi", {"answer": "hi"})
-    assert seen == [("info", "Sample at step 1: hi")]
-
-
 # --------------------------------------------------------------------------- end to end
 GREETINGS = [_turns(("system", "you are a helpful bot"), ("user", "hello"),
                     ("assistant", "hi how are you ?"))] * 16
