@@ -40,7 +40,7 @@ class Recorder:
             on_checkpoint=lambda folder, step, m: self.checkpoints.append((folder, step, m)),
             should_stop=lambda: self.stop_after is not None
             and next(self._calls) >= self.stop_after,
-            on_event=lambda level, message: self.events.append((level, message)),
+            on_event=lambda level, message, data: self.events.append((level, message)),
         )
 
     def train_losses(self) -> dict[int, float]:
