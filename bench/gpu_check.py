@@ -11,6 +11,9 @@ fused AdamW there, and bf16 fine-tuning throughput of SAGE against AdamW.
 2. `bench/optimizer.py --device cuda`: median SAGE step / median fused AdamW step.
 3. `bench/train.py --device cuda`: 50 measured steps of bf16-autocast fine-tuning of
    all-MiniLM-L6-v2 on SMS spam with SAGE and with AdamW, samples/s for each.
+4. `bench/train.py --case chat --device cuda`: a tiny Llama fine-tuned on chat in bf16
+   autocast, fully and with LoRA, SAGE against AdamW: tokens/s and optimizer-state bytes
+   per trainable parameter for each.
 
 On a machine without the model and data packages, point SAGETRAIN_MODELS_DIR at a folder
 holding `sentence-transformers--all-MiniLM-L6-v2` and pass --data with the SMS file.
@@ -106,6 +109,8 @@ def main() -> int:
         if args.data is not None:
             train += ["--data", str(args.data)]
         commands.append(train)
+        commands.append([sys.executable, str(ROOT / "bench" / "train.py"), "--case", "chat",
+                         "--device", "cuda", "--steps", str(args.steps), "--rounds", "2"])
     for command in commands:
         print(f"\n$ {' '.join(Path(c).name if c.endswith('.py') else c for c in command)}",
               flush=True)
