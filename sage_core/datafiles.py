@@ -1,10 +1,11 @@
 """Reading and validating training files (JSONL, or CSV/TSV with a header).
 
-Four kinds of rows, one kind per file:
+Kinds of rows, one kind per file:
 - text classification / regression: `{"text", "text_pair"?, "label"}` (JSONL or CSV/TSV);
 - chat, OpenAI's format: `{"messages": [{"role", "content", "weight"?}, ...], "tools"?}`;
-- completion: `{"prompt", "completion"}`.
-The last two are recognised from the content (`detect_task`); regression and classification
+- completion: `{"prompt", "completion"}`;
+- seq2seq: `{"source", "target"}` (JSONL, or CSV/TSV with those columns).
+All but text are recognised from the content (`detect_task`); regression and classification
 share a layout, so those two are told apart by the task the caller names.
 
 Torch-free, so the API validates uploads with the very code the trainer reads them with.
@@ -18,12 +19,13 @@ import io
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sage_core.errors import DataFileError, DataIssue
-from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TaskName
+from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TEXT_TASKS, TaskName
 
 MIN_ROWS = 2
 KNOWN_COLUMNS = ("text", "text_pair", "label")
@@ -50,6 +52,12 @@ class ChatExample:
 
 
 @dataclass(frozen=True)
+class Seq2SeqExample:
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
 class CompletionExample:
     prompt: str
     completion: str
@@ -59,7 +67,7 @@ class CompletionExample:
         return len(self.prompt) + len(self.completion)
 
 
-AnyExample = Example | ChatExample | CompletionExample
+AnyExample = Example | ChatExample | CompletionExample | Seq2SeqExample
 
 
 @dataclass
@@ -83,6 +91,10 @@ class Dataset:
     def stats(self) -> dict[str, Any]:
         if self.task in GENERATIVE_TASKS:
             return self._generative_stats()
+        if self.task == "seq2seq":
+            return {"examples": len(self.examples), "format": self.format,
+                    "source_characters": _spread([len(e.source) for e in self.examples]),
+                    "target_characters": _spread([len(e.target) for e in self.examples])}
         out: dict[str, Any] = {"rows": len(self.examples), "columns": self.columns,
                                "format": self.format}
         if self.task == "text-regression":
@@ -112,13 +124,20 @@ def _spread(values: list[int]) -> dict[str, float]:
 
 
 def detect_task(row: dict[str, Any]) -> TaskName | None:
-    """The task a JSON row's layout belongs to: chat, completion, or None (text rows,
-    whose task, classification or regression, the caller names)."""
+    """The task a JSON row's (or a CSV header's) layout belongs to: chat, completion,
+    seq2seq, or None (text rows, whose task, classification or regression, the caller
+    names)."""
     if "messages" in row:
         return "chat"
     if "prompt" in row or "completion" in row:
         return "completion"
+    if "source" in row or "target" in row:
+        return "seq2seq"
     return None
+
+
+def _layout_of(task: str) -> str | None:
+    return None if task in TEXT_TASKS else task
 
 
 def detect_format(filename: str, head: bytes) -> str:
@@ -149,7 +168,7 @@ def parse_dataset(data: bytes, filename: str, task: str | None, *,
     reader = _ValidatingReader(filename, task, max_rows, max_errors)
     if fmt == "jsonl":
         reader.read_jsonl(text)
-    elif task in GENERATIVE_TASKS:
+    elif task in GENERATIVE_TASKS:  # nested rows: JSON only
         raise DataFileError(filename, [DataIssue(
             None, None, f"{task} files are JSONL, one example per line; this file reads as "
                         f"{fmt.upper()}")])
@@ -159,11 +178,12 @@ def parse_dataset(data: bytes, filename: str, task: str | None, *,
 
 
 _LAYOUT_NAMES = {"chat": "chat (OpenAI's messages format)", "completion": "prompt/completion",
-                 None: "text (text and label)"}
+                 "seq2seq": "seq2seq (source and target)", None: "text (text and label)"}
 _CHAT_ROLES = ("system", "user", "assistant", "tool")
 _CHAT_ROW_KEYS = ("messages", "tools", "parallel_tool_calls")
 _MESSAGE_KEYS = ("role", "content", "weight", "name", "tool_calls", "tool_call_id")
 _COMPLETION_KEYS = ("prompt", "completion")
+_SEQ2SEQ_KEYS = ("source", "target")
 
 
 class _ValidatingReader:
@@ -211,6 +231,8 @@ class _ValidatingReader:
                 self._add_chat(lineno, row)
             elif self.layout == "completion":
                 self._add_completion(lineno, row)
+            elif self.layout == "seq2seq":
+                self._add_seq2seq(lineno, row)
             else:
                 self._add(lineno, row)
 
@@ -222,8 +244,7 @@ class _ValidatingReader:
             self.seen_first, self.layout = True, layout
             if self.requested is None:
                 self.task = layout or DEFAULT_TASK
-            elif (self.requested in GENERATIVE_TASKS) != (layout is not None) or (
-                    layout is not None and layout != self.requested):
+            elif layout != _layout_of(self.requested):
                 self._issue(line, None, f"this row is {_LAYOUT_NAMES[layout]}, which does not "
                             f"fit the task {self.requested} that the file was given for")
                 raise DataFileError(self.filename, self.issues)
@@ -336,6 +357,10 @@ class _ValidatingReader:
             return
         header = [h.strip() for h in header]
         self.columns = header
+        if detect_task(dict.fromkeys(header)) == "seq2seq":
+            self._same_layout(1, "seq2seq")
+            self._read_csv_rows(rows, header, self._add_seq2seq)
+            return
         missing = [c for c in ("text", "label") if c not in header]
         if missing and {"messages", "prompt", "completion"} & set(header):
             self._issue(1, None, "chat and prompt/completion files are JSONL, one example "
@@ -343,8 +368,14 @@ class _ValidatingReader:
             raise DataFileError(self.filename, self.issues)
         if missing:
             self._issue(1, None, "the header must name the columns 'text' and 'label' "
-                                 f"(missing {', '.join(repr(m) for m in missing)}; got {header})")
+                                 f"(or 'source' and 'target' for seq2seq; missing "
+                                 f"{', '.join(repr(m) for m in missing)}; got {header})")
             raise DataFileError(self.filename, self.issues)
+        self._same_layout(1, None)
+        self._read_csv_rows(rows, header, lambda line, row: self._add(line, row, from_csv=True))
+
+    def _read_csv_rows(self, rows: Any, header: list[str],
+                       add: Callable[[int, dict[str, Any]], None]) -> None:
         try:
             for values in rows:
                 lineno = rows.line_num
@@ -354,9 +385,20 @@ class _ValidatingReader:
                 if len(values) != len(header):
                     self._issue(lineno, None, f"expected {len(header)} columns, got {len(values)}")
                     continue
-                self._add(lineno, dict(zip(header, values, strict=True)), from_csv=True)
+                add(lineno, dict(zip(header, values, strict=True)))
         except csv.Error as exc:
             self._issue(rows.line_num, None, f"malformed CSV ({exc})")
+
+    def _add_seq2seq(self, line: int, row: dict[str, Any]) -> None:
+        if self._unknown_keys(line, row, _SEQ2SEQ_KEYS):
+            return
+        for name in _SEQ2SEQ_KEYS:
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                self._issue(line, name, "required, a non-empty string" + (
+                    "" if value is None else f" (got {json.dumps(value)[:40]})"))
+                return
+        self.examples.append(Seq2SeqExample(source=row["source"], target=row["target"]))
 
     def _add(self, line: int, row: dict[str, Any], from_csv: bool = False) -> None:
         text = row.get("text")

@@ -38,20 +38,26 @@ DEFAULT_EPOCHS = 3
 
 # --- tasks --------------------------------------------------------------------------------
 
-TaskName = Literal["text-classification", "text-regression", "chat", "completion"]
+TaskName = Literal["text-classification", "text-regression", "chat", "completion", "seq2seq",
+                   "image-classification"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)
 DEFAULT_TASK: TaskName = "text-classification"
 # Tasks that train a causal (decoder-only) language model to generate text: OpenAI's chat
 # format (`messages`) and prompt/completion pairs. Only these take LoRA and train_on_inputs.
 GENERATIVE_TASKS: tuple[TaskName, ...] = ("chat", "completion")
+# Tasks whose files share one layout (text and label): a file may serve either.
+TEXT_TASKS: tuple[TaskName, ...] = ("text-classification", "text-regression")
 
 # "auto" batch size and the default max_seq_length, by task: encoder classifiers read short
 # texts; a causal LM reads whole conversations, fewer of them per step.
 DEFAULT_BATCH_SIZE: dict[TaskName, int] = {
     "text-classification": 32, "text-regression": 32, "chat": 8, "completion": 8,
+    "seq2seq": 16, "image-classification": 32,
 }
+# (image-classification has no sequence: its inputs are the image processor's size)
 DEFAULT_MAX_SEQ_LENGTH: dict[TaskName, int] = {
     "text-classification": 128, "text-regression": 128, "chat": 1024, "completion": 1024,
+    "seq2seq": 128, "image-classification": 128,
 }
 
 # Each task's main metric (a key of the task's metrics, logged with a "valid_" prefix) and
@@ -61,6 +67,8 @@ MAIN_METRIC: dict[TaskName, tuple[str, bool]] = {
     "text-regression": ("loss", False),
     "chat": ("loss", False),  # OpenAI's: the validation loss on the assistant's tokens
     "completion": ("loss", False),
+    "seq2seq": ("bleu", True),  # sacrebleu's corpus BLEU of greedy (or beam) outputs
+    "image-classification": ("accuracy", True),
 }
 
 

@@ -118,6 +118,15 @@ class Hyperparameters(BaseModel):
     gradient_checkpointing: bool | Auto = Field(
         "auto", description="Recompute activations in the backward pass to save memory "
                             "(auto: on for models over 1B parameters on a GPU)")
+    architecture: Literal["auto", "encoder-decoder"] = Field(
+        "auto", description="seq2seq: auto, the model's own sequence-to-sequence head; "
+                            "encoder-decoder, a decoder warm-started from an encoder model "
+                            "(BERT2BERT)")
+    num_beams: int = Field(
+        1, ge=1, le=16, description="seq2seq: beams when generating for evaluation (1: greedy)")
+    augment: bool = Field(
+        True, description="image-classification: random resized crops and flips of the "
+                          "training images")
 
     @model_validator(mode="after")
     def _check(self) -> Hyperparameters:
@@ -134,12 +143,11 @@ class Hyperparameters(BaseModel):
 
     def resolve(self, task: TaskName = DEFAULT_TASK) -> ResolvedHyperparameters:
         """Every value concrete for a job of `task` (whose defaults some depend on)."""
-        if task not in GENERATIVE_TASKS:
-            for name in ("lora", "train_on_inputs"):
-                if getattr(self, name) not in (None, False):
-                    raise InvalidSpecError(
-                        f"{name} applies to the tasks {', '.join(GENERATIVE_TASKS)}, not to "
-                        f"{task}", param=f"hyperparameters.{name}")
+        for name, tasks in TASK_SPECIFIC.items():
+            value = getattr(self, name)
+            if task not in tasks and value != type(self).model_fields[name].default:
+                raise InvalidSpecError(f"{name} applies to {', '.join(tasks)}, not to {task}",
+                                       param=f"hyperparameters.{name}")
         multiplier = 1.0 if self.learning_rate_multiplier == "auto" else float(
             self.learning_rate_multiplier
         )
@@ -181,6 +189,20 @@ class ResolvedHyperparameters(BaseModel):
     lora: LoraSettings | None = None
     # "auto" stays until the engine knows the model's size and device
     gradient_checkpointing: bool | Auto = "auto"
+    architecture: Literal["auto", "encoder-decoder"] = "auto"
+    num_beams: int = 1
+    augment: bool = True
+
+
+# Hyperparameters that mean something to some tasks only: another task refuses a value
+# other than the default.
+TASK_SPECIFIC: dict[str, tuple[TaskName, ...]] = {
+    "lora": GENERATIVE_TASKS,
+    "train_on_inputs": GENERATIVE_TASKS,
+    "architecture": ("seq2seq",),
+    "num_beams": ("seq2seq",),
+    "augment": ("image-classification",),
+}
 
 
 class JobSpec(BaseModel):

@@ -14,7 +14,7 @@ from sage_core.datafiles import Dataset, parse_dataset
 from sage_core.db.ids import FILE, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus
 from sage_core.errors import ConflictError, DataFileError
-from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TASKS, TaskName
+from sage_core.names import DEFAULT_TASK, TASKS, TEXT_TASKS, TaskName
 from sage_core.settings import Settings
 
 PURPOSE_FINE_TUNE = "fine-tune"
@@ -66,9 +66,9 @@ def store_upload(session: Session, key: ApiKey, upload: Upload, store: ArtifactS
 
 
 def task_family(task: str) -> str:
-    """What a file of `task` holds: "chat", "completion" or "text" (classification and
-    regression rows share a layout, so a text file may serve either)."""
-    return task if task in GENERATIVE_TASKS else "text"
+    """What a file of `task` holds: "text" for classification and regression (their rows
+    share a layout, so a text file may serve either), else the task itself."""
+    return "text" if task in TEXT_TASKS else task
 
 
 def file_task(file: File) -> TaskName:
