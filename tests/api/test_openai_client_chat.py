@@ -38,14 +38,20 @@ def chat_rows(n: int, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """`sagetrain serve` whose models folder holds a tiny random Llama with a chat
-    template."""
+def chat_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding a tiny random Llama with a chat template."""
     from sage_core.testing import build_tiny_llama
 
     models = tmp_path_factory.mktemp("chat-models")
     build_tiny_llama(models / MODEL)
-    with LiveServer.start(tmp_path_factory.mktemp("chat-live"), models) as server:
+    return models
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory: pytest.TempPathFactory,
+                chat_models: Path) -> Iterator[LiveServer]:
+    """`sagetrain serve` on `chat_models`."""
+    with LiveServer.start(tmp_path_factory.mktemp("chat-live"), chat_models) as server:
         yield server
 
 
@@ -114,3 +120,51 @@ def test_chat_job_through_the_openai_client(chat_server: LiveServer, tmp_path: P
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_lora_job_downloads_merged_and_adapter(chat_server: LiveServer, chat_models: Path,
+                                               tmp_path: Path) -> None:
+    """A LoRA chat job: the merged download is a plain folder, the adapter download is the
+    peft adapter, and the base plus that adapter computes what the merged model does."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key=chat_server.key,
+                           max_retries=0)
+    train = client.files.create(file=("chat.jsonl", chat_rows(16, 2)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=MODEL, training_file=train.id, seed=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 1, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}}})
+
+    def done() -> object:
+        current = client.fine_tuning.jobs.retrieve(job.id)
+        return current if current.status in ("succeeded", "failed", "cancelled") else None
+
+    finished = wait_for(done, 300, "the LoRA job to finish", interval=0.5)
+    assert finished.status == "succeeded", (finished.error, chat_server.log_text()[-4000:])
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+    folders = {}
+    with chat_server.client() as http:
+        for variant in ("merged", "adapter"):
+            answer = http.get(f"/v1/fine_tuning/jobs/{job.id}/checkpoints/{checkpoint.id}"
+                              f"/content?variant={variant}")
+            assert answer.status_code == 200, answer.text
+            with tarfile.open(fileobj=io.BytesIO(answer.content), mode="r:gz") as tar:
+                tar.extractall(tmp_path / variant, filter="data")
+            (folders[variant],) = (tmp_path / variant).iterdir()
+    assert (folders["adapter"] / "adapter_config.json").is_file()
+    assert not (folders["merged"] / "adapter").exists()
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def base() -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(chat_models / MODEL).eval()
+
+    with_adapter = PeftModel.from_pretrained(base(), folders["adapter"]).eval()
+    merged = AutoModelForCausalLM.from_pretrained(folders["merged"]).eval()
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(ids).logits, merged(ids).logits, atol=1e-5)
+        # training moved the adapters: the merged model is not the base
+        assert not torch.equal(base()(ids).logits, merged(ids).logits)
