@@ -175,10 +175,10 @@ class Seq2SeqTask(TokenizedTask):
             config = AutoConfig.from_pretrained(base_path)
             if not getattr(config, "is_encoder_decoder", False):
                 raise InvalidSpecError(
-                    f"{Path(base_path).name} is an encoder-only model ({config.model_type}), "
-                    "without a sequence-to-sequence head: pass the hyperparameter "
-                    'architecture "encoder-decoder" to warm-start a decoder from it '
-                    "(BERT2BERT)", param="architecture")
+                    f"the base model is encoder-only ({config.model_type}), without a "
+                    "sequence-to-sequence head: pass the hyperparameter architecture "
+                    '"encoder-decoder" to warm-start a decoder from it (BERT2BERT)',
+                    param="architecture")
             return cast(torch.nn.Module, self._load(base_path))
         return self._warm_start(base_path)
 
@@ -187,7 +187,7 @@ class Seq2SeqTask(TokenizedTask):
 
         if getattr(AutoConfig.from_pretrained(base_path), "is_encoder_decoder", False):
             raise InvalidSpecError(
-                f"{Path(base_path).name} is an encoder-decoder model already: architecture "
+                "the base model is an encoder-decoder model already: architecture "
                 '"encoder-decoder" warm-starts from an encoder-only model; use "auto"',
                 param="architecture")
         with quiet_transformers():
