@@ -23,6 +23,8 @@ Choices a caller may rely on:
   valid_chrf are sacrebleu's corpus BLEU and chrF against the references as the tokenizer
   decodes them (as Hugging Face's translation example does). The first SAMPLE_COUNT
   validation examples' outputs become sample events.
+- `gradient_checkpointing` (true, or "auto" for a model over 1B parameters on a GPU)
+  applies to the encoder and the decoder.
 - A saved model loads with `AutoModelForSeq2SeqLM.from_pretrained` (which maps an
   "encoder-decoder" config to `EncoderDecoderModel`), with its tokenizer; its
   generation_config names the start, EOS and pad tokens, num_beams, and a max_length of
@@ -202,6 +204,16 @@ class Seq2SeqTask(TokenizedTask):
 
     def load_model(self, folder: Path) -> torch.nn.Module:
         return cast(torch.nn.Module, self._load(folder))
+
+    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Gradient checkpointing as `gradient_checkpointing` says (memory.py). The memory
+        check before the first step is the causal LMs' alone: its estimate counts one
+        stack of layers."""
+        from sage_core.training import memory
+
+        if self.hp is not None and memory.gradient_checkpointing_wanted(
+                self.hp.gradient_checkpointing, model, device):
+            memory.enable_gradient_checkpointing(model)
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
         config = cast(Any, model).generation_config

@@ -174,6 +174,29 @@ def test_a_tiny_t5_learns_to_translate_numbers_into_french(models: Path,
     print(f"valid_bleu {bleu[0]:.1f} -> {bleu[-1]:.1f}, exact {right}/20, {elapsed:.1f} s")
 
 
+@pytest.mark.parametrize("model", ["tiny-t5", "tiny-bert"])
+def test_gradient_checkpointing_gives_the_same_gradients(models: Path, tmp_path: Path,
+                                                          model: str) -> None:
+    hp: dict[str, Any] = {"architecture": "encoder-decoder"} if model == "tiny-bert" else {}
+    data = load_dataset(_pairs_file(tmp_path / "t.jsonl", number_pairs(4, seed=2)), "seq2seq")
+    grads = []
+    for checkpointing in (False, True):
+        task = _task(models / model, gradient_checkpointing=checkpointing, **hp)
+        torch.manual_seed(0)
+        net = task.build_model(str(models / model))
+        task.prepare_model(net, torch.device("cpu"))
+        net.train()  # checkpointing applies in train mode only
+        for module in net.modules():  # no dropout: the two runs compare exactly
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        batch = task.collate(task.encode(data, 16))
+        task.loss(net(**batch.inputs), batch.targets).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()
+                                if p.grad is not None]))
+        assert net.is_activation_checkpointing == checkpointing
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
 def test_bert2bert_trains_and_its_final_folder_loads_and_generates(
         models: Path, tmp_path: Path) -> None:
     train = _pairs_file(tmp_path / "train.jsonl", number_pairs(16, seed=0, high=20))
