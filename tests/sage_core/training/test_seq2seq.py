@@ -223,3 +223,19 @@ def test_bert2bert_trains_and_its_final_folder_loads_and_generates(
     out = model.generate(**tokenizer(["one", "twenty"], return_tensors="pt", padding=True),
                          max_new_tokens=5)
     assert out.shape[0] == 2 and (out[:, 0] == tokenizer.cls_token_id).all()
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(models: Path, tmp_path: Path) -> None:
+    train = _pairs_file(tmp_path / "train.jsonl", number_pairs(16, seed=0, high=50))
+    spec = make_spec("tiny-t5", task="seq2seq", n_epochs=2, batch_size=8, max_seq_length=16)
+    rows: list[dict[str, Any]] = []
+
+    def run(**kwargs: Any) -> Any:
+        return run_training(spec, train, tmp_path / "out", models_dir=models, device="cpu",
+                            validation_file=train, callbacks=Callbacks(on_metrics=rows.append),
+                            **kwargs)
+
+    assert run(max_steps=2).status == "stopped"  # at the first epoch's end, checkpointed
+    result = run()  # loads the checkpoint with AutoModelForSeq2SeqLM and goes on
+    assert result.status == "completed" and result.step == 4
+    assert [r["step"] for r in rows if "valid_bleu" in r] == [2, 4]
