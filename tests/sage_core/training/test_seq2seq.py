@@ -132,8 +132,8 @@ def test_generation_metrics_are_bleu_and_chrf_and_leave_rng_and_mode(
 def test_a_tiny_t5_learns_to_translate_numbers_into_french(models: Path,
                                                            tmp_path: Path) -> None:
     """From random weights: 300 pairs, 8 epochs of 19 steps with SAGE, 30 validation pairs
-    translated greedily at each epoch (about 15 s of CPU time on 2 cores; a minute when the
-    cores are shared). valid_bleu goes from 9.0 after the first epoch to 64.0 (seed 0);
+    translated greedily at each epoch (3 s on 2 idle cores; up to a minute when they are
+    shared). valid_bleu goes from 9.0 after the first epoch to 64.0 (seed 0);
     the final model translates 11 of 20 validation numbers exactly."""
     train = _pairs_file(tmp_path / "train.jsonl", number_pairs(300, seed=0))
     valid = _pairs_file(tmp_path / "valid.jsonl", number_pairs(30, seed=1))
