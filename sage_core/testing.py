@@ -7,6 +7,9 @@ other base model when the folder sits under SAGETRAIN_MODELS_DIR.
 `build_tiny_llama(folder)` and `build_tiny_gpt2(folder)` write decoder-only causal LMs with a
 word-level tokenizer and a chat template in the style of their family (Llama 3 headers,
 ChatML). Neither template has `{% generation %}` markers, as most real ones lack them.
+
+`build_tiny_t5(folder, words=number_words())` writes an encoder-decoder for seq2seq, whose
+word-level vocabulary covers `number_pairs`: English -> French number phrases (num2words).
 """
 
 from __future__ import annotations
@@ -200,3 +203,61 @@ def throwaway_postgres(admin_url: str, prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# --- seq2seq: English -> French number phrases, and a tiny T5 that knows their words --------
+def number_pairs(n: int, *, seed: int = 0, high: int = 999) -> list[dict[str, str]]:
+    """`n` translation rows {"source", "target"}: a number from 0 to `high` in English words
+    and in French ("three hundred and twelve" -> "trois cent douze"), drawn by `seed`."""
+    import random
+
+    from num2words import num2words
+
+    rng = random.Random(seed)
+    numbers = [rng.randint(0, high) for _ in range(n)]
+    return [{"source": num2words(k, lang="en"), "target": num2words(k, lang="fr")}
+            for k in numbers]
+
+
+def number_words(high: int = 999) -> list[str]:
+    """Every word and punctuation mark ("-") of the number phrases from 0 to `high` in both
+    languages, split as a whitespace pre-tokenizer splits them."""
+    import re
+
+    from num2words import num2words
+
+    words: dict[str, None] = {}
+    for k in range(high + 1):
+        for lang in ("en", "fr"):
+            words.update(dict.fromkeys(re.findall(r"\w+|[^\w\s]+", num2words(k, lang=lang))))
+    return list(words)
+
+
+def build_tiny_t5(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
+                  hidden: int = 64, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny T5 (encoder-decoder, `AutoModelForSeq2SeqLM`) with a
+    word-level tokenizer that ends what it encodes with `</s>`, as T5's does; pad `<pad>`
+    (id 0) is also the decoder's start token. `words` extend the vocabulary (see
+    `number_words`)."""
+    import torch
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "</s>", "<unk>"]
+    backend = _word_level_tokenizer(specials, words, unk="<unk>", prepend=None)
+    backend.post_processor = processors.TemplateProcessing(  # type: ignore[attr-defined]
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>",
+                                        model_max_length=512)
+    tokenizer.save_pretrained(folder)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=hidden, d_ff=hidden * 2, d_kv=hidden // 2,
+        num_layers=layers, num_decoder_layers=layers, num_heads=2, dropout_rate=0.0,
+        pad_token_id=0, eos_token_id=1,
+    )
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return folder

@@ -2,7 +2,7 @@
 early stopping, and which checkpoint is the best one.
 
 The main metric is the task's (`sage_core.names.main_metric`): valid_f1_macro for
-classification, valid_loss for regression, chat and completion.
+classification, valid_loss for regression, chat and completion, valid_bleu for seq2seq.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import torch
 
 from sage_core.errors import TrainingError
 from sage_core.names import main_metric
+from sage_core.training import checkpoints as ckpt
 from sage_core.training.device import Placement
 from sage_core.training.progress import Progress
 from sage_core.training.tasks import Encoded, Task
 
 
 class Evaluator:
-    """valid_loss plus the task's metrics on `items`, each prefixed valid_."""
+    """valid_loss plus the task's metrics on `items` (from the forward passes, then from
+    the model's generations: `Task.generation_metrics`), each prefixed valid_."""
 
     def __init__(self, task: Task, items: list[Encoded], placement: Placement,
                  batch_size: int) -> None:
@@ -43,13 +45,19 @@ class Evaluator:
                     outputs = model(**batch.inputs)
                 loss_sum += float(task.loss(outputs, batch.targets).sum())
                 predictions.append(task.predict(outputs, batch.targets).cpu())
+            rng = ckpt.capture_rng()
+            try:
+                generated = task.generation_metrics(model, items, self.placement,
+                                                    self.batch_size)
+            finally:
+                ckpt.restore_rng(rng)
         finally:
             model.train()
         ordered = torch.cat(predictions).numpy()
         preds = np.empty_like(ordered)
         preds[np.asarray(order)] = ordered
         targets = [it.target for it in items]
-        metrics = {"loss": loss_sum / len(items), **task.metrics(preds, targets)}
+        metrics = {"loss": loss_sum / len(items), **task.metrics(preds, targets), **generated}
         if not math.isfinite(metrics["loss"]):
             raise TrainingError(f"validation loss is {metrics['loss']} at step {step}",
                                 code="nan_loss")

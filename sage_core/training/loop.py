@@ -12,11 +12,13 @@ Choices a caller may rely on:
   hold train_mean_token_accuracy (loss tokens predicted right, over all the row's steps).
 - Evaluation (with a validation file) every `eval_every_steps` and at each epoch end:
   valid_loss and the task's metrics, prefixed valid_ (valid_accuracy, valid_f1_macro,
-  valid_mcc; valid_pearson, valid_spearman; valid_mean_token_accuracy for chat and
-  completion). The main metric, for early stopping and the "best" checkpoint, is
-  valid_f1_macro for classification, valid_loss for the others
-  (`sage_core.names.main_metric`). After each evaluation a causal LM answers the first
-  validation prompts greedily: one "Sample at step N: ..." event each, with data
+  valid_mcc; valid_pearson, valid_spearman; valid_mean_token_accuracy for chat,
+  completion and seq2seq; seq2seq's valid_bleu and valid_chrf of its translations of the
+  whole file, `Task.generation_metrics`). The main metric, for early stopping and the
+  "best" checkpoint, is valid_f1_macro for classification, valid_bleu for seq2seq,
+  valid_loss for the others (`sage_core.names.main_metric`). After each evaluation a
+  causal LM answers the first validation prompts greedily (seq2seq shows its first
+  translations): one "Sample at step N: ..." event each, with data
   {step, prompt, reference, answer} (`Task.sample_events`; RNG and train mode restored).
 - Losses are per-example means, and a step's loss is the mean over its examples, so every
   example weighs equally (a chat example: the mean over its own trained tokens).

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from sage_core.errors import InvalidSpecError
 from sage_core.names import MAIN_METRIC
 from sage_core.schemas import ResolvedHyperparameters
 from sage_core.training import metrics as M
+
+if TYPE_CHECKING:
+    from sage_core.training.device import Placement
 
 # where `Task.encode` reports on the data: report(level, message), level "info" | "warning"
 Report = Callable[[str, str], None]
@@ -191,6 +194,13 @@ class Task(ABC):
         on the device: the train rows report sum(numerators) / sum(denominators) over their
         steps, read only when a row is logged. None for tasks without one."""
         return None
+
+    def generation_metrics(self, model: torch.nn.Module, items: Sequence[Encoded],
+                           placement: Placement, batch_size: int) -> dict[str, float]:
+        """Metrics of what the model produces from `items` rather than of a forward pass
+        (seq2seq's BLEU of its translations), called by the evaluator after `metrics`, with
+        the model in eval mode, under no_grad, the RNG restored afterwards. None here."""
+        return {}
 
     def sample_events(self, model: torch.nn.Module, step: int) -> list[tuple[str, dict[str, Any]]]:
         """(message, data) of each sample the model produces at an evaluation, for the

@@ -103,3 +103,28 @@ def test_small_grid_end_to_end_and_resumes(quality: ModuleType, catalog: Path,
     assert "| sage | 0.003 | 2 |" in report
     assert "SAGE's best minus AdamW's best" in report
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_number_split_is_disjoint_exact_and_fixed(quality: ModuleType) -> None:
+    train, dev = quality.number_split(600, 200)
+    assert (len(train), len(dev)) == (600, 200)
+    assert not {r["source"] for r in train} & {r["source"] for r in dev}
+    assert quality.number_split(600, 200) == (train, dev)
+    assert {"source": "three hundred and twelve", "target": "trois cent douze"} in train + dev
+    with pytest.raises(SystemExit, match="1000 available"):
+        quality.number_split(900, 200)
+
+
+def test_seq2seq_case_end_to_end(quality: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert quality.main(["--case", "seq2seq", "--train-size", "32", "--dev-size", "8",
+                         "--epochs", "1", "--seeds", "1", "--sage-lrs", "3e-3",
+                         "--adamw-lrs", "1e-3", "--jobs", "1", "--output", str(out)]) == 0
+    runs = [json.loads(line)
+            for line in (out / "quality_seq2seq_runs.jsonl").read_text().splitlines()]
+    assert [(r["optimizer"], r["steps"]) for r in runs] == [("adamw", 2), ("sage", 2)]
+    assert all(0 <= r["valid_bleu"] <= 100 and 0 <= r["valid_chrf"] <= 100 for r in runs)
+    report = (out / "quality_seq2seq.md").read_text()
+    assert "| sage | 0.003 | 1 |" in report and "SAGE's best minus AdamW's best, dev BLEU" in report
+    assert (out / "quality_seq2seq.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "quality.md").exists()  # the classification report is left alone

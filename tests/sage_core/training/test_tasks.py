@@ -23,7 +23,8 @@ def _classification(tmp_path: Path, rows: list[dict], tiny: Path) -> TextClassif
 
 
 def test_registry() -> None:
-    assert set(TASKS) == {"text-classification", "text-regression", "chat", "completion"}
+    assert set(TASKS) == {"text-classification", "text-regression", "chat", "completion",
+                          "seq2seq"}
     assert isinstance(get_task("text-regression"), TextRegression)
     with pytest.raises(InvalidSpecError, match="unknown task 'image-classification'"):
         get_task("image-classification")
