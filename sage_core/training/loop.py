@@ -255,7 +255,7 @@ class Trainer:
     def _loss_step(self, items: list[Encoded], step_examples: int
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The micro-batch's share of the step's mean loss, and its train statistic."""
-        batch = self.placement.batch(self.task, items)
+        batch = self.placement.batch(self.task, items, train=True)
         self.progress.trained_tokens += batch.tokens
         with self.placement.autocast():
             outputs = self.model(**batch.inputs)
