@@ -13,7 +13,8 @@ Choices a caller may rely on:
 - Evaluation (with a validation file) every `eval_every_steps` and at each epoch end:
   valid_loss and the task's metrics, prefixed valid_ (valid_accuracy, valid_f1_macro,
   valid_mcc; valid_pearson, valid_spearman; valid_mean_token_accuracy for chat and
-  completion). The main metric, for early stopping and the "best" checkpoint, is
+  completion; valid_accuracy, valid_f1_macro and, over 5 classes, valid_top5_accuracy for
+  image-classification). Training batches only are augmented (`Task.augment`). The main metric, for early stopping and the "best" checkpoint, is
   valid_f1_macro for classification, valid_loss for the others
   (`sage_core.names.main_metric`). After each evaluation a causal LM answers the first
   validation prompts greedily: one "Sample at step N: ..." event each, with data
