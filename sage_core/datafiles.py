@@ -133,14 +133,14 @@ def detect_task(row: dict[str, Any]) -> TaskName | None:
     """The task a JSON row's (or a CSV header's) layout belongs to: chat, completion,
     seq2seq, image-classification, or None (text rows, whose task, classification or
     regression, the caller names). An archive is image-classification (`parse_dataset`)."""
-    if "image" in row:
-        return "image-classification"
     if "messages" in row:
         return "chat"
     if "prompt" in row or "completion" in row:
         return "completion"
     if "source" in row or "target" in row:
         return "seq2seq"
+    if "image" in row:
+        return "image-classification"
     return None
 
 

@@ -113,8 +113,8 @@ def image_from_data_url(url: Any, label: Any) -> ImageExample:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("'image' is not valid base64") from None
-    if isinstance(label, bool) or not isinstance(label, str | int) or label == "":
-        raise ValueError("'label' is required, a string or an integer")
+    if isinstance(label, bool) or not isinstance(label, str | int) or str(label).strip() == "":
+        raise ValueError("'label' is required, a non-empty string or an integer")
     width, height, mode = check_image(data, "image")
     return ImageExample(data, label.strip() if isinstance(label, str) else label,
                         width, height, mode)

@@ -14,10 +14,11 @@ Choices a caller may rely on:
   valid_loss and the task's metrics, prefixed valid_ (valid_accuracy, valid_f1_macro,
   valid_mcc; valid_pearson, valid_spearman; valid_mean_token_accuracy for chat and
   completion; valid_accuracy, valid_f1_macro and, over 5 classes, valid_top5_accuracy for
-  image-classification). Training batches only are augmented (`Task.augment`). The main metric, for early stopping and the "best" checkpoint, is
-  valid_f1_macro for classification, valid_loss for the others
-  (`sage_core.names.main_metric`). After each evaluation a causal LM answers the first
-  validation prompts greedily: one "Sample at step N: ..." event each, with data
+  image-classification). The main metric, for early stopping and the "best" checkpoint, is
+  valid_f1_macro for classification, valid_accuracy for image-classification, valid_loss
+  for the others (`sage_core.names.main_metric`). Only training batches are augmented
+  (`Task.augment`: an image task's crops and flips). After each evaluation a causal LM
+  answers the first validation prompts greedily: one "Sample at step N: ..." event each, with data
   {step, prompt, reference, answer} (`Task.sample_events`; RNG and train mode restored).
 - Losses are per-example means, and a step's loss is the mean over its examples, so every
   example weighs equally (a chat example: the mean over its own trained tokens).
