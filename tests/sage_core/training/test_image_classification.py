@@ -100,3 +100,25 @@ def test_tiny_vit_learns_digits_and_its_folder_runs_in_a_pipeline(
     image = Image.open(io.BytesIO(digits_images()[0][0]))
     answer = classify(image, top_k=3)
     assert len(answer) == 3 and answer[0]["label"] in [str(d) for d in range(10)]
+
+
+def test_augmented_runs_repeat_and_resume_bit_for_bit(
+        vit_models: Path, digits: tuple[Path, Path], tmp_path: Path) -> None:
+    """Augmentation draws on the run's seeded RNG, which checkpoints carry: the same seed
+    repeats a run exactly, and a stopped run resumes into the same losses."""
+    train, valid = digits
+    small = load_dataset(train, "image-classification")
+    images = [(e.image, str(e.label)) for e in small.examples[:160]]
+    train_small = write_digits_zip(tmp_path / "small.zip", images)
+    spec = make_spec("tiny-vit", task="image-classification", n_epochs=2, batch_size=16)
+
+    def losses(out: str, **kwargs: object) -> dict[int, float]:
+        rows: list[dict] = []
+        run_training(spec, train_small, tmp_path / out, models_dir=vit_models, device="cpu",
+                     callbacks=Callbacks(on_metrics=rows.append), log_every=1, **kwargs)
+        return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+
+    whole = losses("a")
+    assert losses("b") == whole
+    assert losses("c", max_steps=7) == {s: v for s, v in whole.items() if s <= 7}
+    assert losses("c") == {s: v for s, v in whole.items() if s > 7}
