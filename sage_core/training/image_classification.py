@@ -15,6 +15,8 @@ ResNet, Swin) with its `AutoImageProcessor`, the head replaced for the uploaded 
   more than 5 classes.
 - Checkpoints hold the model and the image processor, so `pipeline("image-classification")`
   loads them.
+- At each evaluation the first SAMPLE_COUNT validation images are classified, one event
+  each (`sample_events`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from sage_core.training.tasks import (
 )
 
 TOP_K = 5
+SAMPLE_COUNT = 3  # validation images classified at each evaluation, as events
 RESIZED_CROP_SCALE = (0.8, 1.0)
 RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -74,6 +77,7 @@ class ImageClassification(Task):
         self.processor: Any = None
         self.label_names: list[str] = []
         self.label2id: dict[str, int] = {}
+        self._samples: list[tuple[bytes, str]] = []  # (image, label) shown at evaluations
 
     def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
                 validation_name: str | None) -> None:
@@ -83,6 +87,7 @@ class ImageClassification(Task):
         self.label2id = {name: i for i, name in enumerate(self.label_names)}
         if validation is None:
             return
+        self._samples = [(e.image, str(e.label)) for e in validation.examples[:SAMPLE_COUNT]]
         unknown = sorted({str(e.label) for e in validation.examples} - set(self.label2id))
         if unknown:
             raise InvalidSpecError(
@@ -159,6 +164,29 @@ class ImageClassification(Task):
                 pixels[i] = pixels[i].flip(-1)
         return Batch({**batch.inputs, "pixel_values": pixels}, batch.targets, batch.size,
                      batch.tokens)
+
+    def sample_events(self, model: torch.nn.Module, step: int) -> list[tuple[str, dict[str, Any]]]:
+        """The first SAMPLE_COUNT validation images classified: "Sample at step N: image 1,
+        label '3', predicted '3' (0.91)", with data {step, index, label, predicted, score}."""
+        if not self._samples:
+            return []
+        device = next(model.parameters()).device
+        batch = self.collate([Encoded({"image": image}, self.label2id[label])
+                              for image, label in self._samples]).to(device)
+        model.eval()
+        with torch.no_grad():
+            probabilities = model(**batch.inputs).logits.float().softmax(-1)
+        scores, ids = probabilities.max(-1)
+        events = []
+        for index, (label, score, class_id) in enumerate(
+                zip([label for _, label in self._samples], scores.tolist(), ids.tolist(),
+                    strict=True), start=1):
+            predicted = self.label_names[class_id]
+            events.append((f"Sample at step {step}: image {index}, label {label!r}, predicted "
+                           f"{predicted!r} ({score:.2f})",
+                           {"step": step, "index": index, "label": label,
+                            "predicted": predicted, "score": round(score, 4)}))
+        return events
 
     def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         logits = outputs.logits

@@ -93,17 +93,26 @@ def test_top5_metrics(vit_models: Path, digits: tuple[Path, Path]) -> None:
 def test_tiny_vit_learns_digits_and_its_folder_runs_in_a_pipeline(
         vit_models: Path, digits: tuple[Path, Path], tmp_path: Path) -> None:
     train, valid = digits
+    task_labels = [str(d) for d in range(10)]
     rows: list[dict] = []
+    samples: list[dict] = []
     spec = make_spec("tiny-vit", task="image-classification", n_epochs=6, batch_size=32,
                      learning_rate=3e-3, augment=False)
     result = run_training(spec, train, tmp_path / "out", models_dir=vit_models, device="cpu",
-                          validation_file=valid, callbacks=Callbacks(on_metrics=rows.append))
+                          validation_file=valid, callbacks=Callbacks(
+                              on_metrics=rows.append,
+                              on_event=lambda level, message, data=None:
+                              samples.append(data) if data else None))
     assert result.status == "completed" and result.final_dir is not None
     evals = [r for r in rows if "valid_accuracy" in r]
     assert len(evals) == 6 and {"valid_f1_macro", "valid_top5_accuracy"} <= set(evals[-1])
     # chance is 0.1; this reaches about 0.80 (seed 0, one thread)
     assert evals[-1]["valid_accuracy"] > 0.5, evals
     assert evals[-1]["valid_top5_accuracy"] > 0.9
+    # the first 3 validation images classified at each of the 6 evaluations
+    assert len(samples) == 18 and samples[-1]["step"] == result.step
+    assert {s["label"] for s in samples[:3]} <= {str(d) for d in range(10)}
+    assert all(0 < s["score"] <= 1 and s["predicted"] in task_labels for s in samples)
 
     from transformers import pipeline
 
