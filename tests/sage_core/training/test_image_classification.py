@@ -142,3 +142,50 @@ def test_augmented_runs_repeat_and_resume_bit_for_bit(
     assert losses("b") == whole
     assert losses("c", max_steps=7) == {s: v for s, v in whole.items() if s <= 7}
     assert losses("c") == {s: v for s, v in whole.items() if s > 7}
+
+
+@pytest.mark.parametrize("kind", ["convnext", "resnet", "swin"])
+def test_other_architectures_get_a_new_head_and_train(
+        kind: str, digits: tuple[Path, Path], tmp_path: Path) -> None:
+    """A base model with ImageNet's 1,000-class head: replaced for the file's 10 labels.
+    ResNet has no linear layer in its blocks: SAGE covers every tensor, with a warning."""
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        SwinConfig,
+        SwinForImageClassification,
+    )
+    from transformers.models.convnext.image_processing_pil_convnext import (
+        ConvNextImageProcessorPil,
+    )
+
+    models = {
+        "convnext": lambda: ConvNextForImageClassification(ConvNextConfig(
+            hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=1000)),
+        "resnet": lambda: ResNetForImageClassification(ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+            num_labels=1000)),
+        "swin": lambda: SwinForImageClassification(SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+            window_size=4, num_labels=1000)),
+    }
+    folder = tmp_path / "models" / kind
+    models[kind]().save_pretrained(folder)
+    ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(folder)
+    events: list[tuple[str, str]] = []
+    result = run_training(
+        make_spec(kind, task="image-classification", n_epochs=1, batch_size=16), digits[1],
+        tmp_path / "out", models_dir=tmp_path / "models", device="cpu", max_steps=2,
+        validation_file=digits[1],
+        callbacks=Callbacks(on_event=lambda level, message, data=None:
+                            events.append((level, message))))
+    assert result.status == "stopped" and result.step == 2
+    warnings = [m for level, m in events if level == "warning"]
+    assert (warnings != []) == (kind == "resnet")
+    from transformers import AutoModelForImageClassification
+
+    saved = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "out" / "checkpoints" / "step-2")
+    assert saved.config.num_labels == 10 and saved.config.id2label[3] == "3"
