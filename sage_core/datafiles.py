@@ -4,7 +4,9 @@ Kinds of rows, one kind per file:
 - text classification / regression: `{"text", "text_pair"?, "label"}` (JSONL or CSV/TSV);
 - chat, OpenAI's format: `{"messages": [{"role", "content", "weight"?}, ...], "tools"?}`;
 - completion: `{"prompt", "completion"}`;
-- seq2seq: `{"source", "target"}` (JSONL, or CSV/TSV with those columns).
+- seq2seq: `{"source", "target"}` (JSONL, or CSV/TSV with those columns);
+- image classification: `{"image": "data:image/png;base64,...", "label"}` (JSONL), or an
+  archive of class folders (.zip, .tar, .tar.gz): image_files.py reads and checks images.
 All but text are recognised from the content (`detect_task`); regression and classification
 share a layout, so those two are told apart by the task the caller names.
 
@@ -24,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sage_core import image_files
 from sage_core.errors import DataFileError, DataIssue
+from sage_core.image_files import ImageExample
 from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TEXT_TASKS, TaskName
 
 MIN_ROWS = 2
@@ -67,13 +71,13 @@ class CompletionExample:
         return len(self.prompt) + len(self.completion)
 
 
-AnyExample = Example | ChatExample | CompletionExample | Seq2SeqExample
+AnyExample = Example | ChatExample | CompletionExample | Seq2SeqExample | ImageExample
 
 
 @dataclass
 class Dataset:
     examples: list[Any]  # one kind of AnyExample, as `task` says
-    format: str  # "jsonl" | "csv" | "tsv"
+    format: str  # "jsonl" | "csv" | "tsv" | "zip" | "tar"
     columns: list[str] = field(default_factory=list)
     task: str = DEFAULT_TASK
 
@@ -89,6 +93,8 @@ class Dataset:
         return sorted(str(x) for x in labels)
 
     def stats(self) -> dict[str, Any]:
+        if self.task == "image-classification":
+            return image_files.image_stats(self.examples, self.format)
         if self.task in GENERATIVE_TASKS:
             return self._generative_stats()
         if self.task == "seq2seq":
@@ -125,14 +131,16 @@ def _spread(values: list[int]) -> dict[str, float]:
 
 def detect_task(row: dict[str, Any]) -> TaskName | None:
     """The task a JSON row's (or a CSV header's) layout belongs to: chat, completion,
-    seq2seq, or None (text rows, whose task, classification or regression, the caller
-    names)."""
+    seq2seq, image-classification, or None (text rows, whose task, classification or
+    regression, the caller names). An archive is image-classification (`parse_dataset`)."""
     if "messages" in row:
         return "chat"
     if "prompt" in row or "completion" in row:
         return "completion"
     if "source" in row or "target" in row:
         return "seq2seq"
+    if "image" in row:
+        return "image-classification"
     return None
 
 
@@ -141,6 +149,9 @@ def _layout_of(task: str) -> str | None:
 
 
 def detect_format(filename: str, head: bytes) -> str:
+    archive = image_files.archive_format(filename, head)
+    if archive is not None:
+        return archive
     name = filename.lower()
     for ext, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv"), (".tsv", "tsv")):
         if name.endswith(ext):
@@ -160,6 +171,14 @@ def parse_dataset(data: bytes, filename: str, task: str | None, *,
     """Validate `data` as rows for `task`; with `task` None, for the task its rows' layout
     shows (chat, completion, else the default, text classification)."""
     fmt = detect_format(filename, data[:64])
+    if fmt in image_files.ARCHIVE_FORMATS:
+        if task not in (None, "image-classification"):
+            raise DataFileError(filename, [DataIssue(
+                None, None, f"an archive ({fmt}) holds image-classification data, which does "
+                            f"not fit the task {task} that the file was given for")])
+        examples = image_files.read_archive(data, filename, fmt, max_images=max_rows)
+        return Dataset(examples=list(examples), format=fmt, columns=[],
+                       task="image-classification")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -168,7 +187,7 @@ def parse_dataset(data: bytes, filename: str, task: str | None, *,
     reader = _ValidatingReader(filename, task, max_rows, max_errors)
     if fmt == "jsonl":
         reader.read_jsonl(text)
-    elif task in GENERATIVE_TASKS:  # nested rows: JSON only
+    elif task in GENERATIVE_TASKS or task == "image-classification":  # JSON only
         raise DataFileError(filename, [DataIssue(
             None, None, f"{task} files are JSONL, one example per line; this file reads as "
                         f"{fmt.upper()}")])
@@ -178,12 +197,15 @@ def parse_dataset(data: bytes, filename: str, task: str | None, *,
 
 
 _LAYOUT_NAMES = {"chat": "chat (OpenAI's messages format)", "completion": "prompt/completion",
-                 "seq2seq": "seq2seq (source and target)", None: "text (text and label)"}
+                 "seq2seq": "seq2seq (source and target)",
+                 "image-classification": "image-classification (image and label)",
+                 None: "text (text and label)"}
 _CHAT_ROLES = ("system", "user", "assistant", "tool")
 _CHAT_ROW_KEYS = ("messages", "tools", "parallel_tool_calls")
 _MESSAGE_KEYS = ("role", "content", "weight", "name", "tool_calls", "tool_call_id")
 _COMPLETION_KEYS = ("prompt", "completion")
 _SEQ2SEQ_KEYS = ("source", "target")
+_IMAGE_KEYS = ("image", "label")
 
 
 class _ValidatingReader:
@@ -233,6 +255,8 @@ class _ValidatingReader:
                 self._add_completion(lineno, row)
             elif self.layout == "seq2seq":
                 self._add_seq2seq(lineno, row)
+            elif self.layout == "image-classification":
+                self._add_image(lineno, row)
             else:
                 self._add(lineno, row)
 
@@ -400,6 +424,15 @@ class _ValidatingReader:
                 return
         self.examples.append(Seq2SeqExample(source=row["source"], target=row["target"]))
 
+    def _add_image(self, line: int, row: dict[str, Any]) -> None:
+        if self._unknown_keys(line, row, _IMAGE_KEYS):
+            return
+        try:
+            self.examples.append(image_files.image_from_data_url(row.get("image"),
+                                                                 row.get("label")))
+        except ValueError as exc:
+            self._issue(line, "label" if "'label'" in str(exc) else "image", str(exc))
+
     def _add(self, line: int, row: dict[str, Any], from_csv: bool = False) -> None:
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -448,12 +481,12 @@ class _ValidatingReader:
         if len(self.examples) < MIN_ROWS:
             raise DataFileError(self.filename, [DataIssue(
                 None, None, f"needs at least {MIN_ROWS} rows, found {len(self.examples)}")])
-        if self.task == "text-classification":
+        if self.task in ("text-classification", "image-classification"):
             kinds = {type(e.label) for e in self.examples}
             if len(kinds) > 1:
                 raise DataFileError(self.filename, [DataIssue(
                     None, "label", "labels mix strings and integers; use one kind")])
             if len({e.label for e in self.examples}) < 2:
                 raise DataFileError(self.filename, [DataIssue(
-                    None, "label", "text-classification needs at least 2 distinct labels")])
+                    None, "label", f"{self.task} needs at least 2 distinct labels")])
         return Dataset(examples=self.examples, format=fmt, columns=self.columns, task=self.task)

@@ -10,6 +10,10 @@ ChatML). Neither template has `{% generation %}` markers, as most real ones lack
 
 `build_tiny_t5(folder, words=number_words())` writes an encoder-decoder for seq2seq, whose
 word-level vocabulary covers `number_pairs`: English -> French number phrases (num2words).
+
+`build_tiny_vit(folder)` writes a 2-layer, 64-wide ViT for 32x32 images with its image
+processor; `digits_images()` turns scikit-learn's digits into PNGs, which
+`write_digits_zip` and `write_digits_jsonl` write as the two image-classification layouts.
 """
 
 from __future__ import annotations
@@ -175,6 +179,68 @@ def build_tiny_gpt2(folder: Path, *, words: Iterable[str] = (), layers: int = 2,
         bos="<|endoftext|>", eos="<|endoftext|>", pad="<|pad|>", unk="<unk>",
         prepend_bos=False, make_model=make_model, seed=seed,
     )
+
+
+def build_tiny_vit(folder: Path, *, image_size: int = 32, patch_size: int = 8,
+                   layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny ViT (base model, no head) with its image processor
+    (resize to `image_size`, RGB normalised to [-1, 1])."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size},
+                         image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    config = ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=3,
+                       hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                       intermediate_size=hidden * 2)
+    torch.manual_seed(seed)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def digits_images(size: int = 32) -> list[tuple[bytes, str]]:
+    """scikit-learn's digits (1,797 real 8x8 grayscale scans of handwritten digits, shipped
+    with the package) as (PNG bytes, label) pairs, upscaled to `size` x `size` RGB."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for pixels, label in zip(digits.images, digits.target, strict=True):
+        gray = Image.fromarray((pixels * (255 / 16)).astype(np.uint8), mode="L")
+        image = gray.resize((size, size), Image.Resampling.BILINEAR).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append((buffer.getvalue(), str(int(label))))
+    return out
+
+
+def write_digits_zip(path: Path, images: list[tuple[bytes, str]]) -> Path:
+    """`images` as an ImageFolder zip: digits/<label>/<n>.png."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for n, (data, label) in enumerate(images):
+            archive.writestr(f"digits/{label}/{n:04d}.png", data)
+    return Path(path)
+
+
+def write_digits_jsonl(path: Path, images: list[tuple[bytes, str]]) -> Path:
+    """`images` as JSONL rows {"image": "data:image/png;base64,...", "label"}."""
+    import base64
+    import json
+
+    with open(path, "w") as out:
+        for data, label in images:
+            url = "data:image/png;base64," + base64.b64encode(data).decode()
+            out.write(json.dumps({"image": url, "label": label}) + "\n")
+    return Path(path)
 
 
 @contextmanager

@@ -23,13 +23,17 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
         "type": "object", "required": ["file", "purpose"],
         "properties": {
             "file": {"type": "string", "format": "binary",
-                     "description": "JSONL, or CSV/TSV with a header"},
+                     "description": "JSONL, or CSV/TSV with a header; for "
+                                    "image-classification also a .zip, .tar, .tar.gz or "
+                                    ".tgz of class folders (ImageFolder)"},
             "purpose": {"type": "string", "enum": ["fine-tune"]},
             "task": {"type": "string", "enum": list(TASKS),
                      "description": "sagetrain, optional: the task to validate the rows "
                                     "for. Absent, it is recognised from the rows: "
                                     "`messages` is chat, `prompt`/`completion` is "
-                                    f"completion, anything else {DEFAULT_TASK} "
+                                    "completion, `source`/`target` is seq2seq, `image` "
+                                    "or an archive is image-classification, anything "
+                                    f"else {DEFAULT_TASK} "
                                     "(text-regression must be named). A task the rows do "
                                     "not fit is a 400 naming both"},
         }}}}}}

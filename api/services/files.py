@@ -24,7 +24,8 @@ _UNFINISHED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, 
 
 def _validate(upload: Upload, settings: Settings) -> tuple[str, Dataset]:
     """The purpose and the validated rows. With no `task` field the task is the one the
-    rows' layout shows (chat, completion, else text-classification); a task given that
+    rows' layout shows (chat, completion, seq2seq, image-classification for `image` rows
+    and archives, else text-classification); a task given that
     the rows do not fit is a DataFileError naming both."""
     purpose = upload.fields.get("purpose")
     if purpose != PURPOSE_FINE_TUNE:

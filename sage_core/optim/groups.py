@@ -7,6 +7,11 @@ and the layers that get SAGE are the linear ones among them (`nn.Linear`, and tr
 linear layer inside an `nn.ModuleList` has no blocks to choose from: scope "blocks" falls back
 to "all" there (`find_sage_scope` says so), rather than leaving SAGE with nothing to step.
 
+Convolutions are not linear layers here. On vision models this means: ViT's block linears
+get SAGE, its patch-embedding conv does not; ConvNeXt's pointwise `nn.Linear` layers get
+SAGE, its depthwise and downsampling convs do not; a ResNet (convs only in its blocks)
+falls back to "all" (tests/sage_core/optim/test_groups_vision.py).
+
 peft's LoRA wrappers need no special case: the wrapper (`peft.tuners.lora.Linear`) is not an
 `nn.Linear` and owns no parameters itself; its frozen `base_layer` is skipped for being frozen;
 its adapters `lora_A`/`lora_B` are `nn.Linear` layers inside the block, so they get SAGE.

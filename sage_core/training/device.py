@@ -82,8 +82,13 @@ class Placement:
     def label(self) -> str:
         return f"{self.device.type} {self.precision.label}"
 
-    def batch(self, task: Task, items: Sequence[Encoded]) -> Batch:
-        return task.collate(items, self.pad_multiple).to(self.device)
+    def batch(self, task: Task, items: Sequence[Encoded], *, train: bool = False) -> Batch:
+        """`items` collated on the device; a training batch (`train`) also augmented
+        (`Task.augment`), an evaluation batch never."""
+        batch = task.collate(items, self.pad_multiple)
+        if train:
+            batch = task.augment(batch)
+        return batch.to(self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return self.precision.autocast()

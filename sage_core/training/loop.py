@@ -14,11 +14,14 @@ Choices a caller may rely on:
   valid_loss and the task's metrics, prefixed valid_ (valid_accuracy, valid_f1_macro,
   valid_mcc; valid_pearson, valid_spearman; valid_mean_token_accuracy for chat,
   completion and seq2seq; seq2seq's valid_bleu and valid_chrf of its translations of the
-  whole file, `Task.generation_metrics`). The main metric, for early stopping and the
-  "best" checkpoint, is valid_f1_macro for classification, valid_bleu for seq2seq,
-  valid_loss for the others (`sage_core.names.main_metric`). After each evaluation a
-  causal LM answers the first validation prompts greedily (seq2seq shows its first
-  translations): one "Sample at step N: ..." event each, with data
+  whole file, `Task.generation_metrics`; valid_accuracy, valid_f1_macro and, over 5
+  classes, valid_top5_accuracy for image-classification). The main metric, for early
+  stopping and the "best" checkpoint, is valid_f1_macro for classification, valid_bleu for
+  seq2seq, valid_accuracy for image-classification, valid_loss for the others
+  (`sage_core.names.main_metric`). Only training batches are augmented (`Task.augment`: an
+  image task's crops and flips). After each evaluation a causal LM answers the first
+  validation prompts greedily (seq2seq shows its first translations, an image task its
+  first predictions): one "Sample at step N: ..." event each, with data
   {step, prompt, reference, answer} (`Task.sample_events`; RNG and train mode restored).
 - Losses are per-example means, and a step's loss is the mean over its examples, so every
   example weighs equally (a chat example: the mean over its own trained tokens).
@@ -257,7 +260,7 @@ class Trainer:
     def _loss_step(self, items: list[Encoded], step_examples: int
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The micro-batch's share of the step's mean loss, and its train statistic."""
-        batch = self.placement.batch(self.task, items)
+        batch = self.placement.batch(self.task, items, train=True)
         self.progress.trained_tokens += batch.tokens
         with self.placement.autocast():
             outputs = self.model(**batch.inputs)

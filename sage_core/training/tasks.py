@@ -38,9 +38,9 @@ def ignore_report(level: str, message: str) -> None:
 
 @dataclass
 class Encoded:
-    """One example, ready to batch: model features (unpadded token lists) and its target."""
+    """One example, ready to batch: model features and its target."""
 
-    features: dict[str, list[int]]
+    features: dict[str, Any]  # unpadded token lists; an image's encoded file bytes
     target: int | float | list[int]  # a class id, a value, or per-token labels (causal LM)
 
 
@@ -172,6 +172,13 @@ class Task(ABC):
     def collate(self, items: Sequence[Encoded], pad_to_multiple_of: int = 1) -> Batch:
         """Pad to the longest item, rounded up to `pad_to_multiple_of` (fewer distinct shapes
         on a GPU, where each new shape costs kernel selection)."""
+
+    def augment(self, batch: Batch) -> Batch:
+        """A training batch, randomly altered (an image task's crops and flips), drawing on
+        torch's global RNG; evaluation batches are never augmented. `Placement.batch` calls
+        it for training batches (train=True) before they move to the device. Identity by
+        default."""
+        return batch
 
     @abstractmethod
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
