@@ -10,11 +10,13 @@ Torch-free: the API lists and checks names with it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sage_core.errors import UnknownModelError
+from sage_core.errors import InvalidSpecError, UnknownModelError
 from sage_core.settings import Settings, get_settings
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -76,3 +78,44 @@ def find_model(name: str, *, models_dir: Path | None,
         return CatalogModel(name, "hub", name)
     available = ", ".join(m.name for m in _listed(models_dir)) or "none"
     raise UnknownModelError(f"unknown model {name!r}; available: {available}", param="model")
+
+
+# The heads a causal LM's `architectures` entry ends with (LlamaForCausalLM, GPT2LMHeadModel,
+# Gemma3ForConditionalGeneration).
+_GENERATING_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def local_config(model: CatalogModel) -> dict[str, Any] | None:
+    """The model's config.json, or None for a hub model (not read before training)."""
+    if model.source == "hub":
+        return None
+    return dict(json.loads((Path(model.path) / "config.json").read_text()))
+
+
+def check_fits_task(config: dict[str, Any], name: str, task: str, architecture: str) -> None:
+    """Raise InvalidSpecError when the model whose config is `config` cannot be trained for
+    `task`: the one rule the API applies when a job is created (local models) and the
+    engine before it loads a model (any model)."""
+    encoder_decoder = bool(config.get("is_encoder_decoder"))
+    image = "num_channels" in config
+    heads = config.get("architectures") or []
+    problem, param = None, "model"
+    if task == "seq2seq" and architecture == "encoder-decoder" and encoder_decoder:
+        problem, param = ('is an encoder-decoder already: architecture "encoder-decoder" '
+                          'warm-starts a decoder from an encoder-only model; use "auto"',
+                          "hyperparameters.architecture")
+    elif task == "seq2seq" and architecture != "encoder-decoder" and not encoder_decoder:
+        problem, param = ("is not a sequence-to-sequence model: give the hyperparameter "
+                          'architecture "encoder-decoder" to warm-start a decoder from its '
+                          "encoder (BERT2BERT)", "hyperparameters.architecture")
+    elif task == "image-classification" and not image:
+        problem = "is not an image model (its config has no num_channels)"
+    elif task != "image-classification" and image:
+        problem = f"is an image model, which cannot train {task}"
+    elif task in ("chat", "completion") and (encoder_decoder or (
+            heads and not any(h.endswith(_GENERATING_HEADS) for h in heads))):
+        problem = ("is not a decoder-only causal language model (its architectures: "
+                   f"{', '.join(heads) or 'encoder-decoder'})")
+    if problem is not None:
+        raise InvalidSpecError(f"model {name} {problem}", param=param,
+                               code="invalid_model" if param == "model" else None)

@@ -14,11 +14,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SAGETRAIN_MODELS_DIR holding `tiny-bert`: a 2-layer, 64-wide random BERT."""
-    from sage_core.testing import build_tiny_model
+    """A SAGETRAIN_MODELS_DIR holding `tiny-bert`, a 2-layer, 64-wide random BERT, and
+    `tiny-llama`, a causal LM of that size with a chat template."""
+    from sage_core.testing import build_tiny_llama, build_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     build_tiny_model(root / "tiny-bert")
+    build_tiny_llama(root / "tiny-llama")
     return root
 
 

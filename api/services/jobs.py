@@ -116,7 +116,8 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
     training = _owned_file(session, key, body.training_file, "training_file")
     task = body.task or file_task(training)
     # a fine-tuned model ("ft:...") trains further on its own task
-    check_base_model(session, key, body.model, settings, task=task)
+    check_base_model(session, key, body.model, settings, task=task,
+                     architecture=hyperparameters.architecture)
     ensure_file_for_task(training, task, store, settings, "training_file")
     if body.validation_file is not None:
         validation = _owned_file(session, key, body.validation_file, "validation_file")

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage_core.catalog import find_model
+from sage_core.catalog import check_fits_task, find_model
 from sage_core.datafiles import Dataset, load_dataset
 from sage_core.errors import InvalidSpecError
 from sage_core.schemas import ResolvedSpec
@@ -148,6 +148,10 @@ class Trainer:
         base_path = (str(self.base_model_dir) if self.base_model_dir is not None else
                      find_model(self.spec.model, models_dir=self.models_dir,
                                 allow_hub_models=self.allow_hub_models).path)
+        from transformers import AutoConfig
+
+        check_fits_task(AutoConfig.from_pretrained(base_path).to_dict(), self.spec.model,
+                        self.spec.task, self.hp.architecture)
         self.task: Task = get_task(self.spec.task, self.hp)
         self._train_data, self._valid_data = self._load_data()
         self.task.load_processor(base_path)

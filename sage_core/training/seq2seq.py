@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 
 from sage_core.datafiles import Dataset, Seq2SeqExample
-from sage_core.errors import InvalidSpecError
 from sage_core.names import MAIN_METRIC
 from sage_core.schemas import ResolvedHyperparameters
 from sage_core.training.chat_format import IGNORE_INDEX
@@ -171,27 +170,14 @@ class Seq2SeqTask(TokenizedTask):
             return AutoModelForSeq2SeqLM.from_pretrained(str(path), dtype=torch.float32)
 
     def build_model(self, base_path: str) -> torch.nn.Module:
-        from transformers import AutoConfig
-
+        # that the base model fits `architecture` is checked before (catalog.check_fits_task)
         if not self._encoder_decoder:
-            config = AutoConfig.from_pretrained(base_path)
-            if not getattr(config, "is_encoder_decoder", False):
-                raise InvalidSpecError(
-                    f"the base model is encoder-only ({config.model_type}), without a "
-                    "sequence-to-sequence head: pass the hyperparameter architecture "
-                    '"encoder-decoder" to warm-start a decoder from it (BERT2BERT)',
-                    param="architecture")
             return cast(torch.nn.Module, self._load(base_path))
         return self._warm_start(base_path)
 
     def _warm_start(self, base_path: str) -> torch.nn.Module:
-        from transformers import AutoConfig, EncoderDecoderModel
+        from transformers import EncoderDecoderModel
 
-        if getattr(AutoConfig.from_pretrained(base_path), "is_encoder_decoder", False):
-            raise InvalidSpecError(
-                "the base model is an encoder-decoder model already: architecture "
-                '"encoder-decoder" warm-starts from an encoder-only model; use "auto"',
-                param="architecture")
         with quiet_transformers():
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(
                 base_path, base_path, dtype=torch.float32)

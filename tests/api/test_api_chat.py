@@ -45,7 +45,7 @@ def post_file(service: Service, data: bytes, name: str = "f.jsonl",
 
 
 def post_job(service: Service, **body: Any) -> tuple[int, dict[str, Any]]:
-    body.setdefault("model", "tiny-bert")
+    body.setdefault("model", "tiny-llama")
     r = service.client.post(JOBS, headers=service.auth(), json=body)
     return r.status_code, r.json()
 
@@ -144,12 +144,12 @@ def test_upload_schema_documents_the_optional_task(service: Service) -> None:
 def test_job_takes_its_task_from_the_training_file(service: Service) -> None:
     chat = service.upload(CHAT, name="chat.jsonl")["id"]
     valid = service.upload(CHAT, name="valid.jsonl")["id"]
-    job = service.create_job(training_file=chat, validation_file=valid)
+    job = service.create_job(model="tiny-llama", training_file=chat, validation_file=valid)
     assert job["task"] == "chat"
     assert job["hyperparameters"]["batch_size"] == 8  # chat's "auto"
     assert job["hyperparameters"]["max_seq_length"] == 1024
     completion = service.upload(COMPLETION, name="c.jsonl")["id"]
-    assert service.create_job(training_file=completion)["task"] == "completion"
+    assert service.create_job(model="tiny-llama", training_file=completion)["task"] == "completion"
     assert service.create_job()["task"] == "text-classification"
 
 
@@ -185,7 +185,7 @@ def test_the_validation_file_must_hold_the_training_files_task(service: Service)
 
 def test_method_supervised_is_accepted_and_shown(service: Service) -> None:
     chat = service.upload(CHAT)["id"]
-    job = service.create_job(training_file=chat, method={
+    job = service.create_job(model="tiny-llama", training_file=chat, method={
         "type": "supervised", "supervised": {"hyperparameters": {
             "n_epochs": 2, "learning_rate_multiplier": 2, "optimizer": "adamw",
             "lora": {"r": 4}, "train_on_inputs": True}}})
@@ -244,10 +244,10 @@ def test_lora_on_a_classification_job_is_a_400(service: Service, hyperparameters
 
 def test_a_sweep_takes_method_and_the_files_task(service: Service) -> None:
     chat, valid = service.upload(CHAT)["id"], service.upload(CHAT)["id"]
-    parent = service.create_job(training_file=chat, validation_file=valid, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1,
-                                                                 "lora": {"r": 2}}}},
-        sweep={"learning_rate": [1e-4, 1e-3]})
+    method = {"type": "supervised",
+              "supervised": {"hyperparameters": {"n_epochs": 1, "lora": {"r": 2}}}}
+    parent = service.create_job(model="tiny-llama", training_file=chat, validation_file=valid,
+                                method=method, sweep={"learning_rate": [1e-4, 1e-3]})
     assert parent["task"] == "chat" and parent["sweep"]["metric"] == "valid_loss"
     children = [service.client.get(f"{JOBS}/{run['job_id']}", headers=service.auth()).json()
                 for run in parent["sweep"]["runs"]]
@@ -295,7 +295,7 @@ def _names(response: Any) -> list[str]:
 
 
 def test_variants_of_a_lora_checkpoint(service: Service) -> None:
-    job_id = service.create_job(training_file=service.upload(CHAT)["id"],
+    job_id = service.create_job(model="tiny-llama", training_file=service.upload(CHAT)["id"],
                                 hyperparameters={"lora": {}})["id"]
     ckpt = _checkpoint(service, job_id, lora=True)
     model = [f"{job_id}-step-3/{n}" for n in ("config.json", "model.safetensors",
@@ -310,7 +310,7 @@ def test_variants_of_a_lora_checkpoint(service: Service) -> None:
 
 
 def test_adapter_of_a_full_fine_tune_is_a_400(service: Service) -> None:
-    job_id = service.create_job(training_file=service.upload(CHAT)["id"])["id"]
+    job_id = service.create_job(model="tiny-llama", training_file=service.upload(CHAT)["id"])["id"]
     ckpt = _checkpoint(service, job_id, lora=False)
     assert len(_names(_download(service, job_id, ckpt))) == 3
     r = _download(service, job_id, ckpt, "adapter")
@@ -340,7 +340,7 @@ def test_cli_downloads_either_variant(in_process: Service, tmp_path: Path,
     from sagetrain.cli import main
 
     service = in_process
-    job_id = service.create_job(training_file=service.upload(CHAT)["id"],
+    job_id = service.create_job(model="tiny-llama", training_file=service.upload(CHAT)["id"],
                                 hyperparameters={"lora": {}})["id"]
     ckpt = _checkpoint(service, job_id, lora=True)
     assert main(["checkpoints", "download", job_id, "--variant", "adapter",

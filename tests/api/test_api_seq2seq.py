@@ -57,6 +57,14 @@ def test_seq2seq_job_over_http(seq2seq_server: LiveServer, tmp_path: Path) -> No
         assert wrong.status_code == 400, wrong.text
         message = wrong.json()["error"]["message"]
         assert "seq2seq" in message and "text-classification" in message
+        # a model that cannot do the task is refused when the job is created, not later
+        for model, hyperparameters in (("sentence-transformers/all-MiniLM-L6-v2", {}),
+                                       (MODEL, {"architecture": "encoder-decoder"})):
+            unfit = http.post("/v1/fine_tuning/jobs", json={
+                "model": model, "training_file": train.id, "hyperparameters": hyperparameters})
+            assert unfit.status_code == 400, unfit.text
+            assert unfit.json()["error"]["param"] == "hyperparameters.architecture"
+            assert model in unfit.json()["error"]["message"]
 
         created = http.post("/v1/fine_tuning/jobs", json={
             "model": MODEL, "training_file": train.id, "validation_file": valid.id,

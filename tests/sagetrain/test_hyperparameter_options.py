@@ -22,7 +22,8 @@ def test_every_hyperparameter_is_an_option_that_reaches_the_spec(command: list[s
             "--checkpoint-every-steps", "10", "--early-stopping-patience", "3",
             "--sage-scope", "all", "--learning-rate-multiplier", "auto",
             "--train-on-inputs", "true", "--lora", '{"r": 4, "target_modules": ["q_proj"]}',
-            "--gradient-checkpointing", "false"]
+            "--gradient-checkpointing", "false", "--architecture", "encoder-decoder",
+            "--num-beams", "3", "--augment", "false"]
     given = hyperparameters_from_args(build_parser().parse_args(argv))
     assert set(given) == set(Hyperparameters.model_fields)
     assert given["train_on_inputs"] is True and given["gradient_checkpointing"] is False
@@ -31,7 +32,10 @@ def test_every_hyperparameter_is_an_option_that_reaches_the_spec(command: list[s
     assert given["beta3"] == 0.7 and given["max_grad_norm"] is None
     assert given["early_stopping_patience"] == 3 and given["sage_scope"] == "all"
     given.pop("learning_rate_multiplier")  # "auto", which learning_rate allows beside it
-    spec = Hyperparameters.model_validate(given).resolve("chat")
+    assert (given["architecture"], given["num_beams"], given["augment"]) == (
+        "encoder-decoder", 3, False)
+    chat = {k: v for k, v in given.items() if k not in ("architecture", "num_beams", "augment")}
+    spec = Hyperparameters.model_validate(chat).resolve("chat")
     assert (spec.optimizer, spec.learning_rate, spec.warmup_ratio) == ("adamax-sage", 2e-4, 0.2)
     assert spec.lora is not None and spec.lora.r == 4 and spec.lora.alpha == 16
 

@@ -19,6 +19,7 @@ from training_data import make_spec, write_jsonl
 
 from sage_core.datafiles import load_dataset
 from sage_core.errors import InvalidSpecError
+from sage_core.schemas import Hyperparameters, JobSpec
 from sage_core.testing import build_tiny_model, build_tiny_t5, number_pairs, number_words
 from sage_core.training import Callbacks, run_training
 from sage_core.training.chat_format import IGNORE_INDEX
@@ -98,14 +99,18 @@ def test_loss_is_each_examples_mean_over_its_target_tokens() -> None:
 
 
 # --------------------------------------------------------------------------- model
-def test_an_encoder_only_model_needs_architecture_encoder_decoder(models: Path) -> None:
-    task = _task(models / "tiny-bert")
-    with pytest.raises(InvalidSpecError, match='architecture "encoder-decoder"') as info:
-        task.build_model(str(models / "tiny-bert"))
-    assert info.value.param == "architecture"
-    with pytest.raises(InvalidSpecError, match="encoder-decoder model already"):
-        _task(models / "tiny-t5", architecture="encoder-decoder").build_model(
-            str(models / "tiny-t5"))
+def test_an_encoder_only_model_needs_architecture_encoder_decoder(models: Path,
+                                                                  tmp_path: Path) -> None:
+    data = _pairs_file(tmp_path / "t.jsonl", number_pairs(8, seed=0))
+    for model, architecture, message in (
+            ("tiny-bert", "auto", 'architecture "encoder-decoder"'),
+            ("tiny-t5", "encoder-decoder", "encoder-decoder already")):
+        spec = JobSpec(model=model, task="seq2seq", hyperparameters=Hyperparameters(
+            architecture=architecture)).resolve()
+        with pytest.raises(InvalidSpecError, match=message) as info:
+            run_training(spec, data, tmp_path / model, models_dir=models)
+        assert info.value.param == "hyperparameters.architecture"
+        assert not (tmp_path / model / "final").exists()
 
 
 def test_generation_metrics_are_bleu_and_chrf_and_leave_rng_and_mode(
