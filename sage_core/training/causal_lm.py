@@ -35,9 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sage_core.datafiles import ChatExample, CompletionExample, Dataset
 from sage_core.errors import InvalidSpecError
@@ -55,6 +53,7 @@ from sage_core.training.chat_format import (
 from sage_core.training.tasks import (
     Batch,
     Encoded,
+    PerTokenLabels,
     Report,
     TokenizedTask,
     ignore_report,
@@ -70,11 +69,10 @@ SAMPLE_EXTRA_TOKENS = 16
 SAMPLE_PROMPT_CHARS = 500  # of the prompt shown in a sample event
 
 
-class CausalLMTask(TokenizedTask):
+class CausalLMTask(PerTokenLabels, TokenizedTask):
     """What chat and completion share; subclasses encode their kind of example."""
 
     main_metric, greater_is_better = "loss", False
-    train_statistic_name = "mean_token_accuracy"
 
     def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
         super().__init__(hp)
@@ -200,34 +198,9 @@ class CausalLMTask(TokenizedTask):
         memory.check_memory_fits(model, self.hp, device)
 
     # ------------------------------------------------------------ loss and metrics
-    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        logits = outputs.logits[:, :-1].float()
-        labels = targets[:, 1:]
-        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                    reduction="none")
-        counted = (labels != IGNORE_INDEX).sum(dim=1)
-        return per_token.sum(dim=1) / counted.clamp(min=1)
-
-    @staticmethod
-    def _token_hits(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example: loss tokens whose argmax is the label, and loss tokens."""
-        labels = targets[:, 1:]
-        counted = labels != IGNORE_INDEX
-        hits = (outputs.logits[:, :-1].argmax(dim=-1) == labels) & counted
-        return hits.sum(dim=1), counted.sum(dim=1)
-
-    def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._token_hits(outputs, targets), dim=1)
-
-    def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
-        hits, counted = predictions.sum(axis=0)
-        return {"mean_token_accuracy": float(hits / counted) if counted else 0.0}
-
-    @torch.no_grad()
-    def train_statistic(self, outputs: Any,
-                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hits, counted = self._token_hits(outputs, targets)
-        return hits.sum(), counted.sum()
+    def _aligned(self, outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # next-token prediction: the logits at i predict the label at i + 1
+        return outputs.logits[:, :-1], targets[:, 1:]
 
     # ------------------------------------------------------------ samples
     @abstractmethod

@@ -37,9 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sage_core.datafiles import Dataset, Seq2SeqExample
 from sage_core.names import MAIN_METRIC
@@ -48,6 +46,7 @@ from sage_core.training.chat_format import IGNORE_INDEX
 from sage_core.training.tasks import (
     Batch,
     Encoded,
+    PerTokenLabels,
     Report,
     TokenizedTask,
     ignore_report,
@@ -65,10 +64,9 @@ GENERATION_EXTRA_TOKENS = 16  # beyond the batch's longest reference
 SAMPLE_SOURCE_CHARS = 500
 
 
-class Seq2SeqTask(TokenizedTask):
+class Seq2SeqTask(PerTokenLabels, TokenizedTask):
     name = "seq2seq"
     main_metric, greater_is_better = MAIN_METRIC["seq2seq"]
-    train_statistic_name = "mean_token_accuracy"
 
     def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
         super().__init__(hp)
@@ -212,31 +210,6 @@ class Seq2SeqTask(TokenizedTask):
         super().save_model(model, folder)
 
     # ------------------------------------------------------------ loss and metrics
-    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        per_token = F.cross_entropy(outputs.logits.float().transpose(1, 2), targets,
-                                    ignore_index=IGNORE_INDEX, reduction="none")
-        counted = (targets != IGNORE_INDEX).sum(dim=1)
-        return per_token.sum(dim=1) / counted.clamp(min=1)
-
-    @staticmethod
-    def _token_hits(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        counted = targets != IGNORE_INDEX
-        hits = (outputs.logits.argmax(dim=-1) == targets) & counted
-        return hits.sum(dim=1), counted.sum(dim=1)
-
-    def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._token_hits(outputs, targets), dim=1)
-
-    def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
-        hits, counted = predictions.sum(axis=0)
-        return {"mean_token_accuracy": float(hits / counted) if counted else 0.0}
-
-    @torch.no_grad()
-    def train_statistic(self, outputs: Any,
-                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hits, counted = self._token_hits(outputs, targets)
-        return hits.sum(), counted.sum()
-
     # ------------------------------------------------------------ generation
     def generate(self, model: torch.nn.Module, items: Sequence[Encoded],
                  placement: Placement) -> list[str]:

@@ -24,6 +24,7 @@ from sage_core.errors import InvalidSpecError
 from sage_core.names import MAIN_METRIC
 from sage_core.schemas import ResolvedHyperparameters
 from sage_core.training import metrics as M
+from sage_core.training.chat_format import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from sage_core.training.device import Placement
@@ -214,6 +215,47 @@ class Task(ABC):
         event log (a causal LM's answers to validation prompts). The caller restores the RNG
         and train mode afterwards."""
         return []
+
+
+class PerTokenLabels:
+    """Loss and metrics of a task whose targets are token labels (IGNORE_INDEX where nothing
+    is learnt) aligned with the logits by `_aligned`: a causal LM shifts them for next-token
+    prediction, a seq2seq decoder's line up. Each example's loss is the mean cross-entropy
+    over its own label tokens, in fp32 (0 for an example without one), so every example
+    weighs equally when the loop averages them; the metric is mean_token_accuracy, the
+    fraction of all label tokens whose argmax is the label."""
+
+    train_statistic_name: ClassVar[str | None] = "mean_token_accuracy"
+
+    def _aligned(self, outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs.logits, targets
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        logits, labels = self._aligned(outputs, targets)
+        per_token = F.cross_entropy(logits.float().transpose(1, 2), labels,
+                                    ignore_index=IGNORE_INDEX, reduction="none")
+        return per_token.sum(dim=1) / (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+
+    def _token_hits(self, outputs: Any,
+                    targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: label tokens whose argmax is the label, and label tokens."""
+        logits, labels = self._aligned(outputs, targets)
+        counted = labels != IGNORE_INDEX
+        hits = (logits.argmax(dim=-1) == labels) & counted
+        return hits.sum(dim=1), counted.sum(dim=1)
+
+    def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self._token_hits(outputs, targets), dim=1)
+
+    def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
+        hits, counted = predictions.sum(axis=0)
+        return {"mean_token_accuracy": float(hits / counted) if counted else 0.0}
+
+    @torch.no_grad()
+    def train_statistic(self, outputs: Any,
+                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hits, counted = self._token_hits(outputs, targets)
+        return hits.sum(), counted.sum()
 
 
 class TokenizedTask(Task):
