@@ -32,15 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from sage_core.datafiles import Dataset
-from sage_core.errors import InvalidSpecError
 from sage_core.names import MAIN_METRIC
 from sage_core.schemas import ResolvedHyperparameters
 from sage_core.training import metrics as M
 from sage_core.training.tasks import (
     Batch,
+    ClassLabels,
     Encoded,
     Report,
-    Task,
     ignore_report,
     quiet_transformers,
 )
@@ -68,53 +67,22 @@ def random_resized_crop(pixels: torch.Tensor, scale: tuple[float, float] = RESIZ
                          align_corners=False)[0]
 
 
-class ImageClassification(Task):
+class ImageClassification(ClassLabels):
     name = "image-classification"
     main_metric, greater_is_better = MAIN_METRIC["image-classification"]
 
     def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
         super().__init__(hp)
         self.processor: Any = None
-        self.label_names: list[str] = []
-        self.label2id: dict[str, int] = {}
         self._samples: list[tuple[bytes, str]] = []  # (image, label) shown at evaluations
 
     def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
                 validation_name: str | None) -> None:
-        """Label names in a stable order (numeric when every label is an integer); the
-        validation file's labels must occur in the training file."""
-        self.label_names = train.label_names()
-        self.label2id = {name: i for i, name in enumerate(self.label_names)}
-        if validation is None:
-            return
-        self._samples = [(e.image, str(e.label)) for e in validation.examples[:SAMPLE_COUNT]]
-        unknown = sorted({str(e.label) for e in validation.examples} - set(self.label2id))
-        if unknown:
-            raise InvalidSpecError(
-                f"{validation_name}: label {unknown[0]!r} does not occur in the training file "
-                f"{train_name} (its labels: {', '.join(self.label_names)})",
-                param="validation_file")
-
-    def _target(self, label: str | int) -> int:
-        return self.label2id[str(label)]
-
-    def _head_config(self) -> dict[str, Any]:
-        return {"num_labels": len(self.label_names),
-                "id2label": dict(enumerate(self.label_names)),
-                "label2id": dict(self.label2id),
-                "problem_type": "single_label_classification"}
-
-    def load_model(self, folder: Path) -> torch.nn.Module:
-        model = self._load(folder)
-        saved = {str(k): int(v) for k, v in model.config.label2id.items()}
-        if saved != self.label2id:
-            raise InvalidSpecError(
-                f"checkpoint {folder.name} has labels {sorted(saved)}, the training file has "
-                f"{self.label_names}", param="training_file")
-        return model
-
-    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs.logits.float(), targets, reduction="none")
+        super().prepare(train, validation, train_name=train_name,
+                        validation_name=validation_name)
+        if validation is not None:
+            self._samples = [(e.image, str(e.label))
+                             for e in validation.examples[:SAMPLE_COUNT]]
 
     def load_processor(self, path: str) -> None:
         from transformers import AutoImageProcessor

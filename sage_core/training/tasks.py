@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -345,15 +345,19 @@ class _TextTask(TokenizedTask):
                 str(path), dtype=torch.float32, **kwargs)
 
 
-class TextClassification(_TextTask):
-    name = "text-classification"
-    main_metric, greater_is_better = MAIN_METRIC["text-classification"]
-    _target_dtype = torch.long
+class ClassLabels(Task):
+    """What the classification tasks (text, image) share: label names from the training
+    file (numeric order when every label is an integer), checked against the validation
+    file and a resumed checkpoint; a head configured for them; cross-entropy per example.
+    The class's `_load(path, **config)` loads a model with its head."""
 
     def __init__(self, hp: ResolvedHyperparameters | None = None) -> None:
         super().__init__(hp)
         self.label_names: list[str] = []
         self.label2id: dict[str, int] = {}
+
+    if TYPE_CHECKING:  # each task class has its own (a stub here would shadow it)
+        def _load(self, path: str | Path, **kwargs: Any) -> Any: ...
 
     def prepare(self, train: Dataset, validation: Dataset | None, *, train_name: str,
                 validation_name: str | None) -> None:
@@ -381,7 +385,7 @@ class TextClassification(_TextTask):
         }
 
     def build_model(self, base_path: str) -> torch.nn.Module:
-        return self._load(base_path, **self._head_config())
+        return cast(torch.nn.Module, self._load(base_path, **self._head_config()))
 
     def load_model(self, folder: Path) -> torch.nn.Module:
         model = self._load(folder)
@@ -390,10 +394,16 @@ class TextClassification(_TextTask):
             raise InvalidSpecError(
                 f"checkpoint {folder.name} has labels {sorted(saved)}, the training file has "
                 f"{self.label_names}", param="training_file")
-        return model
+        return cast(torch.nn.Module, model)
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), targets, reduction="none")
+
+
+class TextClassification(ClassLabels, _TextTask):
+    name = "text-classification"
+    main_metric, greater_is_better = MAIN_METRIC["text-classification"]
+    _target_dtype = torch.long
 
     def predict(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return outputs.logits.argmax(dim=-1)
