@@ -56,3 +56,6 @@ class TrainResult:
     # The final model's sensitivity report (training/sensitivity.py), also written to
     # final/sensitivity.json; None without a validation file or when stopped.
     sensitivity: dict[str, Any] | None = None
+    # What makes the model doubtful (sage_core/training/verdicts.py): [{code, message}],
+    # each also a "warning" event; empty when none, and at a stop.
+    warnings: list[dict[str, str]] = field(default_factory=list)

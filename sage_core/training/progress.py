@@ -56,3 +56,5 @@ class Progress:
     best_checkpoint_step: int | None = None
     last_eval: dict[str, Any] = field(default_factory=dict)
     last_train: dict[str, Any] = field(default_factory=dict)
+    # the run's first logged train_loss, for the loss_diverged warning (verdicts.py)
+    first_train_loss: float | None = None

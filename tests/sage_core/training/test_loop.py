@@ -23,7 +23,8 @@ from sage_core.training.tasks import TextClassification
 TRAIN_KEYS = {"step", "total_steps", "epoch", "train_loss", "learning_rate", "grad_norm",
               "samples_per_second"}
 CLASSIFICATION_EVAL_KEYS = {"step", "total_steps", "epoch", "valid_loss", "valid_accuracy",
-                            "valid_f1_macro", "valid_mcc"}
+                            "valid_f1_macro", "valid_mcc", "baseline_accuracy",
+                            "baseline_f1_macro", "baseline_mcc"}
 
 
 class Recorder:
@@ -81,6 +82,7 @@ def test_classification_learns_with_each_optimizer(
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert result.metrics["valid_accuracy"] >= 0.9
     assert set(result.metrics) == CLASSIFICATION_EVAL_KEYS - {"step", "total_steps", "epoch"}
+    assert result.warnings == []  # a model that learnt: nothing to warn about
 
 
 def test_outputs_rows_and_final_folder(train: Train, spam_files: tuple[Path, Path],
