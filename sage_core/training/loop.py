@@ -23,6 +23,13 @@ Choices a caller may rely on:
   validation prompts greedily (seq2seq shows its first translations, an image task its
   first predictions): one "Sample at step N: ..." event each, with data
   {step, prompt, reference, answer} (`Task.sample_events`; RNG and train mode restored).
+- Each evaluation row also carries the task's trivial baseline on the validation file,
+  computed once at setup (`Task.baselines`), as baseline_<metric> (baseline_accuracy,
+  baseline_f1_macro for the majority class; baseline_loss for regression's mean;
+  baseline_bleu for seq2seq's copied source; none for chat and completion).
+- At the end (not at a stop) the final model is judged (verdicts.py): predicts_one_class,
+  no_better_than_baseline and loss_diverged, each a "warning" event with data {code} and
+  an entry {code, message} of TrainResult.warnings.
 - Losses are per-example means, and a step's loss is the mean over its examples, so every
   example weighs equally (a chat example: the mean over its own trained tokens).
 - Checkpoints every `checkpoint_every_steps`, at each epoch end, at a stop and at early
