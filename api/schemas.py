@@ -293,7 +293,8 @@ class CheckpointPublic(BaseModel):
 
 class MetricRow(BaseModel):
     """One logged row: step and epoch, then whatever the engine logged (train_loss,
-    learning_rate, grad_norm, samples_per_second, or valid_loss and valid_*)."""
+    learning_rate, grad_norm, samples_per_second, or valid_loss, valid_* and the trivial
+    baseline's baseline_*)."""
 
     model_config = ConfigDict(extra="allow")
 
