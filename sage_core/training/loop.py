@@ -89,7 +89,7 @@ from sage_core.training.registry import get_task
 from sage_core.training.sampler import EpochSampler
 from sage_core.training.sensitivity_hook import SensitivityHook
 from sage_core.training.tasks import Encoded, Task
-from sage_core.training.verdicts import run_verdicts
+from sage_core.training.verdicts import LOSS_ROWS, run_verdicts
 
 LOG = logging.getLogger(__name__)
 
@@ -318,8 +318,12 @@ class Trainer:
             return
         row = {**self.plan.position(self.progress.step), **values}
         self.progress.last_train = row
-        if self.progress.first_train_loss is None and "train_loss" in row:
-            self.progress.first_train_loss = float(row["train_loss"])
+        if "train_loss" in row:
+            p, loss = self.progress, float(row["train_loss"])
+            if len(p.first_train_losses) < LOSS_ROWS:
+                p.first_train_losses.append(loss)
+            else:  # the latest rows after the first ones, never overlapping them
+                p.last_train_losses = [*p.last_train_losses, loss][-LOSS_ROWS:]
         self._log(row)
         self.window.restart_clock()
 
@@ -408,12 +412,10 @@ class Trainer:
             predicted = self.task.predicted_classes(ev.last_predictions)
             if predicted is not None:
                 targets = [int(cast(int, it.target)) for it in ev.items]
-        last_loss = p.last_train.get("train_loss")
         return run_verdicts(
             metric=self.tracker.metric, greater_is_better=self.tracker.greater_is_better,
             best=p.best_score, baselines=self.baselines,
-            first_train_loss=p.first_train_loss,
-            final_train_loss=float(last_loss) if last_loss is not None else None,
+            first_train_losses=p.first_train_losses, last_train_losses=p.last_train_losses,
             predicted=predicted, targets=targets,
             label_names=getattr(self.task, "label_names", None))
 

@@ -12,8 +12,11 @@ TrainResult.warnings and one "warning" event each, data {"code": ...}.
   task's trivial baseline (`Task.baselines`: the majority class, the mean predictor,
   copying the source) on the same validation file. Equal is not better: a model that
   predicts the majority class scores exactly the baseline.
-- loss_diverged: the last logged train loss is above DIVERGENCE_FACTOR (1.5) times the
-  first logged one. The validation loss is not used: it rises with overfitting (a
+- loss_diverged: the mean train_loss of the last LOSS_ROWS (5) logged train rows is above
+  DIVERGENCE_FACTOR (1.5) times the mean of the first LOSS_ROWS rows (means: a run of
+  under 200 steps logs every step, and one step's loss depends on its batch; the two
+  windows do not overlap, so a run needs 2 * LOSS_ROWS rows to be judged). The validation
+  loss is not used: it rises with overfitting (a
   classifier growing over-confident while its accuracy still improves), which is not
   divergence, and early stopping and the "best" checkpoint already answer it.
 """
@@ -27,6 +30,7 @@ import numpy as np
 
 ONE_CLASS_SHARE = 0.95
 DIVERGENCE_FACTOR = 1.5
+LOSS_ROWS = 5
 # a main metric must beat its baseline by more than rounding to count as better
 TOLERANCE = 1e-9
 
@@ -75,23 +79,27 @@ def no_better_than_baseline(metric: str, greater_is_better: bool, best: float | 
                 "higher learning rate, or add training data")}
 
 
-def loss_diverged(first_train_loss: float | None,
-                  final_train_loss: float | None) -> Verdict | None:
-    if first_train_loss is None or final_train_loss is None or first_train_loss <= 0:
+def loss_diverged(first_losses: Sequence[float],
+                  last_losses: Sequence[float]) -> Verdict | None:
+    """`first_losses`: the train_loss of the first train rows (up to LOSS_ROWS);
+    `last_losses`: of the latest ones, which must not overlap them (the run logged at least
+    2 * LOSS_ROWS rows), else None."""
+    if len(first_losses) < LOSS_ROWS or len(last_losses) < LOSS_ROWS:
         return None
-    if final_train_loss <= DIVERGENCE_FACTOR * first_train_loss:
+    first, last = float(np.mean(first_losses)), float(np.mean(last_losses))
+    if first <= 0 or last <= DIVERGENCE_FACTOR * first:
         return None
     return {"code": "loss_diverged",
             "message": (
-                f"the train loss rose from {first_train_loss:.4g} (first logged) to "
-                f"{final_train_loss:.4g} (last logged), more than {DIVERGENCE_FACTOR}x: "
+                f"the train loss rose from {first:.4g} (mean of the first {LOSS_ROWS} logged "
+                f"rows) to {last:.4g} (the last {LOSS_ROWS}), more than {DIVERGENCE_FACTOR}x: "
                 "training diverged. Lower the learning rate (learning_rate_multiplier), "
                 "keep warmup and gradient clipping on, or use a larger batch size")}
 
 
 def run_verdicts(*, metric: str, greater_is_better: bool, best: float | None,
-                 baselines: dict[str, Any], first_train_loss: float | None,
-                 final_train_loss: float | None,
+                 baselines: dict[str, Any], first_train_losses: Sequence[float],
+                 last_train_losses: Sequence[float],
                  predicted: Sequence[int] | np.ndarray | None = None,
                  targets: Sequence[int] | None = None,
                  label_names: Sequence[str] | None = None) -> list[Verdict]:
@@ -102,6 +110,6 @@ def run_verdicts(*, metric: str, greater_is_better: bool, best: float | None,
         predicts_one_class(predicted, targets, label_names)
         if predicted is not None and targets is not None else None,
         no_better_than_baseline(metric, greater_is_better, best, baseline),
-        loss_diverged(first_train_loss, final_train_loss),
+        loss_diverged(first_train_losses, last_train_losses),
     ]
     return [w for w in found if w is not None]

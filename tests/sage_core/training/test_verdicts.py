@@ -60,24 +60,36 @@ def test_no_baseline_or_no_evaluation_is_no_warning() -> None:
 
 
 # --------------------------------------------------------------------------- divergence
-def test_loss_above_one_and_a_half_times_the_first_diverged() -> None:
-    warning = loss_diverged(0.7, 1.2)
+def test_mean_loss_above_one_and_a_half_times_the_first_rows_diverged() -> None:
+    first = [0.7, 0.6, 0.8, 0.7, 0.7]  # mean 0.7
+    warning = loss_diverged(first, [1.0, 1.2, 1.1, 1.1, 1.1])  # mean 1.1, 1.57x
     assert warning is not None and warning["code"] == "loss_diverged"
+    assert "from 0.7 (mean of the first 5 logged rows) to 1.1" in warning["message"]
     assert "Lower the learning rate" in warning["message"]
-    assert loss_diverged(0.7, 1.0) is None  # 1.43x: noise, not divergence
-    assert loss_diverged(0.7, 0.1) is None
-    assert loss_diverged(None, 1.0) is None and loss_diverged(0.0, 1.0) is None
+    assert loss_diverged(first, [1.0, 1.0, 1.0, 1.0, 1.0]) is None  # 1.43x
+    assert loss_diverged(first, [0.1] * 5) is None
+
+
+def test_one_noisy_last_step_is_not_divergence() -> None:
+    assert loss_diverged([0.5] * 5, [0.5, 0.5, 0.5, 0.5, 1.5]) is None  # mean 0.7: 1.4x
+
+
+def test_too_few_rows_to_judge_divergence() -> None:
+    assert loss_diverged([0.5] * 5, [9.0] * 4) is None  # under 10 rows: the windows overlap
+    assert loss_diverged([0.5] * 3, []) is None
+    assert loss_diverged([0.0] * 5, [1.0] * 5) is None
 
 
 def test_run_verdicts_collects_in_order_and_reads_the_main_metrics_baseline() -> None:
     found = run_verdicts(metric="valid_f1_macro", greater_is_better=True, best=0.43,
                          baselines={"baseline_f1_macro": 0.43, "baseline_accuracy": 0.75},
-                         first_train_loss=0.6, final_train_loss=5.0,
+                         first_train_losses=[0.6] * 5, last_train_losses=[5.0] * 5,
                          predicted=[0] * 8, targets=[0] * 6 + [1] * 2)
     assert [w["code"] for w in found] == ["predicts_one_class", "no_better_than_baseline",
                                           "loss_diverged"]
     assert run_verdicts(metric="valid_loss", greater_is_better=False, best=0.3, baselines={},
-                        first_train_loss=2.0, final_train_loss=0.4) == []
+                        first_train_losses=[2.0] * 5,
+                        last_train_losses=[0.4] * 5) == []
 
 
 # --------------------------------------------------------------------------- baselines
