@@ -320,9 +320,9 @@ class Trainer:
         self.progress.last_train = row
         if "train_loss" in row:
             p, loss = self.progress, float(row["train_loss"])
-            if len(p.first_train_losses) < LOSS_ROWS:
-                p.first_train_losses.append(loss)
-            else:  # the latest rows after the first ones, never overlapping them
+            if p.first_train_loss is None:
+                p.first_train_loss = loss
+            else:  # the latest rows after the first
                 p.last_train_losses = [*p.last_train_losses, loss][-LOSS_ROWS:]
         self._log(row)
         self.window.restart_clock()
@@ -415,7 +415,7 @@ class Trainer:
         return run_verdicts(
             metric=self.tracker.metric, greater_is_better=self.tracker.greater_is_better,
             best=p.best_score, baselines=self.baselines,
-            first_train_losses=p.first_train_losses, last_train_losses=p.last_train_losses,
+            first_train_loss=p.first_train_loss, last_train_losses=p.last_train_losses,
             predicted=predicted, targets=targets,
             label_names=getattr(self.task, "label_names", None))
 

@@ -13,10 +13,12 @@ TrainResult.warnings and one "warning" event each, data {"code": ...}.
   copying the source) on the same validation file. Equal is not better: a model that
   predicts the majority class scores exactly the baseline.
 - loss_diverged: the mean train_loss of the last LOSS_ROWS (5) logged train rows is above
-  DIVERGENCE_FACTOR (1.5) times the mean of the first LOSS_ROWS rows (means: a run of
-  under 200 steps logs every step, and one step's loss depends on its batch; the two
-  windows do not overlap, so a run needs 2 * LOSS_ROWS rows to be judged). The validation
-  loss is not used: it rises with overfitting (a
+  DIVERGENCE_FACTOR (1.5) times the first row's. The first row is the model before it
+  learnt much (a classifier's near ln(classes) whatever its batch); the last ones are
+  averaged because a run of under 200 steps logs every step and one step's loss depends
+  on its batch. Judged from 1 + LOSS_ROWS rows on (no overlap). A blow-up in the first
+  steps that never recovers is caught too, which comparing two windows of means would
+  miss. The validation loss is not used: it rises with overfitting (a
   classifier growing over-confident while its accuracy still improves), which is not
   divergence, and early stopping and the "best" checkpoint already answer it.
 """
@@ -79,26 +81,25 @@ def no_better_than_baseline(metric: str, greater_is_better: bool, best: float | 
                 "higher learning rate, or add training data")}
 
 
-def loss_diverged(first_losses: Sequence[float],
+def loss_diverged(first_loss: float | None,
                   last_losses: Sequence[float]) -> Verdict | None:
-    """`first_losses`: the train_loss of the first train rows (up to LOSS_ROWS);
-    `last_losses`: of the latest ones, which must not overlap them (the run logged at least
-    2 * LOSS_ROWS rows), else None."""
-    if len(first_losses) < LOSS_ROWS or len(last_losses) < LOSS_ROWS:
+    """`first_loss`: the first train row's train_loss; `last_losses`: the latest rows' after
+    it (None, or fewer than LOSS_ROWS: too short a run to judge)."""
+    if first_loss is None or first_loss <= 0 or len(last_losses) < LOSS_ROWS:
         return None
-    first, last = float(np.mean(first_losses)), float(np.mean(last_losses))
-    if first <= 0 or last <= DIVERGENCE_FACTOR * first:
+    last = float(np.mean(last_losses[-LOSS_ROWS:]))
+    if last <= DIVERGENCE_FACTOR * first_loss:
         return None
     return {"code": "loss_diverged",
             "message": (
-                f"the train loss rose from {first:.4g} (mean of the first {LOSS_ROWS} logged "
-                f"rows) to {last:.4g} (the last {LOSS_ROWS}), more than {DIVERGENCE_FACTOR}x: "
+                f"the train loss rose from {first_loss:.4g} (the first logged row) to "
+                f"{last:.4g} (mean of the last {LOSS_ROWS}), more than {DIVERGENCE_FACTOR}x: "
                 "training diverged. Lower the learning rate (learning_rate_multiplier), "
                 "keep warmup and gradient clipping on, or use a larger batch size")}
 
 
 def run_verdicts(*, metric: str, greater_is_better: bool, best: float | None,
-                 baselines: dict[str, Any], first_train_losses: Sequence[float],
+                 baselines: dict[str, Any], first_train_loss: float | None,
                  last_train_losses: Sequence[float],
                  predicted: Sequence[int] | np.ndarray | None = None,
                  targets: Sequence[int] | None = None,
@@ -110,6 +111,6 @@ def run_verdicts(*, metric: str, greater_is_better: bool, best: float | None,
         predicts_one_class(predicted, targets, label_names)
         if predicted is not None and targets is not None else None,
         no_better_than_baseline(metric, greater_is_better, best, baseline),
-        loss_diverged(first_train_losses, last_train_losses),
+        loss_diverged(first_train_loss, last_train_losses),
     ]
     return [w for w in found if w is not None]

@@ -60,35 +60,41 @@ def test_no_baseline_or_no_evaluation_is_no_warning() -> None:
 
 
 # --------------------------------------------------------------------------- divergence
-def test_mean_loss_above_one_and_a_half_times_the_first_rows_diverged() -> None:
-    first = [0.7, 0.6, 0.8, 0.7, 0.7]  # mean 0.7
-    warning = loss_diverged(first, [1.0, 1.2, 1.1, 1.1, 1.1])  # mean 1.1, 1.57x
+def test_mean_of_the_last_rows_above_one_and_a_half_times_the_first_diverged() -> None:
+    warning = loss_diverged(0.7, [1.0, 1.2, 1.1, 1.1, 1.1])  # mean 1.1: 1.57x
     assert warning is not None and warning["code"] == "loss_diverged"
-    assert "from 0.7 (mean of the first 5 logged rows) to 1.1" in warning["message"]
+    assert "from 0.7 (the first logged row) to 1.1 (mean of the last 5)" in warning["message"]
     assert "Lower the learning rate" in warning["message"]
-    assert loss_diverged(first, [1.0, 1.0, 1.0, 1.0, 1.0]) is None  # 1.43x
-    assert loss_diverged(first, [0.1] * 5) is None
+    assert loss_diverged(0.7, [1.0, 1.0, 1.0, 1.0, 1.0]) is None  # 1.43x
+    assert loss_diverged(0.7, [0.1] * 5) is None
+
+
+def test_a_blow_up_in_the_first_steps_that_never_recovers_diverged() -> None:
+    # adamw at learning rate 0.5 on the tiny BERT: these rows, one per step
+    losses = [0.686, 4.938, 8.279, 4.012, 6.174, 7.482, 1.61, 6.474, 4.523, 1.669, 2.795,
+              3.411]
+    assert loss_diverged(losses[0], losses[-5:]) is not None
 
 
 def test_one_noisy_last_step_is_not_divergence() -> None:
-    assert loss_diverged([0.5] * 5, [0.5, 0.5, 0.5, 0.5, 1.5]) is None  # mean 0.7: 1.4x
+    assert loss_diverged(0.5, [0.5, 0.5, 0.5, 0.5, 1.5]) is None  # mean 0.7: 1.4x
 
 
 def test_too_few_rows_to_judge_divergence() -> None:
-    assert loss_diverged([0.5] * 5, [9.0] * 4) is None  # under 10 rows: the windows overlap
-    assert loss_diverged([0.5] * 3, []) is None
-    assert loss_diverged([0.0] * 5, [1.0] * 5) is None
+    assert loss_diverged(0.5, [9.0] * 4) is None
+    assert loss_diverged(None, [9.0] * 5) is None
+    assert loss_diverged(0.0, [1.0] * 5) is None
 
 
 def test_run_verdicts_collects_in_order_and_reads_the_main_metrics_baseline() -> None:
     found = run_verdicts(metric="valid_f1_macro", greater_is_better=True, best=0.43,
                          baselines={"baseline_f1_macro": 0.43, "baseline_accuracy": 0.75},
-                         first_train_losses=[0.6] * 5, last_train_losses=[5.0] * 5,
+                         first_train_loss=0.6, last_train_losses=[5.0] * 5,
                          predicted=[0] * 8, targets=[0] * 6 + [1] * 2)
     assert [w["code"] for w in found] == ["predicts_one_class", "no_better_than_baseline",
                                           "loss_diverged"]
     assert run_verdicts(metric="valid_loss", greater_is_better=False, best=0.3, baselines={},
-                        first_train_losses=[2.0] * 5,
+                        first_train_loss=2.0,
                         last_train_losses=[0.4] * 5) == []
 
 
@@ -138,3 +144,13 @@ def test_a_one_step_run_on_imbalanced_data_is_named_degenerate(
     assert result.metrics["baseline_f1_macro"] == pytest.approx((6 / 7) / 2)
     warned = [(message, data) for level, message, data in events if level == "warning"]
     assert [(w["message"], {"code": w["code"]}) for w in result.warnings] == warned
+
+
+def test_a_run_at_a_huge_learning_rate_is_named_diverged(
+        train_models_dir: Path, tmp_path: Path) -> None:
+    train_file = write_jsonl(tmp_path / "train.jsonl", spam_rows(96))
+    spec = make_spec(n_epochs=1, optimizer="adamw", learning_rate=0.5, warmup_ratio=0.0)
+    result = run_training(spec, train_file, tmp_path / "out", models_dir=train_models_dir,
+                          device="cpu")
+    assert result.status == "completed" and result.step == 12
+    assert [w["code"] for w in result.warnings] == ["loss_diverged"]
