@@ -77,8 +77,9 @@ def no_better_than_baseline(metric: str, greater_is_better: bool, best: float | 
             "message": (
                 f"the best {metric} of the run, {best:.4g}, never beat the trivial baseline's "
                 f"{baseline:.4g} (baseline_{metric.removeprefix('valid_')}): the model is no "
-                "better than a rule that ignores the input. Train for more epochs or with a "
-                "higher learning rate, or add training data")}
+                "better than a rule that ignores the input. Train for more epochs, try "
+                "another learning rate (higher if the loss barely moved, lower if it rose), "
+                "or add training data")}
 
 
 def loss_diverged(first_loss: float | None,
