@@ -170,6 +170,8 @@ def test_a_tiny_t5_learns_to_translate_numbers_into_french(models: Path,
     assert len(bleu) == 8 and all("valid_chrf" in r for r in rows if "valid_bleu" in r)
     assert bleu[0] < 20 and bleu[-1] > 45, bleu
     assert result.metrics["valid_bleu"] == bleu[-1]
+    # copying the English source scores near 0 against French; the model beats it
+    assert result.metrics["baseline_bleu"] < 20 and result.warnings == []
     assert len(samples) == 3 * 8 and set(samples[-1]) == {"step", "prompt", "reference",
                                                           "answer"}
     assert samples[-1]["prompt"] == number_pairs(3, seed=1)[2]["source"].replace("-", " - ")
