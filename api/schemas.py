@@ -171,6 +171,12 @@ class JobError(BaseModel):
     param: str | None = None
 
 
+class JobWarning(BaseModel):
+    code: str = Field(description="predicts_one_class, no_better_than_baseline or "
+                                  "loss_diverged")
+    message: str = Field(description="What was found, and what to change")
+
+
 class Progress(BaseModel):
     step: int
     total_steps: int | None
@@ -221,6 +227,9 @@ class JobPublic(BaseModel):
     seed: int
     metadata: dict[str, str] | None
     error: JobError | None
+    warnings: list[JobWarning] = Field(
+        [], description="What makes a succeeded job's model doubtful, each with what to "
+                        "change; empty when none")
     organization_id: str
     integrations: list[Any] = []
     # sagetrain's own
@@ -241,7 +250,9 @@ class JobPublic(BaseModel):
             hyperparameters=hyperparameters, method=_method(hyperparameters),
             fine_tuned_model=job.fine_tuned_model, result_files=list(job.result_file_ids or []),
             trained_tokens=job.trained_tokens, seed=job.seed, metadata=job.user_metadata,
-            error=JobError(**job.error) if job.error else None, organization_id=job.owner_id,
+            error=JobError(**job.error) if job.error else None,
+            warnings=[JobWarning(**w) for w in job.warnings or []],
+            organization_id=job.owner_id,
             suffix=job.suffix, task=job.task,
             progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch),
             queue_position=queue_position, parent_job_id=job.parent_id,
@@ -282,7 +293,8 @@ class CheckpointPublic(BaseModel):
 
 class MetricRow(BaseModel):
     """One logged row: step and epoch, then whatever the engine logged (train_loss,
-    learning_rate, grad_norm, samples_per_second, or valid_loss and valid_*)."""
+    learning_rate, grad_norm, samples_per_second, or valid_loss, valid_* and the trivial
+    baseline's baseline_*)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -291,12 +291,14 @@ class JobRunner:
         # recorded with the success; left NULL (not JSON null) without a report
         report = getattr(result, "sensitivity", None)
         sensitivity = {"sensitivity": report} if report is not None else {}
+        warnings = [{"code": str(w["code"]), "message": str(w["message"])}
+                    for w in getattr(result, "warnings", None) or []]
         with self.sessions.begin() as s:
             done = transitions.succeed(
                 s, self.job_id, owner=self.owner, fine_tuned_model=fine_tuned_name(job),
                 trained_tokens=int(result.trained_tokens), result_file_ids=[results_id],
                 step=int(result.step), total_steps=int(result.total_steps),
-                epoch=float(result.epoch), **sensitivity)
+                epoch=float(result.epoch), warnings=warnings, **sensitivity)
             if done:
                 note = " (early stopping)" if result.status == "early_stopped" else ""
                 add_event(s, self.job_id, f"The job has successfully completed{note}")

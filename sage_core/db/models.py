@@ -142,6 +142,9 @@ class Job(Base):
     # the final model's sensitivity report (sage_core/training/sensitivity.py); None until
     # the job succeeds, and after it without a validation file
     sensitivity: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # what makes the final model doubtful (sage_core/training/verdicts.py), [{code,
+    # message}], written when the job succeeds; None before, and for jobs older than 0008
+    warnings: Mapped[list[Any] | None] = mapped_column(default=None)
     artifact_prefix: Mapped[str] = mapped_column(String(256))  # jobs/<id> in the store
     # Sweeps (sage_core/db/sweeps.py): a child job names its parent (no FK, as for files: a
     # child is an ordinary job); the parent holds its grid, its children's ids and, once

@@ -28,6 +28,9 @@ class Evaluator:
                  batch_size: int) -> None:
         self.task, self.items, self.placement, self.batch_size = (
             task, items, placement, batch_size)
+        # the latest evaluation's `Task.predict` rows, in the items' order, and its step
+        self.last_predictions: np.ndarray | None = None
+        self.last_step: int | None = None
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
@@ -56,6 +59,7 @@ class Evaluator:
         ordered = torch.cat(predictions).numpy()
         preds = np.empty_like(ordered)
         preds[np.asarray(order)] = ordered
+        self.last_predictions, self.last_step = preds, step
         targets = [it.target for it in items]
         metrics = {"loss": loss_sum / len(items), **task.metrics(preds, targets), **generated}
         if not math.isfinite(metrics["loss"]):

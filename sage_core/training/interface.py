@@ -51,8 +51,11 @@ class TrainResult:
     total_steps: int
     epoch: float
     final_dir: Path | None  # HF folder of the final model; None when stopped
-    metrics: dict[str, Any] = field(default_factory=dict)  # last evaluation (valid_*)
+    metrics: dict[str, Any] = field(default_factory=dict)  # last evaluation (valid_*, baseline_*)
     trained_tokens: int = 0  # non-padding tokens seen in training
     # The final model's sensitivity report (training/sensitivity.py), also written to
     # final/sensitivity.json; None without a validation file or when stopped.
     sensitivity: dict[str, Any] | None = None
+    # What makes the model doubtful (sage_core/training/verdicts.py): [{code, message}],
+    # each also a "warning" event; empty when none, and at a stop.
+    warnings: list[dict[str, str]] = field(default_factory=list)

@@ -23,6 +23,13 @@ Choices a caller may rely on:
   validation prompts greedily (seq2seq shows its first translations, an image task its
   first predictions): one "Sample at step N: ..." event each, with data
   {step, prompt, reference, answer} (`Task.sample_events`; RNG and train mode restored).
+- Each evaluation row also carries the task's trivial baseline on the validation file,
+  computed once at setup (`Task.baselines`), as baseline_<metric> (baseline_accuracy,
+  baseline_f1_macro for the majority class; baseline_loss for regression's mean;
+  baseline_bleu for seq2seq's copied source; none for chat and completion).
+- At the end (not at a stop) the final model is judged (verdicts.py): predicts_one_class,
+  no_better_than_baseline and loss_diverged, each a "warning" event with data {code} and
+  an entry {code, message} of TrainResult.warnings.
 - Losses are per-example means, and a step's loss is the mean over its examples, so every
   example weighs equally (a chat example: the mean over its own trained tokens).
 - Checkpoints every `checkpoint_every_steps`, at each epoch end, at a stop and at early
@@ -56,7 +63,7 @@ import logging
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -82,6 +89,7 @@ from sage_core.training.registry import get_task
 from sage_core.training.sampler import EpochSampler
 from sage_core.training.sensitivity_hook import SensitivityHook
 from sage_core.training.tasks import Encoded, Task
+from sage_core.training.verdicts import LOSS_ROWS, run_verdicts
 
 LOG = logging.getLogger(__name__)
 
@@ -199,6 +207,10 @@ class Trainer:
                                    total_steps=self.plan.total_steps)
         self.evaluator = None if self.valid_items is None else Evaluator(
             self.task, self.valid_items, self.placement, self.micro_batch * 2)
+        # the task's trivial baseline on the validation file, once: in every evaluation row
+        self.baselines = {} if not self.valid_items else {
+            f"baseline_{k}": float(v)
+            for k, v in self.task.baselines(self.train_items, self.valid_items).items()}
 
     def _setup_model(self, base_path: str, resume_from: Path | None) -> None:
         # Seeded before the head is initialised, so a fresh run's head is reproducible.
@@ -306,13 +318,19 @@ class Trainer:
             return
         row = {**self.plan.position(self.progress.step), **values}
         self.progress.last_train = row
+        if "train_loss" in row:
+            p, loss = self.progress, float(row["train_loss"])
+            if p.first_train_loss is None:
+                p.first_train_loss = loss
+            else:  # the latest rows after the first
+                p.last_train_losses = [*p.last_train_losses, loss][-LOSS_ROWS:]
         self._log(row)
         self.window.restart_clock()
 
     def _evaluate_and_log(self) -> bool:
         """Evaluate, log the row, track the best; True when early stopping is due."""
         assert self.evaluator is not None
-        metrics = self.evaluator.evaluate(self.model, self.progress.step)
+        metrics = {**self.evaluator.evaluate(self.model, self.progress.step), **self.baselines}
         self._log({**self.plan.position(self.progress.step), **metrics})
         self.tracker.observe(self.progress, metrics)
         self._samples()
@@ -375,11 +393,31 @@ class Trainer:
         sensitivity = None
         if final_dir is not None and self.valid_items:
             sensitivity = self._sensitivity(final_dir)
+        warnings = self._verdicts() if status != "stopped" else []
+        for warning in warnings:
+            self._event("warning", warning["message"], {"code": warning["code"]})
         p = self.progress
         return TrainResult(
             status=status, step=p.step, total_steps=self.plan.total_steps,
             epoch=self.plan.epoch(p.step), final_dir=final_dir, metrics=dict(p.last_eval),
-            trained_tokens=p.trained_tokens, sensitivity=sensitivity)
+            trained_tokens=p.trained_tokens, sensitivity=sensitivity, warnings=warnings)
+
+    def _verdicts(self) -> list[dict[str, str]]:
+        """The final model's warnings (verdicts.py). A classifier's predictions are the
+        last evaluation's when it was of the final step (always, but for a run resumed
+        from its early-stopping checkpoint)."""
+        p, ev = self.progress, self.evaluator
+        predicted = targets = None
+        if (ev is not None and ev.last_predictions is not None and ev.last_step == p.step):
+            predicted = self.task.predicted_classes(ev.last_predictions)
+            if predicted is not None:
+                targets = [int(cast(int, it.target)) for it in ev.items]
+        return run_verdicts(
+            metric=self.tracker.metric, greater_is_better=self.tracker.greater_is_better,
+            best=p.best_score, baselines=self.baselines,
+            first_train_loss=p.first_train_loss, last_train_losses=p.last_train_losses,
+            predicted=predicted, targets=targets,
+            label_names=getattr(self.task, "label_names", None))
 
     def _sensitivity(self, final_dir: Path) -> dict[str, Any] | None:
         """The final model's sensitivity report, written to final/; None (with a warning)

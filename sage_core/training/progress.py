@@ -56,3 +56,7 @@ class Progress:
     best_checkpoint_step: int | None = None
     last_eval: dict[str, Any] = field(default_factory=dict)
     last_train: dict[str, Any] = field(default_factory=dict)
+    # the train_loss of the run's first train row, and of the latest LOSS_ROWS after it, for
+    # the loss_diverged warning (verdicts.py)
+    first_train_loss: float | None = None
+    last_train_losses: list[float] = field(default_factory=list)

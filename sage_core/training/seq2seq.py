@@ -249,6 +249,23 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
         return {"bleu": sacrebleu.corpus_bleu(outputs, [references]).score,
                 "chrf": sacrebleu.corpus_chrf(outputs, [references]).score}
 
+    def baselines(self, train: Sequence[Encoded],
+                  validation: Sequence[Encoded]) -> dict[str, float]:
+        """Copying the source as the translation: its BLEU and chrF against the references,
+        as valid_bleu and valid_chrf are scored (high where source and target share words:
+        a paraphrase, a spelling fix, a near language)."""
+        import sacrebleu
+
+        if not validation:
+            return {}
+        decode = self.tokenizer.batch_decode
+        sources = [text.strip() for text in decode(
+            [it.features["input_ids"] for it in validation], skip_special_tokens=True)]
+        references = [text.strip() for text in decode(
+            [cast(list[int], it.target) for it in validation], skip_special_tokens=True)]
+        return {"bleu": sacrebleu.corpus_bleu(sources, [references]).score,
+                "chrf": sacrebleu.corpus_chrf(sources, [references]).score}
+
     def sample_events(self, model: torch.nn.Module, step: int) -> list[tuple[str, dict[str, Any]]]:
         """The outputs of the evaluation just made (`generation_metrics`), not new ones."""
         samples, self._samples = self._samples, []

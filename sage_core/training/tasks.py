@@ -196,6 +196,20 @@ class Task(ABC):
         """Metrics over a whole file: `predictions` are `predict`'s rows in the file's
         order, `targets` the examples' `Encoded.target`s."""
 
+    def baselines(self, train: Sequence[Encoded],
+                  validation: Sequence[Encoded]) -> dict[str, float]:
+        """The task's trivial baseline, scored on the `validation` examples with the names of
+        `metrics` (the loop logs them as baseline_<name> in each evaluation row): what a
+        rule that ignores the input achieves, learnt from `train` where it needs to be (the
+        majority class, the mean value). Computed once per run. {} for none (chat and
+        completion: no input-free rule gives an honest validation loss to compare with)."""
+        return {}
+
+    def predicted_classes(self, predictions: np.ndarray) -> np.ndarray | None:
+        """The class id each row of `predict`'s output predicts, for the predicts_one_class
+        warning (verdicts.py); None for tasks that are not classifiers."""
+        return None
+
     def train_statistic(self, outputs: Any,
                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A micro-batch's (numerator, denominator) of `train_statistic_name`, detached and
@@ -399,6 +413,21 @@ class ClassLabels(Task):
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), targets, reduction="none")
 
+    def baselines(self, train: Sequence[Encoded],
+                  validation: Sequence[Encoded]) -> dict[str, float]:
+        """The training file's majority class (the lowest id on a tie) predicted for every
+        validation row: accuracy and f1_macro (text classification adds mcc, 0)."""
+        if not train or not validation:
+            return {}
+        counts = np.bincount([int(cast(int, it.target)) for it in train])
+        majority = np.full(len(validation), int(np.argmax(counts)))
+        targets = [it.target for it in validation]
+        return {"accuracy": M.accuracy(targets, majority),
+                "f1_macro": M.f1_macro(targets, majority)}
+
+    def predicted_classes(self, predictions: np.ndarray) -> np.ndarray | None:
+        return predictions if predictions.ndim == 1 else predictions[:, 0]
+
 
 class TextClassification(ClassLabels, _TextTask):
     name = "text-classification"
@@ -414,6 +443,11 @@ class TextClassification(ClassLabels, _TextTask):
             "f1_macro": M.f1_macro(targets, predictions),
             "mcc": M.matthews_corrcoef(targets, predictions),
         }
+
+    def baselines(self, train: Sequence[Encoded],
+                  validation: Sequence[Encoded]) -> dict[str, float]:
+        out = super().baselines(train, validation)
+        return {**out, "mcc": 0.0} if out else out
 
 
 class TextRegression(_TextTask):
@@ -447,3 +481,13 @@ class TextRegression(_TextTask):
     def metrics(self, predictions: np.ndarray, targets: list[Any]) -> dict[str, float]:
         return {"pearson": M.pearson(predictions, targets),
                 "spearman": M.spearman(predictions, targets)}
+
+    def baselines(self, train: Sequence[Encoded],
+                  validation: Sequence[Encoded]) -> dict[str, float]:
+        """The training file's mean predicted for every validation row: its loss (mean
+        squared error, as valid_loss). Its correlations are undefined (a constant)."""
+        if not train or not validation:
+            return {}
+        mean = float(np.mean([float(cast(float, it.target)) for it in train]))
+        values = np.asarray([float(cast(float, it.target)) for it in validation])
+        return {"loss": float(np.mean((values - mean) ** 2))}

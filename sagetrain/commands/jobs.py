@@ -282,6 +282,8 @@ def _outcome(job: dict[str, Any]) -> int:
     if job["status"] == "succeeded":
         if job.get("fine_tuned_model"):
             print(f"fine-tuned model: {job['fine_tuned_model']}")
+        for warning in job.get("warnings") or []:
+            print(f"warning: {warning.get('code')}: {warning.get('message')}")
         return EXIT_SUCCEEDED
     if job["status"] == "cancelled":
         return EXIT_CANCELLED

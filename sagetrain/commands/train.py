@@ -220,8 +220,14 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(result: Any, output: Path) -> None:
     print(f"status: {result.status} at step {result.step}/{result.total_steps} "
           f"(epoch {result.epoch:.2f}), {result.trained_tokens} tokens trained")
-    if result.metrics:
-        print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    valid = {k: v for k, v in result.metrics.items() if not k.startswith("baseline_")}
+    baseline = {k: v for k, v in result.metrics.items() if k.startswith("baseline_")}
+    if valid:
+        print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in valid.items()))
+    if baseline:
+        print("trivial baseline: " + ", ".join(f"{k}={v:.4f}" for k, v in baseline.items()))
+    for warning in getattr(result, "warnings", None) or []:
+        print(f"warning: {warning['code']}: {warning['message']}")
     print(f"metrics: {output / 'metrics.jsonl'}")
     if result.final_dir is not None:
         print(f"final model: {result.final_dir}")

@@ -84,6 +84,32 @@ def test_no_sensitivity_report_without_validation_file(env: WorkerEnv) -> None:
                                              Job.sensitivity.is_(None))) == job_id
 
 
+def test_the_engines_warnings_are_on_the_succeeded_job_its_events_and_json(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.schemas import JobPublic
+    from sage_core.training import loop
+
+    found = [{"code": "predicts_one_class", "message": "one class. Train for more epochs"},
+             {"code": "no_better_than_baseline", "message": "never beat the baseline"}]
+    monkeypatch.setattr(loop, "run_verdicts", lambda **facts: [dict(w) for w in found])
+    job_id = env.add_job(rows=16, n_epochs=1)
+    assert run_job(job_id, env.settings) == "succeeded"
+    job = env.job(job_id)
+    assert job.warnings == found
+    shown = JobPublic.from_row(job).model_dump(mode="json")
+    assert shown["status"] == "succeeded" and shown["warnings"] == found
+    with env.sessions() as s:
+        warned = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                  JobEvent.level == "warn")
+                           .order_by(JobEvent.created_at, JobEvent.id)).all()
+    assert [(e.message, e.data) for e in warned] == [
+        (w["message"], {"code": w["code"]}) for w in found]
+    assert env.events(job_id)[-1] == "The job has successfully completed"
+    # a job without warnings, and one from before migration 0008, show an empty list
+    job.warnings = None
+    assert JobPublic.from_row(job).warnings == []
+
+
 def test_a_claimed_job_is_not_run_twice(env: WorkerEnv) -> None:
     job_id = env.add_job()
     with env.sessions.begin() as s:

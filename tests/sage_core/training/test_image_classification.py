@@ -109,6 +109,8 @@ def test_tiny_vit_learns_digits_and_its_folder_runs_in_a_pipeline(
     # chance is 0.1; this reaches about 0.80 (seed 0, one thread)
     assert evals[-1]["valid_accuracy"] > 0.5, evals
     assert evals[-1]["valid_top5_accuracy"] > 0.9
+    # the majority class for every image scores about chance; the model beats it
+    assert evals[-1]["baseline_accuracy"] < 0.25 and result.warnings == []
     # the first 3 validation images classified at each of the 6 evaluations
     assert len(samples) == 18 and samples[-1]["step"] == result.step
     assert {s["label"] for s in samples[:3]} <= {str(d) for d in range(10)}

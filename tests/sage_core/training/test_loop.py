@@ -23,7 +23,8 @@ from sage_core.training.tasks import TextClassification
 TRAIN_KEYS = {"step", "total_steps", "epoch", "train_loss", "learning_rate", "grad_norm",
               "samples_per_second"}
 CLASSIFICATION_EVAL_KEYS = {"step", "total_steps", "epoch", "valid_loss", "valid_accuracy",
-                            "valid_f1_macro", "valid_mcc"}
+                            "valid_f1_macro", "valid_mcc", "baseline_accuracy",
+                            "baseline_f1_macro", "baseline_mcc"}
 
 
 class Recorder:
@@ -81,6 +82,7 @@ def test_classification_learns_with_each_optimizer(
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert result.metrics["valid_accuracy"] >= 0.9
     assert set(result.metrics) == CLASSIFICATION_EVAL_KEYS - {"step", "total_steps", "epoch"}
+    assert result.warnings == []  # a model that learnt: nothing to warn about
 
 
 def test_outputs_rows_and_final_folder(train: Train, spam_files: tuple[Path, Path],
@@ -153,8 +155,12 @@ def test_regression_learns_and_reports_correlations(train: Train, tmp_path: Path
     spec = make_spec(task="text-regression", n_epochs=5)
     result, rec = train(spec, train_file, tmp_path / "out", valid_file)
     assert set(rec.evals()[-1]) == {"step", "total_steps", "epoch", "valid_loss",
-                                    "valid_pearson", "valid_spearman"}
+                                    "valid_pearson", "valid_spearman", "baseline_loss"}
     assert result.metrics["valid_loss"] < rec.evals()[0]["valid_loss"]
+    # the mean predictor's squared error, the same in every row; the model beats it
+    assert {r["baseline_loss"] for r in rec.evals()} == {result.metrics["baseline_loss"]}
+    assert result.metrics["valid_loss"] < result.metrics["baseline_loss"]
+    assert result.warnings == []
     assert result.metrics["valid_pearson"] > 0.8
     assert result.metrics["valid_spearman"] > 0.8
     from transformers import AutoConfig
@@ -210,6 +216,7 @@ def test_resume_continues_bit_for_bit(train: Train, optimizer: str,
     assert second.train_losses() == expected  # bitwise on CPU in fp32
     assert result.metrics == full.metrics
     assert result.trained_tokens == full.trained_tokens
+    assert result.warnings == full.warnings  # what they judge travels with the checkpoint
 
     def comparable(path: Path) -> list[dict[str, Any]]:
         rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -133,6 +133,18 @@ def test_generation_metrics_are_bleu_and_chrf_and_leave_rng_and_mode(
     assert task.sample_events(model, 0) == []  # the samples of one evaluation, once
 
 
+def test_the_baseline_is_bleu_of_copying_the_source(models: Path, tmp_path: Path) -> None:
+    task = _task(models / "tiny-t5", max_seq_length=32)
+    same = [{"source": p["source"], "target": p["source"]} for p in number_pairs(6, seed=4)]
+    copied = task.encode(load_dataset(_pairs_file(tmp_path / "s.jsonl", same), "seq2seq"), 32)
+    assert task.baselines(copied, copied) == {"bleu": pytest.approx(100.0),
+                                              "chrf": pytest.approx(100.0)}
+    french = task.encode(load_dataset(_pairs_file(tmp_path / "f.jsonl", number_pairs(6, seed=4)),
+                                      "seq2seq"), 32)
+    out = task.baselines(french, french)
+    assert set(out) == {"bleu", "chrf"} and out["bleu"] < 20  # English is not French
+
+
 # --------------------------------------------------------------------------- it learns
 def test_a_tiny_t5_learns_to_translate_numbers_into_french(models: Path,
                                                            tmp_path: Path) -> None:
@@ -158,6 +170,8 @@ def test_a_tiny_t5_learns_to_translate_numbers_into_french(models: Path,
     assert len(bleu) == 8 and all("valid_chrf" in r for r in rows if "valid_bleu" in r)
     assert bleu[0] < 20 and bleu[-1] > 45, bleu
     assert result.metrics["valid_bleu"] == bleu[-1]
+    # copying the English source scores near 0 against French; the model beats it
+    assert result.metrics["baseline_bleu"] < 20 and result.warnings == []
     assert len(samples) == 3 * 8 and set(samples[-1]) == {"step", "prompt", "reference",
                                                           "answer"}
     assert samples[-1]["prompt"] == number_pairs(3, seed=1)[2]["source"].replace("-", " - ")
