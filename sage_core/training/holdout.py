@@ -20,7 +20,8 @@ from sage_core.schemas import held_out_count
 
 SPLIT_FILE = "validation_split.json"
 STRATIFIED_TASKS = ("text-classification", "image-classification")
-SHOWN_LINES = 20  # in the event's message; its data and the file hold them all
+SHOWN_LINES = 20  # in the event's message
+EVENT_LINES = 1000  # in the event's data; validation_split.json holds them all
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,11 @@ class Holdout:
         return (f"validation_split {fraction:g}: held out {len(self.held_out)} of {total} "
                 f"examples of {filename} for validation ({how}), lines {shown}{more}")
 
-    def record(self, fraction: float, seed: int) -> dict[str, Any]:
+    def record(self, fraction: float, seed: int, *, max_lines: int | None = None
+               ) -> dict[str, Any]:
+        """What was held out: count and lines (the first `max_lines` of them, if given)."""
         return {"validation_split": fraction, "seed": seed, "stratified": self.stratified,
-                "count": len(self.held_out), "lines": self.lines}
+                "count": len(self.held_out), "lines": self.lines[:max_lines]}
 
     def write(self, folder: Path, fraction: float, seed: int) -> None:
         (folder / SPLIT_FILE).write_text(json.dumps(self.record(fraction, seed)) + "\n")

@@ -36,7 +36,8 @@ Choices a caller may rely on:
   training examples is held out (`holdout.py`: seeded by the spec's seed, stratified by
   label for classification, so a resumed run holds out the same ones) and serves as the
   validation file in everything above. An info event names the held-out lines (data:
-  {validation_split, seed, stratified, count, lines}); final/validation_split.json too.
+  {validation_split, seed, stratified, count, lines}, the first EVENT_LINES lines);
+  final/validation_split.json holds them all.
 - Step losses stay on the device until a row is logged (or an evaluation or checkpoint
   comes), so a non-finite loss raises TrainingError("nan_loss") at most `log_every` steps
   after it happened, naming its step, and never after a checkpoint of its weights.
@@ -74,7 +75,7 @@ from sage_core.training import checkpoints as ckpt
 from sage_core.training.checkpointer import Checkpointer
 from sage_core.training.device import Placement
 from sage_core.training.evaluator import BestTracker, Evaluator
-from sage_core.training.holdout import Holdout, split_dataset
+from sage_core.training.holdout import EVENT_LINES, Holdout, split_dataset
 from sage_core.training.interface import Callbacks, TrainResult
 from sage_core.training.metric_logger import MetricLogger, TrainWindow
 from sage_core.training.optimization import (
@@ -191,7 +192,8 @@ class Trainer:
             train, valid = self.holdout.train, self.holdout.valid
             self._event("info", self.holdout.message(total, self.hp.validation_split,
                                                      self.train_file.name),
-                        self.holdout.record(self.hp.validation_split, self.spec.seed))
+                        self.holdout.record(self.hp.validation_split, self.spec.seed,
+                                            max_lines=EVENT_LINES))
         self.task.prepare(
             train, valid, train_name=self.train_file.name,
             validation_name=self.validation_file.name if self.validation_file else None)
