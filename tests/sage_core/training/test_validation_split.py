@@ -40,7 +40,7 @@ def test_held_out_rows_validate_and_resume_holds_out_the_same(
     rows = spam_rows(120, seed=3)[:100] + [r for r in spam_rows(60, seed=4) if
                                            r["label"] == "spam"][:20]  # 50 ham, 70 spam
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
-    spec = make_spec(n_epochs=2, validation_split=0.25, early_stopping_patience=5)
+    spec = make_spec(n_epochs=1, validation_split=0.25, early_stopping_patience=5)
     out = tmp_path / "out"
     stopped, _, first = _run(spec, train_file, out, train_models_dir, stop_after=3)
     assert stopped.status == "stopped"
@@ -61,7 +61,7 @@ def test_held_out_rows_validate_and_resume_holds_out_the_same(
     assert json.loads((result.final_dir / SPLIT_FILE).read_text()) == held
     assert (result.final_dir / "sensitivity.json").exists()
 
-    other = make_spec(n_epochs=2, validation_split=0.25, early_stopping_patience=5, seed=9)
+    other = make_spec(n_epochs=1, validation_split=0.25, early_stopping_patience=5, seed=9)
     _, _, events = _run(other, train_file, tmp_path / "other", train_models_dir, stop_after=1)
     assert _split_event(events)["lines"] != held["lines"]
 
