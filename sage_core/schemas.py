@@ -212,8 +212,9 @@ def auto_epochs(train_rows: int, batch_size: int) -> int:
 
 
 def held_out_count(rows: int, split: float) -> int:
-    """About how many of `rows` examples a validation split holds out (the engine's
-    stratified split may differ by a row per class)."""
+    """How many of `rows` examples a validation split holds out (the engine's stratified
+    split holds out fewer only where a label has too few examples to keep one for
+    training)."""
     return min(rows - 1, round(rows * split)) if split > 0 else 0
 
 
