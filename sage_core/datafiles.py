@@ -80,6 +80,9 @@ class Dataset:
     format: str  # "jsonl" | "csv" | "tsv" | "zip" | "tar"
     columns: list[str] = field(default_factory=list)
     task: str = DEFAULT_TASK
+    # each example's 1-based line in the file (for CSV, the line its row ends on); empty
+    # for archives
+    lines: list[int] = field(default_factory=list)
 
     @property
     def has_pairs(self) -> bool:
@@ -219,6 +222,7 @@ class _ValidatingReader:
         self.examples: list[Any] = []
         self.issues: list[DataIssue] = []
         self.columns: list[str] = []
+        self.lines: list[int] = []  # of the rows read; each becomes an example or an issue
 
     def _issue(self, line: int | None, fld: str | None, message: str) -> None:
         self.issues.append(DataIssue(line, fld, message))
@@ -236,6 +240,7 @@ class _ValidatingReader:
             if not raw.strip():
                 continue
             self._too_many(lineno)
+            self.lines.append(lineno)
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError as exc:
@@ -406,6 +411,7 @@ class _ValidatingReader:
                 if not any(v.strip() for v in values):
                     continue
                 self._too_many(lineno)
+                self.lines.append(lineno)
                 if len(values) != len(header):
                     self._issue(lineno, None, f"expected {len(header)} columns, got {len(values)}")
                     continue
@@ -489,4 +495,5 @@ class _ValidatingReader:
             if len({e.label for e in self.examples}) < 2:
                 raise DataFileError(self.filename, [DataIssue(
                     None, "label", f"{self.task} needs at least 2 distinct labels")])
-        return Dataset(examples=self.examples, format=fmt, columns=self.columns, task=self.task)
+        return Dataset(examples=self.examples, format=fmt, columns=self.columns, task=self.task,
+                       lines=self.lines if len(self.lines) == len(self.examples) else [])

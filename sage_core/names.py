@@ -35,6 +35,14 @@ DEFAULT_LEARNING_RATE: dict[OptimizerName, float] = {
 # With LoRA only the small adapters train, which takes a larger step than full fine-tuning.
 LORA_LEARNING_RATE_FACTOR = 4.0
 DEFAULT_EPOCHS = 3
+# n_epochs "auto" with a known training-set size: at least DEFAULT_EPOCHS, more for a small
+# set so that it gets AUTO_EPOCHS_MIN_STEPS optimizer steps, at most AUTO_EPOCHS_MAX.
+AUTO_EPOCHS_MIN_STEPS = 100
+AUTO_EPOCHS_MAX = 10
+# validation_split "auto": with no validation file, hold out this fraction of a training
+# file of at least VALIDATION_SPLIT_MIN_ROWS examples.
+DEFAULT_VALIDATION_SPLIT = 0.1
+VALIDATION_SPLIT_MIN_ROWS = 100
 
 # --- tasks --------------------------------------------------------------------------------
 

@@ -7,20 +7,25 @@ the training engine. Pure pydantic: no torch, no database.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sage_core.errors import InvalidSpecError
 from sage_core.names import (
+    AUTO_EPOCHS_MAX,
+    AUTO_EPOCHS_MIN_STEPS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_BETA3,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_MAX_SEQ_LENGTH,
     DEFAULT_TASK,
+    DEFAULT_VALIDATION_SPLIT,
     GENERATIVE_TASKS,
     LORA_LEARNING_RATE_FACTOR,
+    VALIDATION_SPLIT_MIN_ROWS,
     OptimizerName,
     SageScope,
     TaskName,
@@ -63,7 +68,9 @@ class Hyperparameters(BaseModel):
 
     # OpenAI's three, each a number or "auto".
     n_epochs: int | Auto = Field(
-        "auto", description=f"Passes over the training file (auto: {DEFAULT_EPOCHS})"
+        "auto", description=f"Passes over the training file (auto: from its size, at least "
+        f"{DEFAULT_EPOCHS}, more for a small file so that it gets {AUTO_EPOCHS_MIN_STEPS} "
+        f"optimizer steps, at most {AUTO_EPOCHS_MAX})"
     )
     batch_size: int | Auto = Field(
         "auto", description="Examples per optimizer step (auto: "
@@ -72,6 +79,11 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: float | Auto = Field(
         "auto", description="Scales the optimizer's default learning rate (auto: 1)"
     )
+    validation_split: float | Auto = Field(
+        "auto", description="Fraction of the training file held out for validation when no "
+        f"validation file is given (auto: {DEFAULT_VALIDATION_SPLIT:g} of a file of at least "
+        f"{VALIDATION_SPLIT_MIN_ROWS} examples, else 0); stratified by label for "
+        "classification")
     # sagetrain's own.
     optimizer: OptimizerName = Field(
         "sage", description="sage (AdamW-SAGE), adamax-sage, adamw, adamax"
@@ -139,10 +151,16 @@ class Hyperparameters(BaseModel):
             raise ValueError(f"learning_rate_multiplier must be in (0, 100], got {m}")
         if self.learning_rate is not None and m != "auto":
             raise ValueError("give learning_rate or learning_rate_multiplier, not both")
+        split = self.validation_split
+        if isinstance(split, float | int) and not 0 <= split <= 0.5:
+            raise ValueError(f"validation_split must be between 0 and 0.5, got {split}")
         return self
 
-    def resolve(self, task: TaskName = DEFAULT_TASK) -> ResolvedHyperparameters:
-        """Every value concrete for a job of `task` (whose defaults some depend on)."""
+    def resolve(self, task: TaskName = DEFAULT_TASK, *, train_rows: int | None = None,
+                has_validation: bool = False) -> ResolvedHyperparameters:
+        """Every value concrete for a job of `task` (whose defaults some depend on), training
+        on `train_rows` examples (n_epochs and validation_split "auto" depend on it; None,
+        unknown: DEFAULT_EPOCHS and no split) with or without a validation file."""
         for name, tasks in TASK_SPECIFIC.items():
             value = getattr(self, name)
             if task not in tasks and value != type(self).model_fields[name].default:
@@ -153,16 +171,51 @@ class Hyperparameters(BaseModel):
         )
         default_lr = DEFAULT_LEARNING_RATE[self.optimizer] * (
             LORA_LEARNING_RATE_FACTOR if self.lora is not None else 1.0)
+        split = self._validation_split(train_rows, has_validation)
+        batch_size = DEFAULT_BATCH_SIZE[task] if self.batch_size == "auto" else self.batch_size
+        if self.n_epochs != "auto":
+            n_epochs = self.n_epochs
+        elif train_rows is None:
+            n_epochs = DEFAULT_EPOCHS
+        else:
+            n_epochs = auto_epochs(train_rows - held_out_count(train_rows, split), batch_size)
         data = self.model_dump()
         data.update(
-            n_epochs=DEFAULT_EPOCHS if self.n_epochs == "auto" else self.n_epochs,
-            batch_size=DEFAULT_BATCH_SIZE[task] if self.batch_size == "auto"
-            else self.batch_size,
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            validation_split=split,
             learning_rate_multiplier=multiplier,
             learning_rate=self.learning_rate or default_lr * multiplier,
             max_seq_length=self.max_seq_length or DEFAULT_MAX_SEQ_LENGTH[task],
         )
         return ResolvedHyperparameters.model_validate(data)
+
+    def _validation_split(self, train_rows: int | None, has_validation: bool) -> float:
+        if self.validation_split != "auto":
+            if has_validation and self.validation_split > 0:
+                raise InvalidSpecError(
+                    "validation_split holds out training rows when there is no validation "
+                    "file; give one or the other", param="hyperparameters.validation_split")
+            return float(self.validation_split)
+        if has_validation or train_rows is None or train_rows < VALIDATION_SPLIT_MIN_ROWS:
+            return 0.0
+        return DEFAULT_VALIDATION_SPLIT
+
+
+def auto_epochs(train_rows: int, batch_size: int) -> int:
+    """n_epochs "auto" for `train_rows` training examples (after any validation split):
+    DEFAULT_EPOCHS, or more so that the run takes AUTO_EPOCHS_MIN_STEPS optimizer steps,
+    at most AUTO_EPOCHS_MAX."""
+    steps_per_epoch = max(1, math.ceil(train_rows / batch_size))
+    wanted = math.ceil(AUTO_EPOCHS_MIN_STEPS / steps_per_epoch)
+    return max(DEFAULT_EPOCHS, min(AUTO_EPOCHS_MAX, wanted))
+
+
+def held_out_count(rows: int, split: float) -> int:
+    """How many of `rows` examples a validation split holds out (the engine's stratified
+    split holds out fewer only where a label has too few examples to keep one for
+    training)."""
+    return min(rows - 1, round(rows * split)) if split > 0 else 0
 
 
 class ResolvedHyperparameters(BaseModel):
@@ -192,6 +245,9 @@ class ResolvedHyperparameters(BaseModel):
     architecture: Literal["auto", "encoder-decoder"] = "auto"
     num_beams: int = 1
     augment: bool = True
+    # fraction of the training file held out for validation (0: none); a default for specs
+    # stored before it existed
+    validation_split: float = Field(0.0, ge=0, le=0.5)
 
 
 # Hyperparameters that mean something to some tasks only: another task refuses a value
@@ -215,10 +271,14 @@ class JobSpec(BaseModel):
     seed: int = Field(42, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
-    def resolve(self) -> ResolvedSpec:
+    def resolve(self, *, train_rows: int | None = None,
+                has_validation: bool = False) -> ResolvedSpec:
+        """See `Hyperparameters.resolve`: pass the training file's size and whether a
+        validation file is given, so that n_epochs and validation_split "auto" fit the data."""
         return ResolvedSpec(
             model=self.model, task=self.task, seed=self.seed,
-            hyperparameters=self.hyperparameters.resolve(self.task),
+            hyperparameters=self.hyperparameters.resolve(
+                self.task, train_rows=train_rows, has_validation=has_validation),
         )
 
 

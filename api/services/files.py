@@ -72,6 +72,13 @@ def task_family(task: str) -> str:
     return "text" if task in TEXT_TASKS else task
 
 
+def file_rows(file: File) -> int | None:
+    """The examples in `file`, from the stats counted at upload; None if unknown."""
+    stats = file.stats or {}
+    rows = stats.get("rows", stats.get("examples"))
+    return rows if isinstance(rows, int) else None
+
+
 def file_task(file: File) -> TaskName:
     """The task `file` was validated for (one of TASKS: uploads check it); rows from
     before files kept their task were validated as the default."""

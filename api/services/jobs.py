@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, aliased
 from api.errors import InvalidRequestError
 from api.schemas import JobCreate, JobPublic
 from api.services.base_models import check_base_model
-from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task, file_task
+from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task, file_rows, file_task
 from sage_core.artifacts import ArtifactStore
 from sage_core.db import transitions
 from sage_core.db.events import add_event
@@ -56,11 +56,13 @@ def replay(session: Session, key: ApiKey, idempotency_key: str, digest: str) -> 
 
 @dataclass(frozen=True)
 class Checked:
-    """A creation request once validated: the task and the hyperparameters to train with
-    (the body's, or its method's)."""
+    """A creation request once validated: the task, the hyperparameters to train with
+    (the body's, or its method's) and the training file's examples (None if unknown), which
+    n_epochs and validation_split "auto" resolve from."""
 
     task: TaskName
     hyperparameters: Hyperparameters
+    train_rows: int | None = None
 
 
 def _owned_file(session: Session, key: ApiKey, file_id: str, param: str) -> File:
@@ -90,11 +92,14 @@ def hyperparameters_of(body: JobCreate) -> Hyperparameters:
     return inner
 
 
-def _resolvable(body: JobCreate, task: TaskName, hyperparameters: Hyperparameters) -> None:
-    """The hyperparameters apply to the task (e.g. lora only to chat and completion): a
-    400 naming the field as the request gave it."""
+def _resolvable(body: JobCreate, task: TaskName, hyperparameters: Hyperparameters,
+                train_rows: int | None) -> None:
+    """The hyperparameters apply to the task (e.g. lora only to chat and completion) and
+    the files (no validation_split with a validation file): a 400 naming the field as the
+    request gave it."""
     try:
-        hyperparameters.resolve(task)
+        hyperparameters.resolve(task, train_rows=train_rows,
+                                has_validation=body.validation_file is not None)
     except InvalidSpecError as exc:
         if exc.param and hyperparameters is not body.hyperparameters:
             exc.param = f"method.supervised.{exc.param}"
@@ -122,8 +127,9 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
     if body.validation_file is not None:
         validation = _owned_file(session, key, body.validation_file, "validation_file")
         ensure_file_for_task(validation, task, store, settings, "validation_file")
-    _resolvable(body, task, hyperparameters)
-    return Checked(task=task, hyperparameters=hyperparameters)
+    train_rows = file_rows(training)
+    _resolvable(body, task, hyperparameters, train_rows)
+    return Checked(task=task, hyperparameters=hyperparameters, train_rows=train_rows)
 
 
 def seed_for(body: JobCreate) -> int:
@@ -132,14 +138,16 @@ def seed_for(body: JobCreate) -> int:
 
 
 def new_job(key: ApiKey, body: JobCreate, *, task: TaskName, seed: int,
-            hyperparameters: Hyperparameters, now: datetime, status: str = S.QUEUED,
-            **columns: Any) -> Job:
+            hyperparameters: Hyperparameters, train_rows: int | None, now: datetime,
+            status: str = S.QUEUED, **columns: Any) -> Job:
     """A job row for the request (added by the caller): the body's model, files, suffix
-    and metadata, trained for `task` with `hyperparameters` (resolved here); queued at
-    `now` unless another status is given. `columns`: any other column's value."""
+    and metadata, trained for `task` with `hyperparameters` (resolved here, for a training
+    file of `train_rows` examples); queued at `now` unless another status is given.
+    `columns`: any other column's value."""
     job_id = new_id(JOB)
     spec = JobSpec(model=body.model, task=task, seed=seed,
-                   hyperparameters=hyperparameters).resolve()
+                   hyperparameters=hyperparameters).resolve(
+        train_rows=train_rows, has_validation=body.validation_file is not None)
     return Job(id=job_id, owner_id=key.id, model=body.model, task=task,
                spec=spec.model_dump(mode="json"), seed=seed, suffix=body.suffix,
                user_metadata=body.metadata, training_file_id=body.training_file,
@@ -175,7 +183,8 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
     if isinstance(checked, Job):
         return to_public(session, [checked])[0], False
     job = new_job(key, body, task=checked.task, seed=seed_for(body),
-                  hyperparameters=checked.hyperparameters, now=utcnow(),
+                  hyperparameters=checked.hyperparameters, train_rows=checked.train_rows,
+                  now=utcnow(),
                   idempotency_key=idempotency_key,
                   request_hash=request_hash(body) if idempotency_key else None)
     session.add(job)

@@ -151,10 +151,13 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
     seed, now = jobs.seed_for(body), utcnow()
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
     # what each child trains with.
+    rows = checked.train_rows
     parent = jobs.new_job(key, body, task=task, seed=seed, hyperparameters=hp, now=now,
+                          train_rows=rows,
                           status=S.RUNNING, started_at=now, idempotency_key=idempotency_key,
                           request_hash=jobs.request_hash(body) if idempotency_key else None)
     children = [jobs.new_job(key, body, task=task, seed=seed, now=now, parent_id=parent.id,
+                             train_rows=rows,
                              hyperparameters=_child_hyperparameters(hp, o, lr))
                 for o, lr in runs]
     metric, greater = main_metric(task)

@@ -38,6 +38,15 @@ def _flatten(spec: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's spec with the defaults of fields added since it was saved (e.g.
+    validation_split, 0), so that a job paused across an upgrade resumes."""
+    try:
+        return ResolvedSpec.model_validate(spec).model_dump(mode="json")
+    except ValueError:
+        return spec
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -73,7 +82,8 @@ class Checkpointer:
         if saved.get("version") != STATE_VERSION:
             raise InvalidSpecError(f"checkpoint {folder.name} has an unknown format "
                                    f"{saved.get('version')!r}", param="output_dir")
-        ours, theirs = _flatten(self.spec.model_dump(mode="json")), _flatten(saved["spec"])
+        ours, theirs = _flatten(self.spec.model_dump(mode="json")), _flatten(
+            _with_defaults(saved["spec"]))
         changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         if changed:
             raise InvalidSpecError(

@@ -39,6 +39,12 @@ Choices a caller may rely on:
   With a validation file it also holds sensitivity.json, the final model's sensitivity
   report (`sensitivity_hook.py`, on the first SENSITIVITY_BATCHES validation micro-batches),
   also returned as TrainResult.sensitivity; None without a validation file or at a stop.
+- With no validation file and hyperparameters.validation_split > 0, that fraction of the
+  training examples is held out (`holdout.py`: seeded by the spec's seed, stratified by
+  label for classification, so a resumed run holds out the same ones) and serves as the
+  validation file in everything above. An info event names the held-out lines (data:
+  {validation_split, seed, stratified, count, lines}, the first EVENT_LINES lines);
+  final/validation_split.json holds them all.
 - Step losses stay on the device until a row is logged (or an evaluation or checkpoint
   comes), so a non-finite loss raises TrainingError("nan_loss") at most `log_every` steps
   after it happened, naming its step, and never after a checkpoint of its weights.
@@ -76,6 +82,7 @@ from sage_core.training import checkpoints as ckpt
 from sage_core.training.checkpointer import Checkpointer
 from sage_core.training.device import Placement
 from sage_core.training.evaluator import BestTracker, Evaluator
+from sage_core.training.holdout import EVENT_LINES, Holdout, split_dataset
 from sage_core.training.interface import Callbacks, TrainResult
 from sage_core.training.metric_logger import MetricLogger, TrainWindow
 from sage_core.training.optimization import (
@@ -149,6 +156,7 @@ class Trainer:
     def _check_inputs(self) -> str:
         """Validate spec, device, model name and data files; return the base model's path."""
         check_spec(self.spec, has_validation=self.validation_file is not None)
+        self.holdout: Holdout | None = None
         for name, value in (("max_steps", self.max_steps), ("log_every", self.requested_log_every)):
             if value is not None and value < 1:
                 raise ValueError(f"Invalid {name}: {value}")
@@ -186,6 +194,14 @@ class Trainer:
         if self.validation_file is not None:
             valid = load_dataset(self.validation_file, self.spec.task,
                                  filename=self.validation_file.name)
+        elif self.hp.validation_split > 0:
+            total = len(train.examples)
+            self.holdout = split_dataset(train, self.hp.validation_split, self.spec.seed)
+            train, valid = self.holdout.train, self.holdout.valid
+            self._event("info", self.holdout.message(total, self.hp.validation_split,
+                                                     self.train_file.name),
+                        self.holdout.record(self.hp.validation_split, self.spec.seed,
+                                            max_lines=EVENT_LINES))
         self.task.prepare(
             train, valid, train_name=self.train_file.name,
             validation_name=self.validation_file.name if self.validation_file else None)
@@ -390,6 +406,8 @@ class Trainer:
             final_dir = self.checkpointer.save_final(self._save_model)
             if status == "completed":
                 self._event("info", f"training completed at step {self.progress.step}")
+        if final_dir is not None and self.holdout is not None:
+            self.holdout.write(final_dir, self.hp.validation_split, self.spec.seed)
         sensitivity = None
         if final_dir is not None and self.valid_items:
             sensitivity = self._sensitivity(final_dir)

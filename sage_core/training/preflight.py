@@ -14,7 +14,12 @@ def check_spec(spec: ResolvedSpec, *, has_validation: bool) -> None:
             f"batch_size ({hp.batch_size}) must be a multiple of gradient_accumulation_steps "
             f"({hp.gradient_accumulation_steps}): batch_size is the examples per optimizer step, "
             "split into equal micro-batches", param="gradient_accumulation_steps")
-    if not has_validation:
+    if has_validation and hp.validation_split > 0:
+        raise InvalidSpecError("validation_split holds out training rows when there is no "
+                               "validation file; give one or the other",
+                               param="validation_split")
+    if not (has_validation or hp.validation_split > 0):
         for name in ("early_stopping_patience", "eval_every_steps"):
             if getattr(hp, name) is not None:
-                raise InvalidSpecError(f"{name} needs a validation_file", param=name)
+                raise InvalidSpecError(f"{name} needs a validation_file (or a "
+                                       "validation_split)", param=name)

@@ -85,6 +85,18 @@ def detect_task(train_file: Path) -> str:
     return load_dataset(train_file, None).task
 
 
+def count_rows(train_file: Path, task: str | None) -> int | None:
+    """The training file's examples; None if it does not read (the engine says why, after
+    checking the model, as the API would)."""
+    from sage_core.datafiles import load_dataset
+    from sage_core.errors import DataFileError
+
+    try:
+        return len(load_dataset(train_file, task).examples)
+    except DataFileError:
+        return None
+
+
 def default_output(model: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-") or "model"
     return Path("sagetrain-output") / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -166,9 +178,14 @@ def run(args: argparse.Namespace) -> int:
             return _fail(exc.message)
         print(f"task: {args.task} (from {args.train_file.name}'s layout; --task to choose)")
     try:
-        spec = build_spec(args).resolve()
+        request = build_spec(args)
+        # n_epochs and validation_split "auto" fit the training file's size, as the API's do
+        spec = request.resolve(train_rows=count_rows(args.train_file, args.task),
+                               has_validation=args.validation_file is not None)
     except ValidationError as exc:
         return _fail(_validation_message(exc))
+    except InvalidSpecError as exc:
+        return _fail(exc.message)
     if not settings.allow_hub_models:
         # The catalog serves local folders only; make sure nothing reaches for the hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -198,7 +198,7 @@ def test_method_supervised_is_accepted_and_shown(service: Service) -> None:
     assert plain["method"]["supervised"]["hyperparameters"] == {
         "n_epochs": 1, "batch_size": 32, "learning_rate_multiplier": 1.0}
     bare = service.create_job(method={"type": "supervised"})
-    assert bare["hyperparameters"]["n_epochs"] == 3
+    assert bare["hyperparameters"]["n_epochs"] == 10  # auto: 6 rows take one step an epoch
 
 
 @pytest.mark.parametrize(("body", "param", "words"), [

@@ -23,7 +23,7 @@ def test_every_hyperparameter_is_an_option_that_reaches_the_spec(command: list[s
             "--sage-scope", "all", "--learning-rate-multiplier", "auto",
             "--train-on-inputs", "true", "--lora", '{"r": 4, "target_modules": ["q_proj"]}',
             "--gradient-checkpointing", "false", "--architecture", "encoder-decoder",
-            "--num-beams", "3", "--augment", "false"]
+            "--num-beams", "3", "--augment", "false", "--validation-split", "0.2"]
     given = hyperparameters_from_args(build_parser().parse_args(argv))
     assert set(given) == set(Hyperparameters.model_fields)
     assert given["train_on_inputs"] is True and given["gradient_checkpointing"] is False
@@ -31,6 +31,7 @@ def test_every_hyperparameter_is_an_option_that_reaches_the_spec(command: list[s
     assert given["n_epochs"] == "auto" and given["batch_size"] == 16
     assert given["beta3"] == 0.7 and given["max_grad_norm"] is None
     assert given["early_stopping_patience"] == 3 and given["sage_scope"] == "all"
+    assert given["validation_split"] == 0.2
     given.pop("learning_rate_multiplier")  # "auto", which learning_rate allows beside it
     assert (given["architecture"], given["num_beams"], given["augment"]) == (
         "encoder-decoder", 3, False)

@@ -168,3 +168,24 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "resumed from step 3" in out and "status: completed at step 8/8" in out
+
+
+def test_auto_defaults_fit_the_file(cli: ModuleType, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """120 rows and no validation file: 12 held out, 108 left (4 steps of 32 an epoch: the
+    10 epochs' cap); with a validation file, a split is refused."""
+    train = _write(tmp_path / "train.jsonl", 120, 1)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--model", "tiny-bert", "--train-file", str(train),
+                     "--max-seq-length", "16", "--device", "cpu", "--output", str(out),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation_split 0.1: held out 12 of 120 examples of train.jsonl" in printed
+    assert "status: completed at step 40/40 (epoch 10.00)" in printed
+    assert "valid_f1_macro=" in printed
+    assert json.loads((out / "final/validation_split.json").read_text())["count"] == 12
+
+    valid = _write(tmp_path / "valid.jsonl", 8, 2)
+    assert cli.main(["train", "--model", "tiny-bert", "--train-file", str(train),
+                     "--validation-file", str(valid), "--validation-split", "0.2"]) == 2
+    assert "validation_split holds out training rows" in capsys.readouterr().err

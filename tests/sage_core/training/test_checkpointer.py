@@ -74,3 +74,21 @@ def test_a_checkpoint_of_another_spec_or_file_is_refused(tmp_path: Path) -> None
         Checkpointer(out, make_spec(), other).prepare(resume=True)
     assert Checkpointer(out, make_spec(n_epochs=2), train_file).prepare(resume=False) is None
     assert not (out / "checkpoints").exists()
+
+
+def test_a_checkpoint_from_before_a_new_field_resumes(tmp_path: Path) -> None:
+    """A spec saved before validation_split existed reads as its default, 0."""
+    train_file = write_jsonl(tmp_path / "train.jsonl", spam_rows(8))
+    out = tmp_path / "out"
+    checkpointer = Checkpointer(out, make_spec(), train_file)
+    checkpointer.prepare(resume=True)
+    _, optimizer, scheduler = _parts()
+    folder = checkpointer.save(Progress(step=1), PLAN, _save_model, optimizer=optimizer,
+                               scheduler=scheduler, scaler=None)
+    state_file = folder / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["spec"]["hyperparameters"]["validation_split"]
+    state_file.write_text(json.dumps(state))
+    assert Checkpointer(out, make_spec(), train_file).prepare(resume=True) == folder
+    with pytest.raises(InvalidSpecError, match=r"\(validation_split differ\)"):
+        Checkpointer(out, make_spec(validation_split=0.2), train_file).prepare(resume=True)
