@@ -507,9 +507,18 @@ def test_client_and_cli(in_process: Service, sessions: sessionmaker[Session],
     assert [(r["optimizer"], r["learning_rate"]) for r in created["sweep"]["runs"]] == [
         ("adamw", 1e-4), ("adamw", 3e-4), ("sage", 5e-05), ("sage", 1.5e-4), ("sage", 4.5e-4),
         ("adamax", 1e-4), ("adamax", 2e-4)]
-    assert main(["jobs", "sweep", created["id"]]) == 0
+    assert main(["jobs", "sweep", created["id"], "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["fine_tuning_job_id"] == created["id"] and len(shown["children"]) == 7
+    assert main(["jobs", "sweep", created["id"]]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith(f"sweep {created['id']}: running; valid_f1_macro")
+    assert "1 queued" in table
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file",
+                 files["training_file"], "--validation-file", files["validation_file"],
+                 "--learning-rate", "1e-4", "--sweep-seeds", "3", "4"]) == 0
+    seeded = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in seeded["sweep"]["runs"]] == [3, 4]
     assert main(["jobs", "sweep", plain["id"]]) == 1
     assert "is not a sweep" in capsys.readouterr().err
     with pytest.raises(SystemExit):
