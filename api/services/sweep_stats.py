@@ -18,6 +18,10 @@
   or whose own warnings say it predicts one class, is no better than the trivial baseline,
   or its loss diverged).
 
+The interval is over seeds only, on one validation set, after each side's best rate was
+picked on that same set: it leaves out the data's own sampling noise (hence
+validation_too_small) and is somewhat optimistic for grids of many rates.
+
 The best single child per optimizer (`best_per_optimizer`, whose model the sweep promotes)
 is ranked by `sage_core.db.sweeps.best_of`, not here.
 """
