@@ -195,7 +195,7 @@ class SweepRun(BaseModel):
 
 
 class SweepInfo(BaseModel):
-    """On a sweep's parent job: its children (one per optimizer and learning rate), the
+    """On a sweep's parent job: its children (one per optimizer, learning rate and seed), the
     metric they are ranked by, and, once it has succeeded, the best child."""
 
     metric: str
