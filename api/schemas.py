@@ -69,14 +69,18 @@ _METADATA_MAX_PAIRS, _METADATA_KEY_MAX, _METADATA_VALUE_MAX = 16, 64, 512
 
 
 class SweepRequest(BaseModel):
-    """sagetrain: run one child job per value. Only learning_rate can be swept for now; any
-    other key is refused (400 naming sweep.<key>) by api/services/sweeps.py, which also
-    checks the values."""
+    """sagetrain: run one child job per (learning rate, seed). Only learning_rate and seeds
+    can be swept for now; any other key is refused (400 naming sweep.<key>) by
+    api/services/sweeps.py, which also checks the values."""
 
     model_config = ConfigDict(extra="allow")
 
     learning_rate: list[float] | None = Field(
         None, description="2 to 8 distinct peak learning rates, each in (0, 1]")
+    seeds: list[int] | None = Field(
+        None, description="1 to 5 distinct seeds: every (optimizer, learning rate) runs once "
+                          "per seed, and the report gives mean, std and paired intervals; "
+                          "default: the job's one seed")
 
 
 class CompareToRequest(BaseModel):
@@ -187,10 +191,11 @@ class SweepRun(BaseModel):
     job_id: str
     optimizer: str
     learning_rate: float
+    seed: int | None = None
 
 
 class SweepInfo(BaseModel):
-    """On a sweep's parent job: its children (one per optimizer and learning rate), the
+    """On a sweep's parent job: its children (one per optimizer, learning rate and seed), the
     metric they are ranked by, and, once it has succeeded, the best child."""
 
     metric: str
@@ -325,8 +330,10 @@ class SweepChild(BaseModel):
     id: str
     optimizer: str
     learning_rate: float
+    seed: int | None = None
     status: str
     fine_tuned_model: str | None
+    warnings: list[str] = Field([], description="The codes of the child's own warnings")
     metrics: dict[str, Any] = Field(description="The child's last validation metrics")
     score: float | None = Field(description="metrics[metric], the value it is ranked by")
 
@@ -345,15 +352,61 @@ class SweepBest(BaseModel):
         description="overall and encoder blocks: mean I and fraction_below per threshold")
 
 
+class SweepRate(BaseModel):
+    """One (optimizer, learning rate) over its seeds: the last validation main metric's mean
+    and sample standard deviation over the seeds that logged it."""
+
+    optimizer: str
+    learning_rate: float
+    seeds: list[int | None] = Field(description="The seeds with a score, in grid order")
+    n: int = Field(description="How many seeds have a score")
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation; null under two seeds")
+    best: bool = Field(description="The optimizer's best learning rate by mean")
+
+
+class SweepComparison(BaseModel):
+    """The job's own optimizer against one compare_to optimizer, each at its best learning
+    rate, paired by seed: difference = a - b in the metric's units, with a 95% t-interval
+    (null with one pair)."""
+
+    a: str
+    b: str
+    a_learning_rate: float | None
+    b_learning_rate: float | None
+    seeds: list[int | None] = Field(description="The seeds both sides have a score for")
+    difference: float | None
+    half_width: float | None
+    low: float | None
+    high: float | None
+    verdict: str = Field(description="What the interval supports, in words: 'no difference "
+                                     "shown', or '<a or b> ahead by X ± h'")
+
+
+class SweepWarning(BaseModel):
+    code: str = Field(description="best_at_grid_edge, validation_too_small or run_collapsed")
+    message: str
+    optimizer: str | None = None
+    job_ids: list[str] = []
+    suggested_grid: list[float] | None = Field(
+        None, description="best_at_grid_edge: the learning rates to try next")
+
+
 class SweepReport(BaseModel):
     object: Literal["fine_tuning.job.sweep"] = "fine_tuning.job.sweep"
     fine_tuning_job_id: str
     status: str
     metric: str
     greater_is_better: bool
+    validation_rows: int | None = Field(None, description="Rows in the validation file")
     children: list[SweepChild]
-    best_per_optimizer: list[SweepBest]
+    best_per_optimizer: list[SweepBest] = Field(
+        description="Each optimizer's best single child (its model is the one to use)")
     best: SweepChild | None
+    rates: list[SweepRate] = Field([], description="Every (optimizer, learning rate) over "
+                                                   "its seeds, in grid order")
+    comparisons: list[SweepComparison] = []
+    warnings: list[SweepWarning] = []
 
 
 # --- models ------------------------------------------------------------------------------

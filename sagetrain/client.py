@@ -190,12 +190,12 @@ class Client:
                    hyperparameters: dict[str, Any] | None = None, suffix: str | None = None,
                    seed: int | None = None, task: str | None = None,
                    idempotency_key: str | None = None,
-                   sweep: dict[str, list[float]] | None = None,
+                   sweep: dict[str, list[float] | list[int]] | None = None,
                    compare_to: list[str | dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Create a job. With `sweep` ({"learning_rate": [...]}) or `compare_to` (optimizer
-        names, or {"optimizer": ..., "learning_rate": [...]}), the server creates a parent
-        job and one child job per optimizer and learning rate, and returns the parent (see
-        `sweep_report`)."""
+        """Create a job. With `sweep` ({"learning_rate": [...], "seeds": [...]}, either or
+        both) or `compare_to` (optimizer names, or {"optimizer": ..., "learning_rate":
+        [...]}), the server creates a parent job and one child job per optimizer, learning
+        rate and seed, and returns the parent (see `sweep_report`)."""
         body = self._params(model=model, training_file=training_file,
                             validation_file=validation_file, hyperparameters=hyperparameters,
                             suffix=suffix, seed=seed, task=task, sweep=sweep,
@@ -235,8 +235,10 @@ class Client:
 
     def sweep_report(self, job_id: str) -> dict[str, Any]:
         """A sweep's report: every child with its last validation metrics, the best child of
-        each optimizer side by side (with a sensitivity summary) and the best overall. An
-        ordinary job raises SageTrainAPIError, code not_a_sweep."""
+        each optimizer side by side (with a sensitivity summary) and the best overall, each
+        (optimizer, learning rate)'s mean and std over seeds, the paired comparisons with
+        their 95% intervals and verdicts, and warnings. An ordinary job raises
+        SageTrainAPIError, code not_a_sweep."""
         return self._request("GET", f"/fine_tuning/jobs/{job_id}/sweep")
 
     @overload

@@ -1,12 +1,15 @@
 """Sweeps and A/B comparisons: one request, a parent job and one ordinary child job per
-(optimizer, learning rate); and the parent's report.
+(optimizer, learning rate, seed); and the parent's report.
 
 The grid: the job's own optimizer (hyperparameters.optimizer) runs over sweep.learning_rate
 if given, else over hyperparameters.learning_rate if given, else over its default grid;
 each optimizer in compare_to runs over the learning rates given with it, else its default
 grid. A default grid is the optimizer's default learning rate (times
-learning_rate_multiplier, if given) times 1/3, 1 and 3. Children share everything else:
-model, task, files, seed, suffix, metadata, schedule and other hyperparameters.
+learning_rate_multiplier, if given) times 1/3, 1 and 3. Every (optimizer, learning rate)
+runs once per seed in sweep.seeds (1 to 5; not with `seed`), else once with the job's
+seed; a sweep of seeds alone keeps the learning-rate grid above. At most MAX_CHILDREN
+children. Children share everything else: model, task, files, suffix, metadata, schedule
+and other hyperparameters.
 
 The parent is `running` from its creation (it is never queued, so no worker or reaper ever
 picks it up) and is settled from its children by `sage_core.db.sweeps`.
@@ -28,11 +31,12 @@ from api.schemas import (
     SweepChild,
     SweepReport,
 )
-from api.services import jobs
+from api.services import jobs, sweep_stats
+from api.services.files import file_rows
 from sage_core.artifacts import ArtifactStore
 from sage_core.db import sweeps
 from sage_core.db.events import add_event
-from sage_core.db.models import ApiKey, Job, JobStatus, utcnow
+from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
 from sage_core.errors import NotFoundError
 from sage_core.names import DEFAULT_LEARNING_RATE, OptimizerName, main_metric
 from sage_core.schemas import Hyperparameters
@@ -40,8 +44,10 @@ from sage_core.settings import Settings
 
 S = JobStatus
 MAX_VALUES = 8
+MAX_SEEDS = 5
+MAX_CHILDREN = 48
 DEFAULT_GRID_FACTORS = (1 / 3, 1.0, 3.0)
-SWEEPABLE = ("learning_rate",)
+SWEEPABLE = ("learning_rate", "seeds")
 
 
 def is_sweep_request(body: JobCreate) -> bool:
@@ -78,10 +84,26 @@ def _default_grid(optimizer: OptimizerName, multiplier: float, param: str) -> li
     return grid
 
 
-def plan(body: JobCreate, hp: Hyperparameters) -> list[tuple[str, float]]:
-    """The children to run, (optimizer, learning rate) in order, own optimizer first, for a
-    request training with `hp` (its hyperparameters or its method's); a 400 naming the
-    field for anything that cannot be honoured."""
+def _check_seeds(seeds: list[int], body: JobCreate) -> list[int]:
+    param = "sweep.seeds"
+    if not 1 <= len(seeds) <= MAX_SEEDS:
+        raise InvalidRequestError(f"Invalid value for '{param}': give 1 to {MAX_SEEDS} seeds, "
+                                  f"got {len(seeds)}", param=param, code="invalid_value")
+    if any(not 0 <= seed <= 2**31 - 1 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise InvalidRequestError(f"Invalid value for '{param}': the seeds must be distinct "
+                                  f"and in [0, 2**31 - 1], got {seeds}", param=param,
+                                  code="invalid_value")
+    if body.seed is not None:
+        raise InvalidRequestError("seed cannot be given with sweep.seeds: the sweep sets "
+                                  "each child's seed", param="seed", code="invalid_value")
+    return list(seeds)
+
+
+def plan(body: JobCreate, hp: Hyperparameters, seed: int) -> list[tuple[str, float, int]]:
+    """The children to run, (optimizer, learning rate, seed) in order, own optimizer first,
+    seeds innermost, for a request training with `hp` (its hyperparameters or its method's)
+    and, without sweep.seeds, `seed`; a 400 naming the field for anything that cannot be
+    honoured."""
     if body.validation_file is None:
         raise InvalidRequestError(
             "A sweep or compare_to needs a validation_file: its child jobs are ranked by "
@@ -94,11 +116,15 @@ def plan(body: JobCreate, hp: Hyperparameters) -> list[tuple[str, float]]:
         extra = sorted(body.sweep.model_extra or {})
         if extra:
             raise InvalidRequestError(
-                f"sweep.{extra[0]} cannot be swept: only learning_rate can be swept for now",
-                param=f"sweep.{extra[0]}", code="invalid_value")
-        if body.sweep.learning_rate is None:
-            raise InvalidRequestError("Missing required parameter: 'sweep.learning_rate'.",
-                                      param="sweep.learning_rate", code="invalid_value")
+                f"sweep.{extra[0]} cannot be swept: only learning_rate and seeds can be swept "
+                "for now", param=f"sweep.{extra[0]}", code="invalid_value")
+        if body.sweep.learning_rate is None and body.sweep.seeds is None:
+            raise InvalidRequestError(
+                "Missing required parameter: 'sweep.learning_rate' (or 'sweep.seeds').",
+                param="sweep.learning_rate", code="invalid_value")
+    seeds = [seed] if body.sweep is None or body.sweep.seeds is None \
+        else _check_seeds(body.sweep.seeds, body)
+    if body.sweep is not None and body.sweep.learning_rate is not None:
         for name, given in (("learning_rate", hp.learning_rate is not None),
                             ("learning_rate_multiplier", multiplier_set)):
             if given:
@@ -127,7 +153,16 @@ def plan(body: JobCreate, hp: Hyperparameters) -> list[tuple[str, float]]:
             if other.learning_rate is not None
             else _default_grid(other.optimizer, multiplier,
                                "hyperparameters.learning_rate_multiplier"))
-    return [(optimizer, lr) for optimizer, grid in grids.items() for lr in grid]
+    runs: list[tuple[str, float, int]] = [
+        (optimizer, lr, s) for optimizer, grid in grids.items() for lr in grid
+        for s in seeds]
+    if len(runs) > MAX_CHILDREN:
+        raise InvalidRequestError(
+            f"Invalid value for 'sweep': {len(runs)} child jobs ({len(grids)} optimizers, "
+            f"{sum(map(len, grids.values()))} learning rates in all, {len(seeds)} seeds) "
+            f"is over the limit of {MAX_CHILDREN}; give fewer learning rates or seeds",
+            param="sweep", code="invalid_value")
+    return runs
 
 
 def _child_hyperparameters(hp: Hyperparameters, optimizer: str, lr: float) -> Hyperparameters:
@@ -147,8 +182,8 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
     if isinstance(checked, Job):
         return jobs.to_public(session, [checked])[0], [], False
     hp, task = checked.hyperparameters, checked.task
-    runs = plan(body, hp)
-    seed, now = jobs.seed_for(body), utcnow()
+    runs = plan(body, hp, jobs.seed_for(body))
+    seed, now = runs[0][2], utcnow()
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
     # what each child trains with.
     rows = checked.train_rows
@@ -156,21 +191,24 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
                           train_rows=rows,
                           status=S.RUNNING, started_at=now, idempotency_key=idempotency_key,
                           request_hash=jobs.request_hash(body) if idempotency_key else None)
-    children = [jobs.new_job(key, body, task=task, seed=seed, now=now, parent_id=parent.id,
+    children = [jobs.new_job(key, body, task=task, seed=s, now=now, parent_id=parent.id,
                              train_rows=rows,
                              hyperparameters=_child_hyperparameters(hp, o, lr))
-                for o, lr in runs]
+                for o, lr, s in runs]
     metric, greater = main_metric(task)
     parent.sweep = {"metric": metric, "greater_is_better": greater, "best_job_id": None,
-                    "runs": [{"job_id": child.id, "optimizer": o, "learning_rate": lr}
-                             for child, (o, lr) in zip(children, runs, strict=True)]}
+                    "runs": [{"job_id": child.id, "optimizer": o, "learning_rate": lr,
+                              "seed": s}
+                             for child, (o, lr, s) in zip(children, runs, strict=True)]}
     session.add_all([parent, *children])
-    grid = ", ".join(f"{o} at {lr:g}" for o, lr in runs)
+    seeds = list(dict.fromkeys(s for _, _, s in runs))
+    grid = ", ".join(dict.fromkeys(f"{o} at {lr:g}" for o, lr, _ in runs))
     add_event(session, parent.id, f"Created sweep {parent.id}: {len(children)} child jobs "
-                                  f"({grid}), ranked by {metric}")
-    for child, (optimizer, lr) in zip(children, runs, strict=True):
+                                  f"({grid}; seed{'s' if len(seeds) > 1 else ''} "
+                                  f"{', '.join(map(str, seeds))}), ranked by {metric}")
+    for child, (optimizer, lr, s) in zip(children, runs, strict=True):
         add_event(session, child.id, f"Created fine-tuning job: {child.id} (sweep {parent.id}: "
-                                     f"{optimizer}, learning rate {lr:g})")
+                                     f"{optimizer}, learning rate {lr:g}, seed {s})")
     shown, created = jobs.save(session, key, body, idempotency_key, parent)
     return shown, [child.id for child in children] if created else [], created
 
@@ -205,7 +243,8 @@ def sensitivity_summary(report: Any) -> dict[str, Any] | None:
 
 def _public(child: sweeps.ChildResult) -> SweepChild:
     return SweepChild(id=child.id, optimizer=child.optimizer, learning_rate=child.learning_rate,
-                      status=child.status, fine_tuned_model=child.fine_tuned_model,
+                      seed=child.seed, status=child.status,
+                      fine_tuned_model=child.fine_tuned_model, warnings=list(child.warnings),
                       metrics=child.metrics, score=child.score)
 
 
@@ -231,7 +270,15 @@ def report(session: Session, parent: Job) -> SweepReport:
                   else None, sensitivity=sensitivity_summary(reports.get(b.id)) if b else None)
         for o, b in bests.items()]
     overall = sweeps.best_of(results, greater_is_better=greater)
+    validation = session.get(File, parent.validation_file_id) \
+        if parent.validation_file_id else None
+    rows = file_rows(validation) if validation is not None else None
+    table, comparisons, warnings = sweep_stats.analyse(
+        results, own=optimizers[0] if optimizers else "", others=optimizers[1:], metric=metric,
+        greater_is_better=greater, validation_rows=rows)
     return SweepReport(fine_tuning_job_id=parent.id, status=parent.status, metric=metric,
-                       greater_is_better=greater, children=[_public(c) for c in results],
+                       greater_is_better=greater, validation_rows=rows,
+                       children=[_public(c) for c in results],
                        best_per_optimizer=side_by_side,
-                       best=_public(overall) if overall else None)
+                       best=_public(overall) if overall else None,
+                       rates=table, comparisons=comparisons, warnings=warnings)

@@ -1,4 +1,5 @@
-"""Sweeps: a parent job and its children, one ordinary job per (optimizer, learning rate).
+"""Sweeps: a parent job and its children, one ordinary job per (optimizer, learning rate,
+seed).
 
 The parent is never queued, dispatched or claimed: it is `running` from its creation until
 its children are all final, and is then settled from them, in the transaction of the
@@ -44,6 +45,8 @@ class ChildResult:
     fine_tuned_model: str | None
     metrics: dict[str, Any]  # the last evaluation's valid_* values; {} before one
     score: float | None  # metrics[main metric], if logged
+    seed: int | None = None
+    warnings: tuple[str, ...] = ()  # the codes of the child's own warnings
 
 
 def lock_parent(session: Session, job_id: str) -> str | None:
@@ -103,7 +106,9 @@ def children(session: Session, parent: Job) -> list[ChildResult]:
             id=job.id, optimizer=str(hp.get("optimizer")),
             learning_rate=float(hp.get("learning_rate") or 0.0), status=job.status,
             fine_tuned_model=job.fine_tuned_model, metrics=found,
-            score=float(score) if isinstance(score, int | float) else None))
+            score=float(score) if isinstance(score, int | float) else None, seed=job.seed,
+            warnings=tuple(str(w.get("code")) for w in job.warnings or []
+                           if isinstance(w, dict))))
     return out
 
 

@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--sweep-lr", metavar="X", type=float, nargs="+", default=None,
                         help="a sweep: one child job per learning rate (2 to 8; needs "
                         "--validation-file); the printed job is the parent")
+    create.add_argument("--sweep-seeds", metavar="N", type=int, nargs="+", default=None,
+                        help="run every optimizer and learning rate once per seed (1 to 5, "
+                        "e.g. 1 2 3): the sweep's report then gives mean ± std and paired "
+                        "95%% intervals (not with --seed; needs --validation-file)")
     create.add_argument("--compare-to", metavar="OPT[=X,...]", nargs="+", default=None,
                         type=_compare_to,
                         help="also run these optimizers on the same data, seed and "
@@ -121,12 +125,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_progress_flag(watch)
 
     sweep = sub.add_parser(
-        "sweep", help="show a sweep's report (JSON)",
-        description="Print a sweep's report as JSON: every child job with its optimizer, "
-        "learning rate, status and last validation metrics, the best child of each "
-        "optimizer side by side with a summary of its sensitivity report, and the best "
-        "overall. JOB_ID is the parent, as `jobs create --sweep-lr/--compare-to` printed it.")
+        "sweep", help="show a sweep's report as a table",
+        description="Print a sweep's report as a table: each optimizer and learning rate "
+        "with the mean ± std of its last validation metric over its seeds (the best rate of "
+        "each optimizer marked *), each comparison of the job's optimizer with another at "
+        "their best rates (the paired difference, its 95% interval and a verdict), and the "
+        "warnings. --json prints the whole report (every child, the best child of each "
+        "optimizer with a summary of its sensitivity report, ...). JOB_ID is the parent, as "
+        "`jobs create --sweep-lr/--sweep-seeds/--compare-to` printed it.")
     sweep.add_argument("job_id", metavar="JOB_ID")
+    sweep.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sensitivity = sub.add_parser(
         "sensitivity", help="show a finished job's parameter sensitivity report",
@@ -165,6 +173,67 @@ def _compare_to(text: str) -> str | dict[str, Any]:
             f"not a list of learning rates: {rates!r} (e.g. adamw=5e-5,1e-4)") from None
 
 
+def _sweep(args: argparse.Namespace) -> dict[str, list[float] | list[int]] | None:
+    sweep: dict[str, list[float] | list[int]] = {}
+    if args.sweep_lr:
+        sweep["learning_rate"] = args.sweep_lr
+    if args.sweep_seeds:
+        sweep["seeds"] = args.sweep_seeds
+    return sweep or None
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "-"
+
+
+def sweep_table(report: dict[str, Any]) -> str:
+    """A sweep's report as text: the rates table, the comparisons, the warnings."""
+    metric = report.get("metric", "")
+    better = "higher" if report.get("greater_is_better") else "lower"
+    rows = report.get("validation_rows")
+    lines = [f"sweep {report.get('fine_tuning_job_id')}: {report.get('status')}; {metric} "
+             f"({better} is better) on {rows if rows is not None else '?'} validation rows",
+             ""]
+    statuses: dict[tuple[str, float], list[str]] = {}
+    for child in report.get("children") or []:
+        statuses.setdefault((child["optimizer"], child["learning_rate"]), []).append(
+            child["status"])
+    table = [("", "optimizer", "learning rate", "mean", "± std", "seeds", "runs")]
+    for rate in report.get("rates") or []:
+        runs = statuses.get((rate["optimizer"], rate["learning_rate"]), [])
+        counts = ", ".join(f"{runs.count(s)} {s}" for s in dict.fromkeys(runs))
+        table.append(("*" if rate.get("best") else "", rate["optimizer"],
+                      f"{rate['learning_rate']:g}", _num(rate.get("mean")),
+                      _num(rate.get("std")), str(rate.get("n", 0)), counts))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip())
+    lines.append("* the optimizer's best learning rate by mean")
+    comparisons = report.get("comparisons") or []
+    if comparisons:
+        lines.append("")
+    for c in comparisons:
+        interval = (f"95% interval [{_num(c['low'])}, {_num(c['high'])}]"
+                    if c.get("low") is not None else "no interval")
+        lines.append(f"{c['a']} at {_num(c.get('a_learning_rate'), 'g')} vs {c['b']} at "
+                     f"{_num(c.get('b_learning_rate'), 'g')}: difference "
+                     f"{_num(c.get('difference'), '+.4f')} over {len(c.get('seeds') or [])} "
+                     f"paired seeds, {interval}: {c['verdict']}")
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines.append("")
+    lines += [f"warning: {w['code']}: {w['message']}" for w in warnings]
+    best = report.get("best")
+    if best:
+        lines += ["", f"best child: {best['id']} ({best['optimizer']}, learning rate "
+                      f"{best['learning_rate']:g}, seed {best.get('seed')}, {metric}="
+                      f"{_num(best.get('score'))})"
+                      + (f", model {best['fine_tuned_model']}" if best.get("fine_tuned_model")
+                         else "")]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     def action(client: Client) -> int:
         if args.action == "create":
@@ -172,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
                 args.model, args.training_file, validation_file=args.validation_file,
                 hyperparameters=hyperparameters_from_args(args) or None, suffix=args.suffix,
                 seed=args.seed, task=args.task, idempotency_key=args.idempotency_key,
-                sweep={"learning_rate": args.sweep_lr} if args.sweep_lr else None,
+                sweep=_sweep(args),
                 compare_to=args.compare_to)
             print_json(job)
             return watch(client, job["id"], args.progress) if args.watch else 0
@@ -183,7 +252,11 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "sensitivity":
             return _sensitivity(client, args.job_id, args.output)
         if args.action == "sweep":
-            return print_json(client.sweep_report(args.job_id))
+            report = client.sweep_report(args.job_id)
+            if args.json:
+                return print_json(report)
+            print(sweep_table(report))
+            return 0
         method = {"get": client.get_job, "cancel": client.cancel_job,
                   "pause": client.pause_job, "resume": client.resume_job}[args.action]
         return print_json(method(args.job_id))

@@ -110,7 +110,7 @@ def test_parent_and_children_are_created_and_children_dispatched(service: Servic
         events = service.client.get(f"{JOBS}/{child_id}/events", headers=service.auth())
         assert [e["message"] for e in events.json()["data"]] == [
             f"Created fine-tuning job: {child_id} (sweep {parent['id']}: {optimizer}, "
-            f"learning rate {lr:g})"]
+            f"learning rate {lr:g}, seed 7)"]
         assert child["sweep"] is None
         hp = child["hyperparameters"]
         assert (hp["optimizer"], hp["learning_rate"]) == (optimizer, lr)
@@ -161,6 +161,14 @@ def test_regression_ranks_by_valid_loss(service: Service) -> None:
     ({"compare_to": [{"optimizer": "adamw", "learning_rate": []}]},
      "compare_to.0.learning_rate", "1 to 8"),
     ({"compare_to": ["nadam"]}, "compare_to.0", ""),
+    ({"sweep": {"seeds": []}}, "sweep.seeds", "1 to 5"),
+    ({"sweep": {"seeds": [1, 2, 3, 4, 5, 6]}}, "sweep.seeds", "1 to 5"),
+    ({"sweep": {"seeds": [1, 1]}}, "sweep.seeds", "distinct"),
+    ({"sweep": {"seeds": [-1]}}, "sweep.seeds", "distinct"),
+    ({"sweep": {"seeds": [1, 2]}, "seed": 3}, "seed", "sweep.seeds"),
+    ({"sweep": {"learning_rate": [i * 1e-5 for i in range(1, 9)], "seeds": [1, 2, 3, 4, 5]},
+      "compare_to": [{"optimizer": "adamw", "learning_rate": [1e-5, 2e-5]}]},
+     "sweep", "50 child jobs"),
     ({"compare_to": []}, "compare_to", ""),
 ])
 def test_bad_requests_name_the_field(service: Service, body: dict[str, Any], param: str,
@@ -172,6 +180,46 @@ def test_bad_requests_name_the_field(service: Service, body: dict[str, Any], par
     assert words in error["message"], error
     assert service.client.get(JOBS, headers=service.auth()).json()["data"] == []
     assert service.dispatcher.dispatched == []
+
+
+def test_seeds_run_every_optimizer_and_rate_once_per_seed(service: Service) -> None:
+    parent = _sweep(service, sweep={"learning_rate": [1e-4, 3e-4], "seeds": [1, 2, 3]},
+                    compare_to=[{"optimizer": "adamw", "learning_rate": [5e-5]}])
+    runs = [(r["optimizer"], r["learning_rate"], r["seed"]) for r in parent["sweep"]["runs"]]
+    assert runs == [("sage", 1e-4, 1), ("sage", 1e-4, 2), ("sage", 1e-4, 3),
+                    ("sage", 3e-4, 1), ("sage", 3e-4, 2), ("sage", 3e-4, 3),
+                    ("adamw", 5e-5, 1), ("adamw", 5e-5, 2), ("adamw", 5e-5, 3)]
+    assert parent["seed"] == 1
+    assert [_get(service, i)["seed"] for i in _children(parent)] == [1, 2, 3] * 3
+    assert len(service.dispatcher.dispatched) == 9
+
+
+def test_a_sweep_of_seeds_alone(service: Service) -> None:
+    parent = _sweep(service, sweep={"seeds": [5, 6]}, hyperparameters={"learning_rate": 2e-4})
+    assert [(r["optimizer"], r["learning_rate"], r["seed"]) for r in parent["sweep"]["runs"]
+            ] == [("sage", 2e-4, 5), ("sage", 2e-4, 6)]
+
+
+def test_the_report_pairs_seeds_and_warns(
+        service: Service, sessions: sessionmaker[Session]) -> None:
+    parent = _sweep(service, sweep={"learning_rate": [1e-4, 3e-4], "seeds": [1, 2]},
+                    compare_to=[{"optimizer": "adamw", "learning_rate": [5e-5]}])
+    ids = _children(parent)
+    scores = [0.5, 0.6, 0.9, 0.92, 0.7, 0.8]  # sage 1e-4, sage 3e-4, adamw, seeds 1 and 2
+    for job_id, score in zip(ids, scores, strict=True):
+        _finish(sessions, job_id, evals=[{"valid_f1_macro": score}])
+    report = service.client.get(f"{JOBS}/{parent['id']}/sweep", headers=service.auth()).json()
+    assert report["validation_rows"] == 6
+    assert [c["seed"] for c in report["children"]] == [1, 2] * 3
+    assert [(r["optimizer"], r["learning_rate"], r["n"], r["best"]) for r in report["rates"]
+            ] == [("sage", 1e-4, 2, False), ("sage", 3e-4, 2, True), ("adamw", 5e-5, 2, True)]
+    [comparison] = report["comparisons"]
+    assert (comparison["a"], comparison["b"], comparison["seeds"]) == ("sage", "adamw", [1, 2])
+    assert comparison["difference"] == pytest.approx(0.16)
+    assert comparison["verdict"] == "no difference shown"  # 12.706 * 0.04 / sqrt(2) > 0.16
+    codes = [w["code"] for w in report["warnings"]]
+    assert codes == ["best_at_grid_edge", "validation_too_small"]
+    assert report["best"]["id"] == ids[3]  # the best single child is still named
 
 
 def test_a_sweep_needs_a_validation_file(service: Service) -> None:
@@ -459,9 +507,18 @@ def test_client_and_cli(in_process: Service, sessions: sessionmaker[Session],
     assert [(r["optimizer"], r["learning_rate"]) for r in created["sweep"]["runs"]] == [
         ("adamw", 1e-4), ("adamw", 3e-4), ("sage", 5e-05), ("sage", 1.5e-4), ("sage", 4.5e-4),
         ("adamax", 1e-4), ("adamax", 2e-4)]
-    assert main(["jobs", "sweep", created["id"]]) == 0
+    assert main(["jobs", "sweep", created["id"], "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["fine_tuning_job_id"] == created["id"] and len(shown["children"]) == 7
+    assert main(["jobs", "sweep", created["id"]]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith(f"sweep {created['id']}: running; valid_f1_macro")
+    assert "1 queued" in table
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file",
+                 files["training_file"], "--validation-file", files["validation_file"],
+                 "--learning-rate", "1e-4", "--sweep-seeds", "3", "4"]) == 0
+    seeded = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in seeded["sweep"]["runs"]] == [3, 4]
     assert main(["jobs", "sweep", plain["id"]]) == 1
     assert "is not a sweep" in capsys.readouterr().err
     with pytest.raises(SystemExit):
