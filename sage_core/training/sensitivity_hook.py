@@ -32,6 +32,10 @@ class SensitivityHook:
         self.task, self.items, self.placement, self.batch_size = (
             task, items, placement, batch_size)
 
+    def batch_count(self) -> int:
+        """The micro-batches the report measures."""
+        return min(SENSITIVITY_BATCHES, -(-len(self.items) // self.batch_size))
+
     def _batches(self) -> Iterator[Batch]:
         for start in range(0, len(self.items), self.batch_size):
             yield self.placement.batch(self.task, self.items[start:start + self.batch_size])
