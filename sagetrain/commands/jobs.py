@@ -215,7 +215,10 @@ class _Bar:
         from tqdm import tqdm
 
         if self.bar is None and self.enabled:
-            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, desc="training")
+            # Starts at the row's step: the bar's rate then counts from this row, so its
+            # first tick shows no rate instead of one step over a microsecond.
+            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, desc="training",
+                            initial=int(row["step"]))
         for key, label, fmt in (("train_loss", "loss", ".4f"), ("learning_rate", "lr", ".2e"),
                                 ("samples_per_second", "samples/s", ".1f"),
                                 ("valid_loss", "valid_loss", ".4f"),

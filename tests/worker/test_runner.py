@@ -68,6 +68,12 @@ def test_job_runs_to_succeeded(env: WorkerEnv) -> None:
     events = env.events(job_id)
     assert events[-1] == "The job has successfully completed"
     assert "Checkpoint saved at step 8" in events
+    # every phase starts with an event, the checkpoint's upload included
+    upload = events.index("Uploading checkpoint step 8")
+    assert upload < events.index("Checkpoint saved at step 8")
+    for phase in ("Tokenizing ", "Loading model tiny-bert", "Evaluating on ",
+                  "Measuring sensitivity on "):
+        assert any(e.startswith(phase) for e in events), phase
     # the sensitivity report, recorded with the success (the job has a validation file)
     report = job.sensitivity
     assert report is not None and report["examples"] == 16

@@ -402,5 +402,6 @@ def test_phases_are_announced_in_order(train: Train, spam_files: tuple[Path, Pat
     assert found == sorted(found)
     # later evaluations of well under a second are not announced again
     assert sum(m.startswith("Evaluating on") for m in messages) <= len(rec.evals())
-    assert plans == [{"total_steps": 32, "steps_per_epoch": 16, "batch_size": 8,
+    assert plans == [{"total_steps": 32, "steps_per_epoch": 16, "batch_size": 8, "log_every": 1,
+                      "validation_examples": 32,
                       "eval_every_steps": None, "evaluates": True, "sensitivity_batches": 4}]
