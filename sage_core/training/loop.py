@@ -163,6 +163,8 @@ class Trainer:
             "total_steps": self.plan.total_steps,
             "steps_per_epoch": self.plan.steps_per_epoch,
             "batch_size": self.hp.batch_size,
+            "log_every": self.plan.log_every,
+            "validation_examples": len(self.valid_items or []),
             "eval_every_steps": self.hp.eval_every_steps if evaluates else None,
             "evaluates": evaluates,
             "sensitivity_batches": (
