@@ -49,7 +49,10 @@ QUANTILES: tuple[tuple[str, float], ...] = (
     ("p10", 0.10), ("p25", 0.25), ("median", 0.50), ("p75", 0.75), ("p90", 0.90),
     ("p99", 0.99))
 HIST_EDGES: tuple[float, ...] = tuple(-12.0 + 0.5 * i for i in range(25))  # -12 .. 0
-SAMPLE_CAP = 1_000_000
+# Sorting the quantile samples was most of the statistics' time (MiniLM's 22.7M elements, 8
+# sampled groups: 1.2 of 1.8 s at 1,000,000); 200,000 samples still give p99 within a
+# fraction of a percent of its rank.
+SAMPLE_CAP = 200_000
 ZERO_NOTE = ("I = 0 exactly: the measured batches never reach these parameters (e.g. the "
              "embedding rows of tokens that never occur), so their gradient is 0; they are "
              "left out of fraction_below and the quantiles, not redundant")
