@@ -45,6 +45,14 @@ Choices a caller may rely on:
   validation file in everything above. An info event names the held-out lines (data:
   {validation_split, seed, stratified, count, lines}, the first EVENT_LINES lines);
   final/validation_split.json holds them all.
+- Each phase that can take over a second starts with an info event, data {phase, ...}:
+  "Tokenizing N examples" (tokenize), "Loading model X" (load_model), "Compiling the
+  optimizer's kernels (first step)" (compile, when `SAGE.will_compile`), "Evaluating on N
+  examples" (evaluate: the first evaluation and any after one of over a second) and
+  "Measuring sensitivity on N batches" (sensitivity). The setup event ("training X ...")
+  carries {plan: total_steps, steps_per_epoch, batch_size, log_every, validation_examples,
+  eval_every_steps, evaluates, sensitivity_batches}, and each evaluation row its wall time
+  as eval_seconds: what a caller needs for an ETA (worker/eta.py).
 - Step losses stay on the device until a row is logged (or an evaluation or checkpoint
   comes), so a non-finite loss raises TrainingError("nan_loss") at most `log_every` steps
   after it happened, naming its step, and never after a checkpoint of its weights.
