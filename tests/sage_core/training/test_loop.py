@@ -156,7 +156,8 @@ def test_regression_learns_and_reports_correlations(train: Train, tmp_path: Path
     spec = make_spec(task="text-regression", n_epochs=5)
     result, rec = train(spec, train_file, tmp_path / "out", valid_file)
     assert set(rec.evals()[-1]) == {"step", "total_steps", "epoch", "valid_loss",
-                                    "valid_pearson", "valid_spearman", "baseline_loss"}
+                                    "valid_pearson", "valid_spearman", "baseline_loss",
+                                    "eval_seconds"}
     assert result.metrics["valid_loss"] < rec.evals()[0]["valid_loss"]
     # the mean predictor's squared error, the same in every row; the model beats it
     assert {r["baseline_loss"] for r in rec.evals()} == {result.metrics["baseline_loss"]}
