@@ -26,3 +26,14 @@ def test_first_tick_has_no_rate_then_a_real_one() -> None:
         rate = _rate(sink.bar)
         assert rate is not None and 1 < rate < 20  # one step in about 0.1 s
         sink.close()
+
+
+def test_watch_bar_starts_after_the_replayed_rows() -> None:
+    """`jobs watch` joining at step 50 gets rows 1..50 at once: they do not make a rate."""
+    bar = _Bar(True, 100, replayed=50)
+    for step in range(1, 51):
+        bar.metrics({"step": step, "train_loss": 1.0, "samples_per_second": 10.0})
+    assert bar.bar is None and bar.postfix["loss"] == "1.0000"
+    bar.metrics({"step": 51, "train_loss": 0.5})
+    assert bar.bar is not None and bar.bar.n == 51 and _rate(bar.bar) is None
+    bar.close()
