@@ -9,7 +9,16 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sage_core.db.models import Checkpoint, File, Job, JobEvent, JobMetric, WebhookEndpoint
+from sage_core.db.models import (
+    Checkpoint,
+    File,
+    Job,
+    JobEvent,
+    JobMetric,
+    JobStatus,
+    WebhookEndpoint,
+    utcnow,
+)
 from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
 from sage_core.schemas import Hyperparameters
 
@@ -18,6 +27,15 @@ T = TypeVar("T")
 
 def ts(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
+
+
+def _estimated_finish(job: Job) -> int | None:
+    """The worker's estimate, never in the past while the job runs: a phase that outruns
+    it (its next row or phase event moves it on) reads as finishing now."""
+    value = job.estimated_finish
+    if value is None or job.status != JobStatus.RUNNING:
+        return ts(value)
+    return ts(max(value, utcnow()))
 
 
 class ListPage(BaseModel, Generic[T]):
@@ -250,7 +268,7 @@ class JobPublic(BaseModel):
         hyperparameters = job.spec.get("hyperparameters", {})
         return cls(
             id=job.id, model=job.model, status=job.status, created_at=ts(job.created_at) or 0,
-            finished_at=ts(job.finished_at), estimated_finish=ts(job.estimated_finish),
+            finished_at=ts(job.finished_at), estimated_finish=_estimated_finish(job),
             training_file=job.training_file_id, validation_file=job.validation_file_id,
             hyperparameters=hyperparameters, method=_method(hyperparameters),
             fine_tuned_model=job.fine_tuned_model, result_files=list(job.result_file_ids or []),

@@ -29,7 +29,6 @@ import signal
 import socket
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from sage_core.transient import (
     is_transient,
     out_of_memory_message,
 )
+from worker.eta import Eta, finish_at
 from worker.restore import restore_fine_tuned_model, restore_latest_checkpoint
 
 log = logging.getLogger("sagetrain.worker")
@@ -105,7 +105,7 @@ class JobRunner:
         self._lost = threading.Event()  # the job was cancelled or another worker has it
         self._stop_cached = False
         self._stop_checked = 0.0
-        self._rate_origin: tuple[float, int] | None = None  # (time, step) of this attempt
+        self._eta = Eta()  # this attempt's rate, evaluations and report: estimated_finish
         self.job: Job | None = None
 
     # --- the run ---------------------------------------------------------------------------
@@ -194,7 +194,9 @@ class JobRunner:
             values["total_steps"] = int(row["total_steps"])
         if row.get("epoch") is not None:
             values["epoch"] = float(row["epoch"])
-        values["estimated_finish"] = self._estimate_finish(step, values.get("total_steps"))
+        self._eta.on_row(row)
+        left = self._eta.seconds_left(step)
+        values["estimated_finish"] = None if left is None else finish_at(utcnow(), left)
         with self.sessions.begin() as s:
             s.add(JobMetric(job_id=self.job_id, step=step, kind=kind, data=data))
             if not transitions.heartbeat(s, self.job_id, owner=self.owner,
@@ -207,20 +209,12 @@ class JobRunner:
                 add_event(s, self.job_id, f"Step {step}: {shown}", type="metrics",
                           data={"step": step, **data})
 
-    def _estimate_finish(self, step: int, total: int | None) -> Any:
-        now = time.monotonic()
-        if self._rate_origin is None:
-            self._rate_origin = (now, step)
-            return None
-        start, first = self._rate_origin
-        if not total or step <= first or now <= start:
-            return None
-        rate = (step - first) / (now - start)
-        return utcnow() + timedelta(seconds=(total - step) / rate)
-
     def _on_checkpoint(self, folder: Path, step: int, metrics: dict[str, Any]) -> None:
         assert self.job is not None
         key = f"{self.job.artifact_prefix}/checkpoints/step-{step}"
+        with self.sessions.begin() as s:
+            add_event(s, self.job_id, f"Uploading checkpoint step {step}",
+                      data={"phase": "upload", "step": step})
         self.store.put_tree(key, folder)  # the engine may prune its folder later
         name = f"{fine_tuned_name(self.job)}:ckpt-step-{step}"
         clean = {k: v for k, v in metrics.items() if k != "step"}
@@ -250,8 +244,18 @@ class JobRunner:
         return self._stop_cached
 
     def _on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if data and isinstance(data.get("plan"), dict):
+            self._eta.on_plan(data["plan"])
         with self.sessions.begin() as s:
             add_event(s, self.job_id, message, level=level, data=data)
+            report = self._eta.report_seconds()
+            # the last row's estimate counted the report from then; it starts now
+            if (data and data.get("phase") == "sensitivity" and report is not None
+                    and not transitions.heartbeat(
+                        s, self.job_id, owner=self.owner,
+                        lease_seconds=self.settings.lease_seconds,
+                        estimated_finish=finish_at(utcnow(), report))):
+                self._lost.set()
 
     # --- endings ----------------------------------------------------------------------------
 

@@ -80,8 +80,13 @@ def render_png(job: Job, report: dict[str, Any]) -> bytes:
     left.set_xlabel("log10(I),  I = |θ · ∂L/∂θ|")
     left.set_ylabel("parameters")
     left.set_title("overall")
+    # I = 0 exactly: never reached by the measured batches (e.g. embeddings of tokens
+    # that never occur), counted apart from the low-sensitivity fractions
     notes = [f"{name}: {overall.get(key, 0) or 0:,}" for name, key in (
-        ("I = 0", "zero_count"), ("non-finite", "nonfinite_count"))]
+        ("I = 0 (never reached)", "zero_count"), ("non-finite", "nonfinite_count"))]
+    below = overall.get("fraction_below") or {}
+    if below.get("1e-08") is not None:
+        notes.append(f"I < 1e-8 (of I > 0): {below['1e-08']:.1%}")
     notes += [f"< 1e-12: {hist.get('underflow', 0) or 0:,}",
               f">= 1: {hist.get('overflow', 0) or 0:,}"]
     left.text(0.02, 0.97, "\n".join(notes), transform=left.transAxes, va="top", fontsize=8)

@@ -202,6 +202,18 @@ class SAGE(Optimizer):
                 exp_avg_ipts.append(state["exp_avg_ipt"])
             state_steps.append(state["step"])
 
+    def will_compile(self) -> bool:
+        """Whether the next `step` will run the torch.compile'd kernels (so, the first
+        time in this process, compile them): the same choice `step` makes, assuming every
+        parameter gets a gradient. Cheap: it builds nothing."""
+        groups = [[p for p in g["params"] if p.requires_grad] for g in self.param_groups]
+        step_numel = sum(p.numel() for params in groups for p in params)
+        return any(
+            params and _choose_implementation(
+                params, foreach=g["foreach"], compiled=g["compiled"], step_numel=step_numel,
+            ) is _compiled_sage
+            for g, params in zip(self.param_groups, groups, strict=True))
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform one optimization step. ``closure`` re-evaluates the model and returns

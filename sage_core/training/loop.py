@@ -45,6 +45,14 @@ Choices a caller may rely on:
   validation file in everything above. An info event names the held-out lines (data:
   {validation_split, seed, stratified, count, lines}, the first EVENT_LINES lines);
   final/validation_split.json holds them all.
+- Each phase that can take over a second starts with an info event, data {phase, ...}:
+  "Tokenizing N examples" (tokenize), "Loading model X" (load_model), "Compiling the
+  optimizer's kernels (first step)" (compile, when `SAGE.will_compile`), "Evaluating on N
+  examples" (evaluate: the first evaluation and any after one of over a second) and
+  "Measuring sensitivity on N batches" (sensitivity). The setup event ("training X ...")
+  carries {plan: total_steps, steps_per_epoch, batch_size, log_every, validation_examples,
+  eval_every_steps, evaluates, sensitivity_batches}, and each evaluation row its wall time
+  as eval_seconds: what a caller needs for an ETA (worker/eta.py).
 - Step losses stay on the device until a row is logged (or an evaluation or checkpoint
   comes), so a non-finite loss raises TrainingError("nan_loss") at most `log_every` steps
   after it happened, naming its step, and never after a checkpoint of its weights.
@@ -68,6 +76,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -94,7 +103,7 @@ from sage_core.training.preflight import check_spec
 from sage_core.training.progress import Progress, RunPlan
 from sage_core.training.registry import get_task
 from sage_core.training.sampler import EpochSampler
-from sage_core.training.sensitivity_hook import SensitivityHook
+from sage_core.training.sensitivity_hook import SENSITIVITY_BATCHES, SensitivityHook
 from sage_core.training.tasks import Encoded, Task
 from sage_core.training.verdicts import LOSS_ROWS, run_verdicts
 
@@ -129,6 +138,7 @@ class Trainer:
         self.log_prefix = f"[{job_id}] " if job_id else ""
         self.progress = Progress()
         self.logger: MetricLogger | None = None
+        self._eval_seconds: float | None = None  # the last evaluation's wall time
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -149,9 +159,26 @@ class Trainer:
             f"examples" + (f", validating on {len(self.valid_items)}" if self.valid_items
                            else "")
             + f": {self.plan.total_steps} steps of {self.hp.batch_size}, {self.hp.optimizer}, "
-            f"{self.placement.label}"))
+            f"{self.placement.label}"), {"plan": self._plan_record()})
         if resume_from is not None:
             self._event("info", f"resumed from step {self.progress.step}")
+
+    def _plan_record(self) -> dict[str, Any]:
+        """What a caller needs to estimate the run's end (worker/runner.py's ETA): when the
+        evaluations come and how many batches the sensitivity report measures."""
+        evaluates = self.evaluator is not None
+        return {
+            "total_steps": self.plan.total_steps,
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "batch_size": self.hp.batch_size,
+            "log_every": self.plan.log_every,
+            "validation_examples": len(self.valid_items or []),
+            "eval_every_steps": self.hp.eval_every_steps if evaluates else None,
+            "evaluates": evaluates,
+            "sensitivity_batches": (
+                min(SENSITIVITY_BATCHES, math.ceil(len(self.valid_items or []) / self.micro_batch))
+                if evaluates else 0),
+        }
 
     def _check_inputs(self) -> str:
         """Validate spec, device, model name and data files; return the base model's path."""
@@ -209,6 +236,10 @@ class Trainer:
 
     def _setup_data(self) -> None:
         hp = self.hp
+        examples = len(self._train_data.examples) + (
+            len(self._valid_data.examples) if self._valid_data is not None else 0)
+        self._event("info", f"Tokenizing {examples} examples",
+                    {"phase": "tokenize", "examples": examples})
         self.micro_batch = hp.batch_size // hp.gradient_accumulation_steps
         self.train_items = self.task.encode(self._train_data, hp.max_seq_length,
                                             param="training_file", report=self._event)
@@ -231,6 +262,8 @@ class Trainer:
     def _setup_model(self, base_path: str, resume_from: Path | None) -> None:
         # Seeded before the head is initialised, so a fresh run's head is reproducible.
         seed_everything(self.spec.seed)
+        self._event("info", f"Loading model {self.spec.model}",
+                    {"phase": "load_model", "model": self.spec.model})
         if resume_from is None:
             self.model = self.task.build_model(base_path)
         else:
@@ -251,6 +284,10 @@ class Trainer:
         if self.tracker.early_stop_due(self.progress):
             return self._finish("early_stopped")  # resumed from the early-stopping checkpoint
         start_epoch, start_batch = self.plan.data_position(self.progress.step)
+        will_compile = getattr(self.optimizer, "will_compile", None)
+        if will_compile is not None and will_compile():
+            self._event("info", "Compiling the optimizer's kernels (first step)",
+                        {"phase": "compile"})
         self.window.restart_clock()
         for epoch in range(start_epoch, self.hp.n_epochs):
             first = start_batch if epoch == start_epoch else 0
@@ -346,8 +383,17 @@ class Trainer:
     def _evaluate_and_log(self) -> bool:
         """Evaluate, log the row, track the best; True when early stopping is due."""
         assert self.evaluator is not None
+        # The first evaluation is announced, and any after one that took over a second.
+        if self._eval_seconds is None or self._eval_seconds > 1.0:
+            n = len(self.evaluator.items)
+            self._event("info", f"Evaluating on {n} examples",
+                        {"phase": "evaluate", "examples": n, "step": self.progress.step})
+        start = time.perf_counter()
         metrics = {**self.evaluator.evaluate(self.model, self.progress.step), **self.baselines}
-        self._log({**self.plan.position(self.progress.step), **metrics})
+        self._eval_seconds = time.perf_counter() - start
+        # the row also says how long the evaluation took (the runner's ETA counts it)
+        self._log({**self.plan.position(self.progress.step), **metrics,
+                   "eval_seconds": round(self._eval_seconds, 3)})
         self.tracker.observe(self.progress, metrics)
         self._samples()
         return self.tracker.early_stop_due(self.progress)
@@ -442,6 +488,9 @@ class Trainer:
         if it fails, which never fails the run."""
         assert self.valid_items is not None
         hook = SensitivityHook(self.task, self.valid_items, self.placement, self.micro_batch)
+        batches = hook.batch_count()
+        self._event("info", f"Measuring sensitivity on {batches} batches",
+                    {"phase": "sensitivity", "batches": batches})
         try:
             report = hook.measure(self.model, self.progress.step)
         except Exception as exc:  # a diagnostic: never lose the trained model over it

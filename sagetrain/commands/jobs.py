@@ -277,18 +277,27 @@ def _sensitivity(client: Client, job_id: str, output: str | None) -> int:
 
 
 class _Bar:
-    """A tqdm bar fed by the stream's metrics rows; event lines print above it."""
+    """A tqdm bar fed by the stream's metrics rows; event lines print above it. The rows up
+    to `replayed` (the job's step when the watch began: the stream replays them at once)
+    only fill the postfix: the bar starts at the first live row, so its rate is the job's
+    and not the replay's."""
 
-    def __init__(self, enabled: bool, total: int | None) -> None:
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, total: int | None, replayed: int = 0) -> None:
+        self.enabled, self.total, self.replayed = enabled, total, replayed
         self.bar: Any = None
         self.postfix: dict[str, str] = {}
+        self.last_step: int | None = None
 
     def metrics(self, row: dict[str, Any]) -> None:
         from tqdm import tqdm
 
-        if self.bar is None and self.enabled:
-            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, desc="training")
+        self.last_step = int(row["step"])
+        live = int(row["step"]) > self.replayed
+        if self.bar is None and self.enabled and live:
+            # Starts at the row's step: the bar's rate then counts from this row, so its
+            # first tick shows no rate instead of one step over a microsecond.
+            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, desc="training",
+                            initial=int(row["step"]))
         for key, label, fmt in (("train_loss", "loss", ".4f"), ("learning_rate", "lr", ".2e"),
                                 ("samples_per_second", "samples/s", ".1f"),
                                 ("valid_loss", "valid_loss", ".4f"),
@@ -309,6 +318,13 @@ class _Bar:
             print(line, flush=True)
 
     def close(self) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None and self.enabled and self.last_step is not None:
+            # only replayed rows (a job that had ended): show where they got to, no rate
+            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True,
+                            desc="training", initial=self.last_step)
+            self.bar.set_postfix(self.postfix, refresh=True)
         if self.bar is not None:
             self.bar.close()
 
@@ -319,7 +335,8 @@ def watch(client: Client, job_id: str, progress: bool = True) -> int:
     import httpx
 
     job = client.get_job(job_id)
-    bar = _Bar(progress, (job.get("progress") or {}).get("total_steps"))
+    bar = _Bar(progress, (job.get("progress") or {}).get("total_steps"),
+               int((job.get("progress") or {}).get("step") or 0))
     cursor: str | None = None
     drops = 0
     try:

@@ -134,8 +134,10 @@ class _Progress:
         from tqdm import tqdm
 
         if self.bar is None and self.enabled:
+            # Starts at the row's step: the bar's rate then counts from this row, so its
+            # first tick shows no rate instead of one step over a microsecond.
             self.bar = tqdm(total=row["total_steps"], unit="step", dynamic_ncols=True,
-                            desc="training")
+                            desc="training", initial=row["step"])
         if "train_loss" in row:
             self.postfix["loss"] = f"{row['train_loss']:.4f}"
             self.postfix["samples/s"] = f"{row['samples_per_second']:.1f}"

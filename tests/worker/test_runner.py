@@ -68,6 +68,12 @@ def test_job_runs_to_succeeded(env: WorkerEnv) -> None:
     events = env.events(job_id)
     assert events[-1] == "The job has successfully completed"
     assert "Checkpoint saved at step 8" in events
+    # every phase starts with an event, the checkpoint's upload included
+    upload = events.index("Uploading checkpoint step 8")
+    assert upload < events.index("Checkpoint saved at step 8")
+    for phase in ("Tokenizing ", "Loading model tiny-bert", "Evaluating on ",
+                  "Measuring sensitivity on "):
+        assert any(e.startswith(phase) for e in events), phase
     # the sensitivity report, recorded with the success (the job has a validation file)
     report = job.sensitivity
     assert report is not None and report["examples"] == 16
@@ -253,3 +259,23 @@ def test_engine_events_keep_their_data(env: WorkerEnv) -> None:
         got = [(r.level, r.message, r.data) for r in rows]
     assert got[-2:] == [("info", "Sample at step 3: hi", sample),
                         ("warn", "2 of 9 examples were truncated", None)]
+
+
+def test_estimated_finish_is_set_from_real_rows_and_never_past(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sage_core.db.models import utcnow
+
+    seen: list[tuple[Any, Any]] = []
+    real = transitions.heartbeat
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        if "estimated_finish" in kwargs:
+            seen.append((utcnow(), kwargs["estimated_finish"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner.transitions, "heartbeat", spy)
+    job_id = env.add_job()
+    assert run_job(job_id, env.settings, worker_id="w1") == "succeeded"
+    estimates = [(at, value) for at, value in seen if value is not None]
+    assert estimates  # from the first train row on
+    assert all(value >= at for at, value in estimates)

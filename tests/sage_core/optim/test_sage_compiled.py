@@ -203,3 +203,17 @@ def test_the_choice():
     assert choose(big, foreach=None, compiled=None, step_numel=10) is sage_module._multi_tensor_sage
     meta = [torch.empty(sage_module.COMPILE_MIN_NUMEL, device="meta")]
     assert choose(meta, foreach=None, compiled=None) is sage_module._multi_tensor_sage
+
+
+def test_will_compile_follows_the_choice(monkeypatch: pytest.MonkeyPatch):
+    """The trainer's "Compiling the optimizer's kernels" event asks SAGE.will_compile,
+    which makes step's choice without building anything."""
+    monkeypatch.setattr(sage_module, "compiled_kernels_available", lambda device: True)
+    big = torch.nn.Parameter(torch.zeros(sage_module.COMPILE_MIN_NUMEL))
+    small = torch.nn.Parameter(torch.zeros(10))
+    assert sage_module.SAGE([big, small]).will_compile()
+    assert not sage_module.SAGE([small]).will_compile()
+    assert not sage_module.SAGE([big], compiled=False).will_compile()
+    assert sage_module.SAGE([small], compiled=True).will_compile()
+    monkeypatch.setattr(sage_module, "compiled_kernels_available", lambda device: False)
+    assert not sage_module.SAGE([big]).will_compile()

@@ -97,7 +97,8 @@ def test_outputs_rows_and_final_folder(train: Train, spam_files: tuple[Path, Pat
     assert [r["step"] for r in train_rows] == list(range(1, 33))  # short runs log every step
     assert all(set(r) == TRAIN_KEYS for r in train_rows)
     assert [r["step"] for r in rec.evals()] == [16, 32]  # each epoch end
-    assert all(set(r) == CLASSIFICATION_EVAL_KEYS for r in rec.evals())
+    assert all(set(r) == CLASSIFICATION_EVAL_KEYS | {"eval_seconds"} for r in rec.evals())
+    assert all(r["eval_seconds"] >= 0 for r in rec.evals())
     assert train_rows[0]["learning_rate"] < train_rows[4]["learning_rate"]  # warmup
     assert result.trained_tokens == 2 * 128 * 7  # [CLS] + 5 words + [SEP], 2 epochs
     on_disk = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -155,7 +156,8 @@ def test_regression_learns_and_reports_correlations(train: Train, tmp_path: Path
     spec = make_spec(task="text-regression", n_epochs=5)
     result, rec = train(spec, train_file, tmp_path / "out", valid_file)
     assert set(rec.evals()[-1]) == {"step", "total_steps", "epoch", "valid_loss",
-                                    "valid_pearson", "valid_spearman", "baseline_loss"}
+                                    "valid_pearson", "valid_spearman", "baseline_loss",
+                                    "eval_seconds"}
     assert result.metrics["valid_loss"] < rec.evals()[0]["valid_loss"]
     # the mean predictor's squared error, the same in every row; the model beats it
     assert {r["baseline_loss"] for r in rec.evals()} == {result.metrics["baseline_loss"]}
@@ -220,7 +222,8 @@ def test_resume_continues_bit_for_bit(train: Train, optimizer: str,
 
     def comparable(path: Path) -> list[dict[str, Any]]:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "samples_per_second"} for r in rows]
+        timings = ("samples_per_second", "eval_seconds")
+        return [{k: v for k, v in r.items() if k not in timings} for r in rows]
 
     assert comparable(out / "metrics.jsonl") == comparable(tmp_path / "full/metrics.jsonl")
 
@@ -369,3 +372,38 @@ def test_checkpoint_state_holds_everything_to_resume(
     assert (progress["step"], progress["epoch_index"], progress["batch_in_epoch"]) == (5, 0, 5)
     assert progress["spec"]["hyperparameters"]["optimizer"] == "sage"
     assert (folder / STATE_FILE).is_file() and (folder / "model.safetensors").is_file()
+
+
+def test_phases_are_announced_in_order(train: Train, spam_files: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
+    """No silent phase: loading, tokenizing, evaluating and the sensitivity report each
+    start with an info event, in the order they run; the plan event says what the ETA
+    needs."""
+    train_file, valid_file = spam_files
+    recorder = Recorder()
+    plans: list[dict[str, Any]] = []
+    callbacks = recorder.callbacks()
+    on_event = callbacks.on_event
+
+    def record(level: str, message: str, data: dict[str, Any] | None) -> None:
+        if data and "plan" in data:
+            plans.append(data["plan"])
+        on_event(level, message, data)
+
+    recorder.callbacks = lambda: Callbacks(  # type: ignore[method-assign]
+        on_metrics=callbacks.on_metrics, on_checkpoint=callbacks.on_checkpoint,
+        should_stop=callbacks.should_stop, on_event=record)
+    result, rec = train(make_spec(n_epochs=2), train_file, tmp_path / "out", valid_file,
+                        recorder=recorder)
+    assert result.status == "completed"
+    messages = [m for _, m in rec.events]
+    phases = ["Tokenizing 160 examples", "Loading model ", "training ",
+              "Evaluating on 32 examples", "training completed",
+              "Measuring sensitivity on 4 batches"]
+    found = [next(i for i, m in enumerate(messages) if m.startswith(p)) for p in phases]
+    assert found == sorted(found)
+    # later evaluations of well under a second are not announced again
+    assert sum(m.startswith("Evaluating on") for m in messages) <= len(rec.evals())
+    assert plans == [{"total_steps": 32, "steps_per_epoch": 16, "batch_size": 8, "log_every": 1,
+                      "validation_examples": 32,
+                      "eval_every_steps": None, "evaluates": True, "sensitivity_batches": 4}]

@@ -55,11 +55,16 @@ def _check_entry(entry: dict[str, Any]) -> None:
     assert len(hist["counts"]) == len(HIST_EDGES) - 1
     assert (entry["zero_count"] + entry["nonfinite_count"] + hist["underflow"]
             + hist["overflow"] + sum(hist["counts"])) == entry["count"]
+    assert entry["fraction_zero"] == entry["zero_count"] / entry["count"]
+    if entry["zero_count"] + entry["nonfinite_count"] == entry["count"]:  # nothing touched
+        assert all(v is None for v in entry["fraction_below"].values())
+        assert entry["median"] is None
+        return
     fractions = [entry["fraction_below"][f"{t:g}"] for t in THRESHOLDS]
     assert all(0.0 <= f <= 1.0 for f in fractions)
     assert fractions == sorted(fractions)
     qs = [entry[k] for k in ("p10", "p25", "median", "p75", "p90", "p99")]
-    assert qs == sorted(qs) and qs[0] >= 0.0
+    assert qs == sorted(qs) and qs[0] > 0.0  # of I > 0
     assert entry["mean"] >= 0.0
 
 
@@ -131,9 +136,11 @@ def test_structure_invariants_and_zeroed_tensor() -> None:
         model.layers[1][0].bias.zero_()
     report = sensitivity_report(model, iter(_batches(4)), _mse)
     zeroed = report["modules"]["layers.1.0"]
-    assert zeroed["zero_count"] == zeroed["count"] == 42
-    assert all(v == 1.0 for v in zeroed["fraction_below"].values())
-    assert zeroed["mean"] == 0.0 and zeroed["p99"] == 0.0
+    assert zeroed["zero_count"] == zeroed["count"] == 42 and zeroed["fraction_zero"] == 1.0
+    # never-touched parameters are not counted as redundant: no fraction, no quantile
+    assert all(v is None for v in zeroed["fraction_below"].values())
+    assert zeroed["mean"] == 0.0 and zeroed["p99"] is None
+    _check_entry(zeroed)
 
 
 def test_large_group_quantiles_are_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +185,42 @@ def test_run_without_validation_has_no_sensitivity(spam_files: tuple[Path, Path]
     assert result.sensitivity is None
     assert result.final_dir is not None
     assert not (result.final_dir / "sensitivity.json").exists()
+
+
+class Embedder(nn.Module):
+    """An embedding of 10 tokens of which the batches use only 0 to 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x).mean(1))
+
+
+def test_untouched_embedding_rows_are_zero_not_redundant() -> None:
+    torch.manual_seed(0)
+    model = Embedder()
+    generator = torch.Generator().manual_seed(3)
+    batches = [(torch.randint(0, 4, (5, 3), generator=generator), torch.randn(5, 2))
+               for _ in range(2)]
+    report = sensitivity_report(model, iter(batches), _mse)
+    embed = report["modules"]["embed"]
+    assert embed["count"] == 40 and embed["zero_count"] == 6 * 4  # rows 4..9
+    assert embed["fraction_zero"] == 24 / 40
+    # the fractions are over the 16 touched elements only
+    weight = model.embed.weight.detach()
+    accumulate_gradients(model, iter(batches), _mse)
+    assert model.embed.weight.grad is not None
+    touched = (weight[:4] * model.embed.weight.grad[:4]).abs().reshape(-1)
+    assert bool((touched > 0).all())
+    for t in THRESHOLDS:
+        assert embed["fraction_below"][f"{t:g}"] == float((touched < t).float().mean())
+    assert embed["median"] == pytest.approx(float(touched.median()), rel=0.5)
+    zero = report["zero"]
+    assert zero["count"] == 24 and zero["modules"] == {"embed": 24}
+    assert zero["fraction"] == 24 / report["overall"]["count"]
+    assert "never" in zero["explanation"]
+    _check_entry(embed)
+    _check_entry(report["overall"])

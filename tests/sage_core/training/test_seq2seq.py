@@ -163,7 +163,8 @@ def test_a_tiny_t5_learns_to_translate_numbers_into_french(models: Path,
         spec, train, tmp_path / "out", models_dir=models, device="cpu", validation_file=valid,
         callbacks=Callbacks(on_metrics=rows.append,
                             on_event=lambda level, message, data=None:
-                            samples.append(data) if data else None))
+                            samples.append(data) if data and not {"phase", "plan"} & set(data)
+                                else None))
     elapsed = time.perf_counter() - start
     assert result.status == "completed" and result.final_dir is not None
     bleu = [r["valid_bleu"] for r in rows if "valid_bleu" in r]
