@@ -237,8 +237,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: Any, output: Path) -> None:
+    # images have no tokens: their count would read as nothing trained
+    tokens = f", {result.trained_tokens} tokens trained" if result.trained_tokens else ""
     print(f"status: {result.status} at step {result.step}/{result.total_steps} "
-          f"(epoch {result.epoch:.2f}), {result.trained_tokens} tokens trained")
+          f"(epoch {result.epoch:.2f}){tokens}")
     valid = {k: v for k, v in result.metrics.items() if not k.startswith("baseline_")}
     baseline = {k: v for k, v in result.metrics.items() if k.startswith("baseline_")}
     if valid:
