@@ -119,25 +119,25 @@ def arm_of(run: dict[str, Any]) -> str:
 # SAGE on every tensor. Each grid spans a factor of 10 around the recipe's usual rate.
 SPAM_ARMS = (
     Arm("adamw", (3e-5, 1e-4, 3e-4)),
-    Arm("adamax", (1e-4, 3e-4, 1e-3)),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.85),
     Arm("adamax-sage", (3e-4, 1e-3, 3e-3), 0.85),
+    Arm("adamax", (1e-4, 3e-4, 1e-3)),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.6),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.95),
-    Arm("sage", (1e-4, 3e-4), 0.85, "all"),
+    Arm("sage", (3e-4,), 0.85, "all"),  # at AdamW-SAGE's usual best rate only
 )
 # Trained from scratch, a tiny model takes rates about 10x a fine-tune's.
 DIGITS_ARMS = (
     Arm("adamw", (3e-4, 1e-3, 3e-3)),
-    Arm("adamax", (1e-3, 3e-3, 1e-2)),
     Arm("sage", (1e-3, 3e-3, 1e-2), 0.85),
     Arm("adamax-sage", (3e-3, 1e-2, 3e-2), 0.85),
+    Arm("adamax", (1e-3, 3e-3, 1e-2)),
     Arm("sage", (1e-3, 3e-3, 1e-2), 0.6),
     Arm("sage", (1e-3, 3e-3, 1e-2), 0.95),
 )
 SEQ2SEQ_ARMS = (
     Arm("adamw", (3e-4, 1e-3, 3e-3)),
-    Arm("sage", (1e-3, 3e-3, 1e-2), 0.85),
+    Arm("sage", (3e-4, 1e-3, 3e-3, 1e-2), 0.85),
 )
 
 # (run key, column title, scale to the printed unit)
