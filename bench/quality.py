@@ -115,15 +115,15 @@ def arm_of(run: dict[str, Any]) -> str:
 
 
 # The recipes of the paper's README: AdamW and Adamax, each with SAGE at 2 to 5x its rate
-# (SAGE's mean multiplier is near 0.5), beta3 across its advised 0.6-0.9 and past it, and
-# SAGE on every tensor. Each grid spans a factor of 10 around the recipe's usual rate.
+# (SAGE's mean multiplier is near 0.5), beta3 at both ends of its advised 0.6-0.9 (and past
+# it, on the cheaper digits), and SAGE on every tensor. Each grid spans a factor of 10
+# around the recipe's usual rate.
 SPAM_ARMS = (
     Arm("adamw", (3e-5, 1e-4, 3e-4)),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.85),
     Arm("adamax-sage", (3e-4, 1e-3, 3e-3), 0.85),
     Arm("adamax", (1e-4, 3e-4, 1e-3)),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.6),
-    Arm("sage", (1e-4, 3e-4, 1e-3), 0.95),
     Arm("sage", (3e-4,), 0.85, "all"),  # at AdamW-SAGE's usual best rate only
 )
 # Trained from scratch, a tiny model takes rates about 10x a fine-tune's.
