@@ -169,7 +169,7 @@ CASES = {
         1000, 1000, CLASS_METRICS, "valid_f1_macro", "quality",
         "SAGE's recipe on the SMS Spam Collection (MiniLM)", max_seq_length=128),
     "digits": Case(
-        "tiny-vit", "image-classification", DIGITS_ARMS, 20, 32, 800, 997, IMAGE_METRICS,
+        "tiny-vit", "image-classification", DIGITS_ARMS, 15, 32, 800, 997, IMAGE_METRICS,
         "valid_accuracy", "quality_digits",
         "SAGE's recipe on handwritten digits (a tiny ViT from scratch)"),
     "seq2seq": Case(
