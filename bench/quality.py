@@ -122,7 +122,7 @@ SPAM_ARMS = (
     Arm("adamw", (3e-5, 1e-4, 3e-4)),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.85),
     Arm("adamax-sage", (3e-4, 1e-3, 3e-3), 0.85),
-    Arm("adamax", (1e-4, 3e-4, 1e-3)),
+    Arm("adamax", (1e-4, 3e-4, 1e-3, 3e-3)),
     Arm("sage", (1e-4, 3e-4, 1e-3), 0.6),
     Arm("sage", (3e-4,), 0.85, "all"),  # at AdamW-SAGE's usual best rate only
 )

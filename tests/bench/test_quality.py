@@ -112,7 +112,7 @@ def test_recipe_names_and_older_run_lines(quality: ModuleType) -> None:
     assert (arm.name, arm.lrs, arm.beta3, arm.scope) == (
         "sage/b3=0.6/scope=all", (1e-4, 3e-4), 0.6, "all")
     # without rates, the case's own grid for that recipe
-    assert quality.Arm.parse("adamax", quality.SPAM_ARMS).lrs == (1e-4, 3e-4, 1e-3)
+    assert quality.Arm.parse("adamax", quality.SPAM_ARMS).lrs == (1e-4, 3e-4, 1e-3, 3e-3)
     assert quality.Arm.parse("adamw:1e-3", ()).beta3 is None  # beta3 means nothing to AdamW
     with pytest.raises(SystemExit, match="no default grid for sage/b3=0.7"):
         quality.Arm.parse("sage/b3=0.7", quality.SPAM_ARMS)
