@@ -145,8 +145,8 @@ def new_job(key: ApiKey, body: JobCreate, *, task: TaskName, seed: int,
     file of `train_rows` examples); queued at `now` unless another status is given.
     `columns`: any other column's value."""
     job_id = new_id(JOB)
-    spec = JobSpec(model=body.model, task=task, seed=seed,
-                   hyperparameters=hyperparameters).resolve(
+    spec = JobSpec(model=body.model, task=task, seed=seed, hyperparameters=hyperparameters,
+                   resources=body.resources).resolve(
         train_rows=train_rows, has_validation=body.validation_file is not None)
     return Job(id=job_id, owner_id=key.id, model=body.model, task=task,
                spec=spec.model_dump(mode="json"), seed=seed, suffix=body.suffix,
