@@ -32,8 +32,9 @@ SaveModel = Callable[[Path], None]  # writes the Hugging Face model folder's fil
 
 
 def _flatten(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec's fields with hyperparameters hoisted, for naming what differs."""
-    flat = {k: v for k, v in spec.items() if k != "hyperparameters"}
+    """The spec's fields with hyperparameters hoisted, for naming what differs. Resources
+    are left out: a checkpoint resumes on any number of GPUs (processes)."""
+    flat = {k: v for k, v in spec.items() if k not in ("hyperparameters", "resources")}
     flat.update(spec.get("hyperparameters") or {})
     return flat
 

@@ -1,0 +1,373 @@
+"""One job trained by N ranks: torch.distributed's elastic launcher, a process group (gloo on
+the CPU, nccl on CUDA) and DDP. `run_training` hands a spec with resources.gpus > 1 here.
+
+Choices a caller may rely on:
+- Launch: the calling process (the job's) runs `elastic_launch` (torchrun's standalone mode:
+  a c10d rendezvous on localhost, no restarts) from a thread of its own, which starts
+  `gpus` ranks as its child processes. Each rank is pinned to cuda:LOCAL_RANK (the GPUs in
+  CUDA_VISIBLE_DEVICES, in order) or, on a CPU-only machine or with device "cpu", is one CPU
+  process with cpu_count // gpus threads. A rank dies with the calling process
+  (PR_SET_PDEATHSIG), so a job process that is killed leaves no rank behind.
+- Reporting: the caller's `Callbacks` stay in the calling process, called from the thread
+  that called `run_distributed`, as a single-process run calls them. Rank 0 calls them
+  through a pipe and waits for each answer (so an on_checkpoint folder is still there while
+  it is copied); the other ranks report nothing.
+- Stop: rank 0's `should_stop` answer, and its early-stopping decision, are broadcast after
+  every step, so all ranks stop at the same step; rank 0 saves the resume checkpoint.
+  Cancel, pause and SIGTERM reach the ranks this way, through the caller's `should_stop`.
+- Batches: every rank draws the step's whole batch (the single-process order) and trains
+  on its `rank_share` of it, in micro-batches of at most batch_size //
+  gradient_accumulation_steps, its gradients synchronised at its last micro-batch only. A
+  rank whose share of a short last batch is empty runs one example at weight 0 (every
+  rank's backward takes part in the reduction). Each rank's loss is its examples' summed
+  loss times ranks / the step's examples, and DDP averages gradients over ranks: the step's
+  gradient is the single-process one, so the learning-rate schedule, logging intervals and
+  metrics (the loss and train statistic summed over ranks, one all_reduce a step) do not
+  depend on N. Dropout and augmentation draw from the same seed on every rank.
+- Strategy: DDP ("ddp", and "auto": the model with its optimizer state fits one device,
+  which the memory preflight checks on CUDA). "fsdp" is refused (InvalidSpecError): the
+  sharded path is not built yet.
+- Rank 0 alone evaluates (on the unwrapped module: the others wait at the next step's
+  collectives), samples, writes metrics.jsonl, checkpoints, final/ and the sensitivity
+  report, and judges the final model. At the end the ranks' parameters are compared (a
+  checksum per tensor, all-gathered): a difference raises TrainingError("replicas_diverged").
+- Checkpoints are the single-process ones (the unwrapped module's Hugging Face folder, the
+  optimizer's own state_dict with SAGE's Ibar), so a run paused with N ranks resumes with
+  any number of ranks, 1 included; rank 0 picks the checkpoint and the others load it.
+- Failures: what rank 0 raises (a SageTrainError with its code, an out-of-memory error) is
+  raised in the caller; a rank that dies otherwise raises TrainingError("worker_crashed")
+  naming the rank and its exit, after the launcher has ended the other ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sage_core.errors import InvalidSpecError, TrainingError
+from sage_core.schemas import ResolvedSpec
+from sage_core.training.checkpointer import Checkpointer
+from sage_core.training.device import Placement
+from sage_core.training.interface import Callbacks, TrainResult
+from sage_core.training.loop import Trainer
+from sage_core.training.metric_logger import MetricLogger
+from sage_core.training.sampler import rank_share
+from sage_core.training.tasks import Encoded
+
+LOG = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # how often the caller's thread looks at the launch between calls
+MONITOR_SECONDS = 0.2  # how often the launcher looks at its ranks
+
+
+class CallbackFailed(RuntimeError):
+    """A callback raised in the calling process; it re-raises the original there."""
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """What every rank needs to build its `Trainer`: `run_training`'s arguments."""
+
+    spec: ResolvedSpec
+    train_file: Path
+    output_dir: Path
+    models_dir: Path | None
+    allow_hub_models: bool
+    device: str | None
+    validation_file: Path | None
+    resume: bool
+    max_steps: int | None
+    log_every: int | None
+    job_id: str | None
+    base_model_dir: Path | None
+    parent_pid: int
+
+
+# --------------------------------------------------------------------- the calling process
+def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
+                    models_dir: Path | None, allow_hub_models: bool = False,
+                    device: str | None = None, validation_file: Path | None = None,
+                    callbacks: Callbacks | None = None, resume: bool = True,
+                    max_steps: int | None = None, log_every: int | None = None,
+                    job_id: str | None = None, base_model_dir: Path | None = None
+                    ) -> TrainResult:
+    """`run_training` with `spec.resources.gpus` ranks; the arguments are its own."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    ranks = spec.resources.gpus
+    check_resources(spec, device)
+    callbacks = callbacks or Callbacks()
+    job = RankJob(spec, Path(train_file), Path(output_dir), models_dir, allow_hub_models,
+                  device, validation_file, resume, max_steps, log_every, job_id,
+                  base_model_dir, os.getpid())
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=f"sagetrain-{uuid.uuid4().hex}",
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        monitor_interval=MONITOR_SECONDS, start_method="spawn")
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    outcome: dict[str, Any] = {}
+
+    def launch() -> None:
+        # Not the main thread: the launcher then leaves the process's signal handlers
+        # alone, and SIGTERM still asks the job to checkpoint and stop (via should_stop).
+        try:
+            outcome["results"] = elastic_launch(config, _rank_main)(job, theirs)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    launcher = threading.Thread(target=launch, name=f"ranks-{job_id or 'run'}", daemon=True)
+    launcher.start()
+    failure = _serve(ours, callbacks, launcher)
+    launcher.join()
+    ours.close()
+    theirs.close()
+    if failure is not None:
+        raise failure
+    if "error" in outcome:
+        raise _rank_failure(outcome["error"], ranks)
+    result: TrainResult = outcome["results"][0]
+    return result
+
+
+def check_resources(spec: ResolvedSpec, device: str | None) -> None:
+    """Refuse what N ranks cannot run, before any rank starts."""
+    ranks, hp = spec.resources.gpus, spec.hyperparameters
+    if spec.resources.strategy == "fsdp":
+        raise InvalidSpecError("strategy fsdp is not available yet; use ddp or auto",
+                               param="resources")
+    if hp.batch_size < ranks:
+        raise InvalidSpecError(f"batch_size {hp.batch_size} is smaller than the {ranks} "
+                               "GPUs (processes) asked for: each needs an example a step",
+                               param="resources")
+    if device is not None and device.startswith("cuda:"):
+        raise InvalidSpecError(f"device {device!r} names one GPU but the job asks for "
+                               f"{ranks}; use cuda", param="device")
+    if _wants_cuda(device) and torch.cuda.device_count() < ranks:
+        raise TrainingError(f"the job asks for {ranks} GPUs but {torch.cuda.device_count()} "
+                            "are visible", code="device_unavailable")
+
+
+def _wants_cuda(device: str | None) -> bool:
+    return device == "cuda" or (device is None and torch.cuda.is_available())
+
+
+def _serve(conn: Connection, callbacks: Callbacks, launcher: threading.Thread
+           ) -> BaseException | None:
+    """Answer rank 0's callback calls until the launch ends; return the first failure: a
+    callback's own exception, or what rank 0 raised."""
+    failure: BaseException | None = None
+    while launcher.is_alive():
+        if not conn.poll(POLL_SECONDS):
+            continue
+        name, args = conn.recv()
+        if name == "failed":  # rank 0 is ending with this exception
+            failure = failure or args[0]
+            continue
+        try:
+            conn.send(("ok", getattr(callbacks, name)(*args)))
+        except Exception as exc:
+            failure = failure or exc
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    return failure
+
+
+def _rank_failure(error: BaseException, ranks: int) -> BaseException:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if not isinstance(error, ChildFailedError):
+        return error
+    rank, failure = error.get_first_failure()
+    how = (f"killed by signal {failure.signal_name()}" if failure.exitcode < 0
+           else f"exit code {failure.exitcode}")
+    message = f"rank {rank} of {ranks} exited unexpectedly ({how})"
+    if failure.exitcode == -9:
+        message += "; it may have run out of memory"
+    return TrainingError(message, code="worker_crashed")
+
+
+# --------------------------------------------------------------------- a rank
+class _RemoteCallbacks:
+    """Rank 0's side of the pipe: each call waits for the calling process's answer."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def call(self, name: str, *args: Any) -> Any:
+        self.conn.send((name, args))
+        kind, value = self.conn.recv()
+        if kind == "error":
+            raise CallbackFailed(value)
+        return value
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(
+            on_metrics=lambda row: self.call("on_metrics", row),
+            on_checkpoint=lambda folder, step, metrics: self.call(
+                "on_checkpoint", folder, step, metrics),
+            should_stop=lambda: bool(self.call("should_stop")),
+            on_event=lambda level, message, data: self.call("on_event", level, message, data))
+
+    def failed(self, exc: BaseException) -> None:
+        try:
+            self.conn.send(("failed", (exc,)))
+        except Exception:  # not picklable: its message will do
+            self.conn.send(("failed", (TrainingError(f"{type(exc).__name__}: {exc}"),)))
+
+
+def _rank_main(job: RankJob, conn: Connection) -> TrainResult | None:
+    """A rank's life: join the process group, train, leave. Rank 0 returns the result."""
+    from sage_core.lifeline import die_with_parent
+
+    die_with_parent(job.parent_pid)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    if _wants_cuda(job.device):
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        dist.init_process_group("gloo")
+    remote = _RemoteCallbacks(conn) if rank == 0 else None
+    try:
+        trainer = DistributedTrainer(
+            job.spec, job.train_file, job.output_dir, models_dir=job.models_dir,
+            allow_hub_models=job.allow_hub_models, device=str(device),
+            validation_file=job.validation_file,
+            callbacks=remote.callbacks() if remote else None, resume=job.resume,
+            max_steps=job.max_steps, log_every=job.log_every, job_id=job.job_id,
+            base_model_dir=job.base_model_dir)
+        try:
+            trainer.setup()
+            result = trainer.train()
+        finally:
+            trainer.cleanup()
+    except BaseException as exc:
+        if remote is not None and not isinstance(exc, CallbackFailed):
+            remote.failed(exc)
+        raise
+    finally:
+        dist.destroy_process_group()
+    return result if rank == 0 else None
+
+
+class DistributedTrainer(Trainer):
+    """A `Trainer` that is one rank of a process group (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank, self.ranks = dist.get_rank(), dist.get_world_size()
+        self._share_weight = 1.0  # 0.0: this step's share is empty, a stand-in example runs
+        self._tokens_before = 0
+
+    # --- the pieces the loop swaps
+    def _placement(self) -> Placement:
+        return Placement.resolve(self.requested_device)
+
+    def _checkpointer(self) -> Checkpointer:
+        return RankCheckpointer(self.output_dir, self.spec, self.train_file, rank=self.rank)
+
+    def _metric_logger(self) -> MetricLogger:
+        if self.rank == 0:
+            return super()._metric_logger()
+        return MetricLogger(None, self.callbacks.on_metrics)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP broadcasts rank 0's parameters and buffers here: every replica starts equal.
+        device_ids = [self.placement.device] if self.placement.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def _micro_batches(self, indices: list[int]) -> list[list[Encoded]]:
+        share = rank_share(indices, self.rank, self.ranks)
+        self._share_weight = 1.0 if share else 0.0
+        self._tokens_before = self.progress.trained_tokens
+        return super()._micro_batches(share or indices[:1])
+
+    def _gradient_sync(self, *, last: bool) -> Any:
+        return super()._gradient_sync(last=last) if last else self.train_model.no_sync()  # type: ignore[operator]
+
+    def _loss_step(self, items: list[Encoded], step_examples: int
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        loss, statistic = super()._loss_step(items, step_examples)
+        # DDP averages the ranks' gradients: each rank's loss counts ranks times
+        weight = self.ranks * self._share_weight
+        if statistic is not None and self._share_weight == 0.0:
+            statistic = (statistic[0] * 0.0, statistic[1] * 0.0)
+        return loss * weight, statistic
+
+    def _step_totals(self, total: torch.Tensor,
+                     statistic: tuple[torch.Tensor, torch.Tensor] | None
+                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        tokens = (self.progress.trained_tokens - self._tokens_before) * self._share_weight
+        zero = torch.zeros((), device=total.device)
+        parts = torch.stack([total / self.ranks, *(statistic or (zero, zero)),
+                             torch.tensor(float(tokens), device=total.device)])
+        dist.all_reduce(parts)
+        self.progress.trained_tokens = self._tokens_before + int(parts[3].item())
+        return parts[0], (parts[1], parts[2]) if statistic is not None else None
+
+    def _agree(self, decision: bool) -> bool:
+        flag = torch.tensor([1.0 if decision else 0.0], device=self.placement.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    # --- what rank 0 alone does
+    def _event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if self.rank == 0:
+            super()._event(level, message, data)
+
+    def _evaluate_and_log(self) -> bool:
+        return super()._evaluate_and_log() if self.rank == 0 else False
+
+    def _save_checkpoint(self, *, evaluated: bool) -> Path:
+        if self.rank == 0:
+            return super()._save_checkpoint(evaluated=evaluated)
+        return self.output_dir
+
+    def _finish(self, status: str) -> TrainResult:
+        self._check_replicas()
+        if self.rank == 0:
+            return super()._finish(status)
+        return TrainResult(status=status, step=self.progress.step,
+                           total_steps=self.plan.total_steps,
+                           epoch=self.plan.epoch(self.progress.step), final_dir=None)
+
+    def _check_replicas(self) -> None:
+        """Every rank's parameters equal rank 0's, bit for bit (a float64 checksum each)."""
+        with torch.no_grad():
+            sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
+        gathered = [torch.empty_like(sums) for _ in range(self.ranks)]
+        dist.all_gather(gathered, sums)
+        differ = [r for r, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+        if differ:
+            raise TrainingError(f"the parameters of ranks {differ} differ from rank 0's",
+                                code="replicas_diverged")
+
+
+class RankCheckpointer(Checkpointer):
+    """The single-process checkpointer, but only rank 0 touches the output folder: it picks
+    the checkpoint to resume from (clearing what a fresh start leaves) and the others are
+    told which one."""
+
+    def __init__(self, *args: Any, rank: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank = rank
+
+    def prepare(self, *, resume: bool) -> Path | None:
+        chosen: list[Path | None] = [super().prepare(resume=resume) if self.rank == 0 else None]
+        dist.broadcast_object_list(chosen, src=0)
+        return chosen[0]
+

@@ -1,0 +1,129 @@
+"""Training one job with 2 ranks (gloo, CPU) against 1: the same losses and final parameters,
+for SAGE and AdamW; a run paused with 2 ranks resumes with 1 and continues its curve."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_data import make_spec, spam_rows, write_jsonl
+
+from sage_core.errors import InvalidSpecError
+from sage_core.schemas import ResolvedSpec, Resources
+from sage_core.training import Callbacks, TrainResult, run_training
+from sage_core.training.checkpoints import list_checkpoints
+from sage_core.training.sampler import rank_share
+
+# 33 examples in batches of 8: the last batch holds one, so rank 1's share of it is empty.
+# Micro-batches of 2 (gradient_accumulation_steps 4): each rank accumulates two of them.
+EXAMPLES = 33
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.checkpoints: list[int] = []
+        self.events: list[str] = []
+        self._calls = itertools.count(1)
+        self.stop_after = stop_after
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(
+            on_metrics=self.rows.append,
+            on_checkpoint=lambda folder, step, m: self.checkpoints.append(step),
+            should_stop=lambda: self.stop_after is not None
+            and next(self._calls) >= self.stop_after,
+            on_event=lambda level, message, data: self.events.append(message))
+
+    def losses(self) -> dict[int, float]:
+        return {r["step"]: r["train_loss"] for r in self.rows if "train_loss" in r}
+
+
+def with_gpus(spec: ResolvedSpec, gpus: int) -> ResolvedSpec:
+    return spec.model_copy(update={"resources": Resources(gpus=gpus)})
+
+
+def spec_for(optimizer: str, gpus: int) -> ResolvedSpec:
+    return with_gpus(make_spec("tiny-bert-nodrop", optimizer=optimizer, n_epochs=2,
+                               batch_size=8, gradient_accumulation_steps=4), gpus)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, Path]:
+    return (write_jsonl(tmp_path / "train.jsonl", spam_rows(EXAMPLES, seed=1)),
+            write_jsonl(tmp_path / "valid.jsonl", spam_rows(8, seed=2)))
+
+
+def train(spec: ResolvedSpec, files: tuple[Path, Path], out: Path, models: Path,
+          recorder: Recorder | None = None) -> tuple[TrainResult, Recorder]:
+    recorder = recorder or Recorder()
+    result = run_training(spec, files[0], out, validation_file=files[1], models_dir=models,
+                          device="cpu", callbacks=recorder.callbacks())
+    return result, recorder
+
+
+def assert_same_parameters(a: Path, b: Path) -> None:
+    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert left.keys() == right.keys()
+    for name in left:
+        torch.testing.assert_close(left[name], right[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_rank_share_splits_a_batch_evenly() -> None:
+    batch = list(range(7))
+    shares = [rank_share(batch, r, 3) for r in range(3)]
+    assert shares == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [rank_share([9], r, 2) for r in range(2)] == [[9], []]
+
+
+@pytest.mark.parametrize("optimizer", ["sage", "adamw"])
+def test_two_ranks_match_one(optimizer: str, data: tuple[Path, Path], tmp_path: Path,
+                             train_models_dir: Path) -> None:
+    one, rec1 = train(spec_for(optimizer, 1), data, tmp_path / "one", train_models_dir)
+    two, rec2 = train(spec_for(optimizer, 2), data, tmp_path / "two", train_models_dir)
+    assert two.status == one.status == "completed"
+    assert two.step == one.step == 10  # ceil(33 / 8) * 2
+    assert two.trained_tokens == one.trained_tokens
+    steps = sorted(rec1.losses())
+    assert sorted(rec2.losses()) == steps
+    torch.testing.assert_close(torch.tensor([rec2.losses()[s] for s in steps]),
+                               torch.tensor([rec1.losses()[s] for s in steps]),
+                               rtol=1e-4, atol=1e-6)
+    evals1 = [r["valid_loss"] for r in rec1.rows if "valid_loss" in r]
+    evals2 = [r["valid_loss"] for r in rec2.rows if "valid_loss" in r]
+    assert len(evals2) == len(evals1) == 2
+    torch.testing.assert_close(torch.tensor(evals2), torch.tensor(evals1), rtol=1e-4, atol=1e-6)
+    assert two.final_dir is not None and one.final_dir is not None
+    assert_same_parameters(two.final_dir, one.final_dir)
+    assert two.sensitivity is not None  # rank 0 measured the final model
+    assert rec2.checkpoints == rec1.checkpoints
+
+
+def test_paused_with_two_ranks_resumes_with_one(data: tuple[Path, Path], tmp_path: Path,
+                                                train_models_dir: Path) -> None:
+    whole, rec_whole = train(spec_for("sage", 1), data, tmp_path / "whole", train_models_dir)
+    out = tmp_path / "paused"
+    paused, rec_paused = train(spec_for("sage", 2), data, out, train_models_dir,
+                               Recorder(stop_after=3))
+    assert paused.status == "stopped" and paused.step == 3
+    assert [step for step, _ in list_checkpoints(out)] == [3]
+    resumed, rec_resumed = train(spec_for("sage", 1), data, out, train_models_dir)
+    assert resumed.status == "completed" and resumed.step == whole.step
+    curve = {**rec_paused.losses(), **rec_resumed.losses()}
+    assert sorted(curve) == sorted(rec_whole.losses())
+    torch.testing.assert_close(torch.tensor([curve[s] for s in sorted(curve)]),
+                               torch.tensor([rec_whole.losses()[s] for s in sorted(curve)]),
+                               rtol=1e-4, atol=1e-6)
+    assert resumed.final_dir is not None and whole.final_dir is not None
+    assert_same_parameters(resumed.final_dir, whole.final_dir)
+
+
+def test_refuses_more_ranks_than_examples_a_step(data: tuple[Path, Path], tmp_path: Path,
+                                                 train_models_dir: Path) -> None:
+    spec = with_gpus(make_spec("tiny-bert-nodrop", batch_size=2), 4)
+    with pytest.raises(InvalidSpecError, match="batch_size 2"):
+        train(spec, data, tmp_path / "out", train_models_dir)
