@@ -34,9 +34,11 @@ Choices a caller may rely on:
 - Checkpoints are the single-process ones (the unwrapped module's Hugging Face folder, the
   optimizer's own state_dict with SAGE's Ibar), so a run paused with N ranks resumes with
   any number of ranks, 1 included; rank 0 picks the checkpoint and the others load it.
-- Failures: what rank 0 raises (a SageTrainError with its code, an out-of-memory error) is
-  raised in the caller; a rank that dies otherwise raises TrainingError("worker_crashed")
-  naming the rank and its exit, after the launcher has ended the other ranks.
+- Failures: the launcher ends every rank when one fails. What rank 0 raises (a
+  SageTrainError with its code, an out-of-memory error) is raised in the caller, as is a
+  callback's own exception; a rank killed by a signal, or another rank's error, raises
+  TrainingError("worker_crashed") naming the rank and how it ended, as a job process's
+  death fails its job.
 """
 
 from __future__ import annotations
@@ -127,14 +129,14 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
 
     launcher = threading.Thread(target=launch, name=f"ranks-{job_id or 'run'}", daemon=True)
     launcher.start()
-    failure = _serve(ours, callbacks, launcher)
+    served = _serve(ours, callbacks, launcher)
     launcher.join()
     ours.close()
     theirs.close()
-    if failure is not None:
-        raise failure
+    if served.callback_error is not None:  # the caller's own (a database outage...)
+        raise served.callback_error
     if "error" in outcome:
-        raise _rank_failure(outcome["error"], ranks)
+        raise _launch_failure(outcome["error"], served.rank0_error, ranks)
     result: TrainResult = outcome["results"][0]
     return result
 
@@ -161,37 +163,54 @@ def _wants_cuda(device: str | None) -> bool:
     return device == "cuda" or (device is None and torch.cuda.is_available())
 
 
-def _serve(conn: Connection, callbacks: Callbacks, launcher: threading.Thread
-           ) -> BaseException | None:
-    """Answer rank 0's callback calls until the launch ends; return the first failure: a
-    callback's own exception, or what rank 0 raised."""
-    failure: BaseException | None = None
+@dataclass
+class _Served:
+    callback_error: BaseException | None = None  # the first callback that raised
+    rank0_error: BaseException | None = None  # what rank 0 ended with
+
+
+def _serve(conn: Connection, callbacks: Callbacks, launcher: threading.Thread) -> _Served:
+    """Answer rank 0's callback calls until the launch ends."""
+    served = _Served()
     while launcher.is_alive():
         if not conn.poll(POLL_SECONDS):
             continue
         name, args = conn.recv()
         if name == "failed":  # rank 0 is ending with this exception
-            failure = failure or args[0]
+            served.rank0_error = args[0]
             continue
         try:
             conn.send(("ok", getattr(callbacks, name)(*args)))
         except Exception as exc:
-            failure = failure or exc
+            served.callback_error = served.callback_error or exc
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    return failure
+    return served
 
 
-def _rank_failure(error: BaseException, ranks: int) -> BaseException:
+def _launch_failure(error: BaseException, rank0_error: BaseException | None,
+                    ranks: int) -> BaseException:
+    """What to raise for a failed launch: a rank killed by a signal first (the others then
+    fail at their next collective), then rank 0's own error, then the first rank that
+    exited with an error (its message, from the launcher's error file)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     if not isinstance(error, ChildFailedError):
         return error
-    rank, failure = error.get_first_failure()
-    how = (f"killed by signal {failure.signal_name()}" if failure.exitcode < 0
-           else f"exit code {failure.exitcode}")
-    message = f"rank {rank} of {ranks} exited unexpectedly ({how})"
-    if failure.exitcode == -9:
-        message += "; it may have run out of memory"
+    failures = sorted(error.failures.items())
+    killed = [(rank, f) for rank, f in failures if f.exitcode < 0]
+    if not killed and rank0_error is not None:
+        return rank0_error
+    rank, failure = (killed or failures)[0]
+    if failure.exitcode < 0:
+        message = f"rank {rank} of {ranks} was killed by signal {failure.signal_name()}"
+        if failure.signal_name() == "SIGKILL":
+            message += "; it may have run out of memory"
+    else:
+        message = f"rank {rank} of {ranks} failed (exit code {failure.exitcode})"
+        found: Any = failure.message  # the error file's {message, extraInfo}, or a line
+        found = found.get("message") if isinstance(found, dict) else found
+        if isinstance(found, str) and found.strip() and "error_file" not in found:
+            message += f": {found.strip().splitlines()[-1]}"
     return TrainingError(message, code="worker_crashed")
 
 
