@@ -4,9 +4,13 @@ for SAGE and AdamW; a run paused with 2 ranks resumes with 1 and continues its c
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -127,3 +131,42 @@ def test_refuses_more_ranks_than_examples_a_step(data: tuple[Path, Path], tmp_pa
     spec = with_gpus(make_spec("tiny-bert-nodrop", batch_size=2), 4)
     with pytest.raises(InvalidSpecError, match="batch_size 2"):
         train(spec, data, tmp_path / "out", train_models_dir)
+
+
+JOB_PROCESS = '''
+import sys
+from pathlib import Path
+
+from sage_core.schemas import JobSpec
+from sage_core.training import Callbacks, run_training
+
+if __name__ == "__main__":
+    models, train, out, started = map(Path, sys.argv[1:5])
+    spec = JobSpec(model="tiny-bert-nodrop", hyperparameters={"n_epochs": 50, "batch_size": 8},
+                   resources={"gpus": 2}).resolve()
+    run_training(spec, train, out, models_dir=models, device="cpu", callbacks=Callbacks(
+        on_metrics=lambda row: started.write_text("yes")))
+'''
+
+
+def test_ranks_die_with_the_job_process(data: tuple[Path, Path], tmp_path: Path,
+                                        train_models_dir: Path) -> None:
+    script, started = tmp_path / "job.py", tmp_path / "started"
+    script.write_text(JOB_PROCESS)
+    job = subprocess.Popen([sys.executable, str(script), str(train_models_dir), str(data[0]),
+                            str(tmp_path / "out"), str(started)])
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.2)
+        assert started.exists(), "the run did not start"
+        ranks = [p for p in psutil.Process(job.pid).children()
+                 if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        job.kill()  # the job's process alone, not its group: the kernel ends the ranks
+        job.wait()
+        gone, alive = psutil.wait_procs(ranks, timeout=10)
+        assert alive == []
+    finally:
+        if job.poll() is None:
+            job.kill()
