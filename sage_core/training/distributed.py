@@ -24,16 +24,21 @@ Choices a caller may rely on:
   gradient is the single-process one, so the learning-rate schedule, logging intervals and
   metrics (the loss and train statistic summed over ranks, one all_reduce a step) do not
   depend on N. Dropout and augmentation draw from the same seed on every rank.
-- Strategy: DDP ("ddp", and "auto": the model with its optimizer state fits one device,
-  which the memory preflight checks on CUDA). "fsdp" is refused (InvalidSpecError): the
-  sharded path is not built yet.
-- Rank 0 alone evaluates (on the unwrapped module: the others wait at the next step's
+- Strategy: "ddp" replicates the model; "fsdp" shards parameters, gradients and optimizer
+  state with FSDP2 (`fully_shard` on each repeated block, then the whole model; SAGE is
+  elementwise, so each rank stepping its shard is exact; its compiled kernels are off, as
+  they take no DTensor; not with lora). "auto": DDP, unless on CUDA the memory preflight
+  (memory.py) finds that the model with its optimizer state does not fit rank 0's GPU.
+- DDP: rank 0 alone evaluates (on the unwrapped module: the others wait at the next step's
   collectives), samples, writes metrics.jsonl, checkpoints, final/ and the sensitivity
   report, and judges the final model. At the end the ranks' parameters are compared (a
   checksum per tensor, all-gathered): a difference raises TrainingError("replicas_diverged").
-- Checkpoints are the single-process ones (the unwrapped module's Hugging Face folder, the
-  optimizer's own state_dict with SAGE's Ibar), so a run paused with N ranks resumes with
-  any number of ranks, 1 included; rank 0 picks the checkpoint and the others load it.
+  FSDP: every rank evaluates (a sharded forward needs them all), rank 0's result counts;
+  the sensitivity report is skipped with a warning.
+- Checkpoints are the single-process ones (the Hugging Face folder, the optimizer's own
+  state_dict with SAGE's Ibar; under FSDP both gathered whole onto rank 0's CPU first), so
+  a run paused with N ranks resumes with any number of ranks and either strategy, 1 rank
+  included; rank 0 picks the checkpoint and the others load it.
 - Failures: the launcher ends every rank when one fails. What rank 0 raises (a
   SageTrainError with its code, an out-of-memory error) is raised in the caller, as is a
   callback's own exception; a rank killed by a signal, or another rank's error, raises
@@ -51,12 +56,14 @@ import uuid
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.optim import Optimizer
 
-from sage_core.errors import InvalidSpecError, TrainingError
+from sage_core.errors import InvalidSpecError, SageTrainError, TrainingError
 from sage_core.schemas import ResolvedSpec
 from sage_core.training.checkpointer import Checkpointer
 from sage_core.training.device import Placement
@@ -144,8 +151,8 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
 def check_resources(spec: ResolvedSpec, device: str | None) -> None:
     """Refuse what N ranks cannot run, before any rank starts."""
     ranks, hp = spec.resources.gpus, spec.hyperparameters
-    if spec.resources.strategy == "fsdp":
-        raise InvalidSpecError("strategy fsdp is not available yet; use ddp or auto",
+    if spec.resources.strategy == "fsdp" and hp.lora is not None:
+        raise InvalidSpecError("lora trains too few weights to shard; use strategy ddp",
                                param="resources")
     if hp.batch_size < ranks:
         raise InvalidSpecError(f"batch_size {hp.batch_size} is smaller than the {ranks} "
@@ -189,29 +196,47 @@ def _serve(conn: Connection, callbacks: Callbacks, launcher: threading.Thread) -
 
 def _launch_failure(error: BaseException, rank0_error: BaseException | None,
                     ranks: int) -> BaseException:
-    """What to raise for a failed launch: a rank killed by a signal first (the others then
-    fail at their next collective), then rank 0's own error, then the first rank that
-    exited with an error (its message, from the launcher's error file)."""
+    """What to raise for a failed launch, the cause rather than its echoes (the other ranks
+    fail at their next collective, "connection closed"): a rank killed by a signal, then rank
+    0's own SageTrainError, then the first rank whose error is not such an echo (rank 0's
+    as it raised it, another's message from the launcher's error file)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     if not isinstance(error, ChildFailedError):
         return error
     failures = sorted(error.failures.items())
     killed = [(rank, f) for rank, f in failures if f.exitcode < 0]
-    if not killed and rank0_error is not None:
+    if not killed and isinstance(rank0_error, SageTrainError):
         return rank0_error
-    rank, failure = (killed or failures)[0]
+    causes = [(rank, f) for rank, f in failures if not _echo(_failure_message(f))]
+    if not killed and rank0_error is not None and not _echo(str(rank0_error)) and (
+            not causes or causes[0][0] == 0):
+        return rank0_error
+    rank, failure = (killed or causes or failures)[0]
     if failure.exitcode < 0:
         message = f"rank {rank} of {ranks} was killed by signal {failure.signal_name()}"
         if failure.signal_name() == "SIGKILL":
             message += "; it may have run out of memory"
     else:
         message = f"rank {rank} of {ranks} failed (exit code {failure.exitcode})"
-        found: Any = failure.message  # the error file's {message, extraInfo}, or a line
-        found = found.get("message") if isinstance(found, dict) else found
-        if isinstance(found, str) and found.strip() and "error_file" not in found:
-            message += f": {found.strip().splitlines()[-1]}"
+        found = _failure_message(failure)
+        if found:
+            message += f": {found}"
     return TrainingError(message, code="worker_crashed")
+
+
+def _failure_message(failure: Any) -> str:
+    """A failed rank's error, from the launcher's error file ({message, extraInfo})."""
+    found: Any = failure.message
+    found = found.get("message") if isinstance(found, dict) else found
+    if not isinstance(found, str) or not found.strip() or "error_file" in found:
+        return ""
+    return found.strip().splitlines()[-1]
+
+
+def _echo(message: str) -> bool:
+    """A collective that failed because another rank is gone."""
+    return "Connection closed by peer" in message or "remote worker crash" in message
 
 
 # --------------------------------------------------------------------- a rank
@@ -289,6 +314,8 @@ class DistributedTrainer(Trainer):
         self.rank, self.ranks = dist.get_rank(), dist.get_world_size()
         self._share_weight = 1.0  # 0.0: this step's share is empty, a stand-in example runs
         self._tokens_before = 0
+        self.sharded = False  # FSDP2: each rank holds a shard of the model
+        self._full_model: dict[str, torch.Tensor] | None = None  # rank 0's, while saving
 
     # --- the pieces the loop swaps
     def _placement(self) -> Placement:
@@ -305,9 +332,34 @@ class DistributedTrainer(Trainer):
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
+        if self._strategy(model) == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            # every rank built the same model from the same seed: the shards fit together
+            for block in _blocks(model):
+                fully_shard(block)
+            fully_shard(model)
+            self.sharded = True
+            self.optimizer_compiled = False  # SAGE's compiled kernels take no DTensor
+            assert isinstance(self.checkpointer, RankCheckpointer)
+            self.checkpointer.sharded_model = model
+            return model
         # DDP broadcasts rank 0's parameters and buffers here: every replica starts equal.
         device_ids = [self.placement.device] if self.placement.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+
+    def _strategy(self, model: torch.nn.Module) -> str:
+        """The resources' strategy; "auto" is DDP unless the memory preflight finds that the
+        model and its optimizer state do not fit one GPU (rank 0's finding, for all)."""
+        requested = self.spec.resources.strategy
+        if requested != "auto":
+            return requested
+        choice = ["ddp"]
+        if self.rank == 0 and self.placement.device.type == "cuda":
+            choice = ["ddp" if _fits_one_device(model, self.spec, self.placement.device)
+                      else "fsdp"]
+        dist.broadcast_object_list(choice, src=0)
+        return str(choice[0])
 
     def _micro_batches(self, indices: list[int]) -> list[list[Encoded]]:
         share = rank_share(indices, self.rank, self.ranks)
@@ -316,6 +368,9 @@ class DistributedTrainer(Trainer):
         return super()._micro_batches(share or indices[:1])
 
     def _gradient_sync(self, *, last: bool) -> Any:
+        if self.sharded:  # FSDP2 reduce-scatters at the last micro-batch's backward only
+            self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            return super()._gradient_sync(last=last)
         return super()._gradient_sync(last=last) if last else self.train_model.no_sync()  # type: ignore[operator]
 
     def _loss_step(self, items: list[Encoded], step_examples: int
@@ -338,6 +393,11 @@ class DistributedTrainer(Trainer):
         self.progress.trained_tokens = self._tokens_before + int(parts[3].item())
         return parts[0], (parts[1], parts[2]) if statistic is not None else None
 
+    def _clip_gradients(self) -> torch.Tensor:
+        norm = super()._clip_gradients()
+        # FSDP's norm is a replicated DTensor: every rank holds the whole value
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
     def _agree(self, decision: bool) -> bool:
         flag = torch.tensor([1.0 if decision else 0.0], device=self.placement.device)
         dist.broadcast(flag, src=0)
@@ -349,20 +409,64 @@ class DistributedTrainer(Trainer):
             super()._event(level, message, data)
 
     def _evaluate_and_log(self) -> bool:
-        return super()._evaluate_and_log() if self.rank == 0 else False
+        # a sharded forward needs every rank: all evaluate, rank 0's decision counts
+        return super()._evaluate_and_log() if self.rank == 0 or self.sharded else False
 
     def _save_checkpoint(self, *, evaluated: bool) -> Path:
-        if self.rank == 0:
-            return super()._save_checkpoint(evaluated=evaluated)
-        return self.output_dir
+        if self.sharded:
+            self._gather(optimizer=True)
+        try:
+            if self.rank == 0:
+                return super()._save_checkpoint(evaluated=evaluated)
+            return self.output_dir
+        finally:
+            self._release()
+
+    def _save_model(self, folder: Path) -> None:
+        self.task.save_model(self.model, folder, state_dict=self._full_model)
+
+    def _gather(self, *, optimizer: bool) -> None:
+        """Every rank: the full model (and optimizer) state of a sharded run, assembled on
+        rank 0's CPU in the single-process layout."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        self._full_model = cast(dict[str, torch.Tensor],
+                                get_model_state_dict(self.model, options=options))
+        if optimizer:
+            assert isinstance(self.checkpointer, RankCheckpointer)
+            gathered = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+            # only rank 0 receives it
+            self.checkpointer.gathered_optimizer = _numbered(gathered) if gathered else None
+
+    def _release(self) -> None:
+        self._full_model = None
+        if isinstance(self.checkpointer, RankCheckpointer):
+            self.checkpointer.gathered_optimizer = None
 
     def _finish(self, status: str) -> TrainResult:
-        self._check_replicas()
-        if self.rank == 0:
-            return super()._finish(status)
+        if self.sharded and status != "stopped":
+            self._gather(optimizer=False)  # for final/
+        elif not self.sharded:
+            self._check_replicas()
+        try:
+            if self.rank == 0:
+                return super()._finish(status)
+        finally:
+            self._release()
         return TrainResult(status=status, step=self.progress.step,
                            total_steps=self.plan.total_steps,
                            epoch=self.plan.epoch(self.progress.step), final_dir=None)
+
+    def _sensitivity(self, final_dir: Path) -> dict[str, Any] | None:
+        if not self.sharded:
+            return super()._sensitivity(final_dir)
+        self._event("warning", "sensitivity report skipped: not measured under fsdp")
+        return None
 
     def _check_replicas(self) -> None:
         """Every rank's parameters equal rank 0's, bit for bit (a float64 checksum each)."""
@@ -384,9 +488,72 @@ class RankCheckpointer(Checkpointer):
     def __init__(self, *args: Any, rank: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rank = rank
+        # FSDP: the sharded model, and the optimizer state gathered for the next save
+        self.sharded_model: torch.nn.Module | None = None
+        self.gathered_optimizer: dict[str, Any] | None = None
 
     def prepare(self, *, resume: bool) -> Path | None:
         chosen: list[Path | None] = [super().prepare(resume=resume) if self.rank == 0 else None]
         dist.broadcast_object_list(chosen, src=0)
         return chosen[0]
+
+    def _optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        if self.sharded_model is None:
+            return super()._optimizer_state(optimizer)
+        assert self.gathered_optimizer is not None, "gathered by every rank first"
+        return self.gathered_optimizer
+
+    def _load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        if self.sharded_model is None:
+            return super()._load_optimizer_state(optimizer, state)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        # every rank reads the whole state and keeps its shard
+        set_optimizer_state_dict(
+            self.sharded_model, optimizer, _named(state, optimizer, self.sharded_model),
+            options=StateDictOptions(full_state_dict=True))
+        return None
+
+
+def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks (each child of an nn.ModuleList), innermost last: FSDP's units."""
+    return [child for module in model.modules() if isinstance(module, torch.nn.ModuleList)
+            for child in module.children()]
+
+
+def _fits_one_device(model: torch.nn.Module, spec: ResolvedSpec, device: torch.device) -> bool:
+    from sage_core.training.memory import check_memory_fits
+
+    try:
+        check_memory_fits(model, spec.hyperparameters, device)
+    except TrainingError:
+        return False
+    except AttributeError:  # a config the estimate cannot read (no layers, no vocabulary)
+        return True
+    return True
+
+
+def _numbered(state: dict[str, Any]) -> dict[str, Any]:
+    """A full optimizer state keyed by parameter names (torch.distributed.checkpoint's) in
+    `Optimizer.state_dict()`'s layout: parameters numbered in their groups' order."""
+    ids: dict[str, int] = {}
+    groups = []
+    for group in state["param_groups"]:
+        numbers = [ids.setdefault(name, len(ids)) for name in group["params"]]
+        groups.append({**group, "params": numbers})
+    return {"state": {ids[name]: value for name, value in state["state"].items()},
+            "param_groups": groups}
+
+
+def _named(state: dict[str, Any], optimizer: Optimizer, model: torch.nn.Module
+           ) -> dict[str, Any]:
+    """`_numbered`'s inverse, the names from `optimizer`'s parameters in `model`."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {"state": {order[int(i)]: value for i, value in state["state"].items()},
+            "param_groups": [{**group, "params": [order[int(i)] for i in group["params"]]}
+                             for group in state["param_groups"]]}
 

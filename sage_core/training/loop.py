@@ -71,7 +71,7 @@ subclass (tasks.py). A distributed run (distributed.py) overrides `_placement`, 
 and `_checkpointer` to swap those three pieces, and the seams a single process leaves as
 they are: `_wrap` (the module the forward runs through), `_micro_batches` (this process's
 share of a step), `_gradient_sync`, `_step_totals` (the step's loss summed over processes),
-`_agree` (one process's stop decision for all) and `_metric_logger`.
+`_clip_gradients`, `_agree` (one process's stop decision for all) and `_metric_logger`.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ class Trainer:
         self.progress = Progress()
         self.logger: MetricLogger | None = None
         self._eval_seconds: float | None = None  # the last evaluation's wall time
+        self.optimizer_compiled: bool | None = None  # SAGE's `compiled` (None: automatic)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -289,7 +290,7 @@ class Trainer:
         warning = sage_scope_warning(self.model, self.hp)
         if warning is not None:
             self._event("warning", warning)
-        self.optimizer = build_optimizer(self.model, self.hp)
+        self.optimizer = build_optimizer(self.model, self.hp, compiled=self.optimizer_compiled)
         self.scheduler = build_scheduler(self.optimizer, self.plan)
 
     # ---------------------------------------------------------------- train
@@ -329,8 +330,7 @@ class Trainer:
         total, statistic = self._step_totals(total, statistic)
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.hp.max_grad_norm or math.inf, foreach=True)
+        grad_norm = self._clip_gradients()
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
@@ -355,6 +355,11 @@ class Trainer:
                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The step's mean loss and train statistic over all its examples."""
         return total, statistic
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the gradients to max_grad_norm; return their norm before."""
+        return torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.hp.max_grad_norm or math.inf, foreach=True)
 
     def _agree(self, decision: bool) -> bool:
         """The run's decision (stop, early stop), given this process's."""

@@ -199,7 +199,8 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
                 self.hp.gradient_checkpointing, model, device):
             memory.enable_gradient_checkpointing(model)
 
-    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+    def save_model(self, model: torch.nn.Module, folder: Path, *,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
         config = cast(Any, model).generation_config
         config.decoder_start_token_id = self.decoder_start_id
         config.eos_token_id = self.eos_id
@@ -207,7 +208,7 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
         config.num_beams = self._num_beams
         if self.hp is not None:
             config.max_length = self.hp.max_seq_length
-        super().save_model(model, folder)
+        super().save_model(model, folder, state_dict=state_dict)
 
     # ------------------------------------------------------------ loss and metrics
     # ------------------------------------------------------------ generation

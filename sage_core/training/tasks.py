@@ -135,9 +135,12 @@ class Task(ABC):
     @abstractmethod
     def save_processor(self, folder: Path) -> None: ...
 
-    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+    def save_model(self, model: torch.nn.Module, folder: Path, *,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The model's Hugging Face folder; `state_dict`: its weights, when the module holds
+        only a shard of them (FSDP)."""
         with quiet_transformers():
-            model.save_pretrained(folder)  # type: ignore[operator]
+            model.save_pretrained(folder, state_dict=state_dict)  # type: ignore[operator]
         self.save_processor(folder)
 
     @abstractmethod

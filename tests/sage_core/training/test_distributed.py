@@ -170,3 +170,31 @@ def test_ranks_die_with_the_job_process(data: tuple[Path, Path], tmp_path: Path,
     finally:
         if job.poll() is None:
             job.kill()
+
+
+def test_fsdp_matches_ddp_and_resumes_on_one_rank(data: tuple[Path, Path], tmp_path: Path,
+                                                  train_models_dir: Path) -> None:
+    """FSDP2 on the CPU (gloo): the same losses and final model as 1 rank; paused, it
+    resumes with 1 rank from its consolidated checkpoint."""
+    whole, rec_whole = train(spec_for("sage", 1), data, tmp_path / "whole", train_models_dir)
+    fsdp = spec_for("sage", 2).model_copy(
+        update={"resources": Resources(gpus=2, strategy="fsdp")})
+    sharded, rec_sharded = train(fsdp, data, tmp_path / "fsdp", train_models_dir)
+    assert sharded.status == "completed" and sharded.step == whole.step
+    steps = sorted(rec_whole.losses())
+    torch.testing.assert_close(torch.tensor([rec_sharded.losses()[s] for s in steps]),
+                               torch.tensor([rec_whole.losses()[s] for s in steps]),
+                               rtol=1e-4, atol=1e-6)
+    assert sharded.final_dir is not None and whole.final_dir is not None
+    assert_same_parameters(sharded.final_dir, whole.final_dir)
+    assert "sensitivity report skipped: not measured under fsdp" in rec_sharded.events
+    out = tmp_path / "paused"
+    paused, rec_paused = train(fsdp, data, out, train_models_dir, Recorder(stop_after=3))
+    assert paused.status == "stopped" and paused.step == 3
+    resumed, rec_resumed = train(spec_for("sage", 1), data, out, train_models_dir)
+    curve = {**rec_paused.losses(), **rec_resumed.losses()}
+    torch.testing.assert_close(torch.tensor([curve[s] for s in steps]),
+                               torch.tensor([rec_whole.losses()[s] for s in steps]),
+                               rtol=1e-4, atol=1e-6)
+    assert resumed.final_dir is not None
+    assert_same_parameters(resumed.final_dir, whole.final_dir)
