@@ -198,3 +198,24 @@ def test_fsdp_matches_ddp_and_resumes_on_one_rank(data: tuple[Path, Path], tmp_p
                                rtol=1e-4, atol=1e-6)
     assert resumed.final_dir is not None
     assert_same_parameters(resumed.final_dir, whole.final_dir)
+
+
+def test_paused_with_one_rank_resumes_sharded(data: tuple[Path, Path], tmp_path: Path,
+                                              train_models_dir: Path) -> None:
+    """A single-process checkpoint (optimizer state numbered, not named) loads into FSDP's
+    shards and the curve goes on."""
+    whole, rec_whole = train(spec_for("adamw", 1), data, tmp_path / "whole", train_models_dir)
+    out = tmp_path / "paused"
+    _, rec_paused = train(spec_for("adamw", 1), data, out, train_models_dir,
+                          Recorder(stop_after=4))
+    fsdp = spec_for("adamw", 2).model_copy(
+        update={"resources": Resources(gpus=2, strategy="fsdp")})
+    resumed, rec_resumed = train(fsdp, data, out, train_models_dir)
+    assert resumed.status == "completed" and resumed.step == whole.step
+    curve = {**rec_paused.losses(), **rec_resumed.losses()}
+    steps = sorted(rec_whole.losses())
+    torch.testing.assert_close(torch.tensor([curve[s] for s in steps]),
+                               torch.tensor([rec_whole.losses()[s] for s in steps]),
+                               rtol=1e-4, atol=1e-6)
+    assert resumed.final_dir is not None and whole.final_dir is not None
+    assert_same_parameters(resumed.final_dir, whole.final_dir)
