@@ -190,14 +190,15 @@ class CausalLMTask(PerTokenLabels, TokenizedTask):
         else:
             super().save_model(model, folder, state_dict=state_dict)
 
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+    def prepare_model(self, model: torch.nn.Module, device: torch.device, *,
+                      shards: int = 1) -> None:
         from sage_core.training import memory
 
         if self.hp is None:
             return
         if memory.gradient_checkpointing_wanted(self.hp.gradient_checkpointing, model, device):
             memory.enable_gradient_checkpointing(model)
-        memory.check_memory_fits(model, self.hp, device)
+        memory.check_memory_fits(model, self.hp, device, shards=shards)
 
     # ------------------------------------------------------------ loss and metrics
     def _aligned(self, outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

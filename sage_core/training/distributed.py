@@ -66,7 +66,6 @@ from torch.optim import Optimizer
 from sage_core.errors import InvalidSpecError, SageTrainError, TrainingError
 from sage_core.schemas import ResolvedSpec
 from sage_core.training.checkpointer import Checkpointer
-from sage_core.training.device import Placement
 from sage_core.training.interface import Callbacks, TrainResult
 from sage_core.training.loop import Trainer
 from sage_core.training.metric_logger import MetricLogger
@@ -314,13 +313,11 @@ class DistributedTrainer(Trainer):
         self.rank, self.ranks = dist.get_rank(), dist.get_world_size()
         self._share_weight = 1.0  # 0.0: this step's share is empty, a stand-in example runs
         self._tokens_before = 0
+        self.strategy = "ddp"  # decided before the model's memory check (_model_shards)
         self.sharded = False  # FSDP2: each rank holds a shard of the model
         self._full_model: dict[str, torch.Tensor] | None = None  # rank 0's, while saving
 
     # --- the pieces the loop swaps
-    def _placement(self) -> Placement:
-        return Placement.resolve(self.requested_device)
-
     def _checkpointer(self) -> Checkpointer:
         return RankCheckpointer(self.output_dir, self.spec, self.train_file, rank=self.rank)
 
@@ -332,7 +329,7 @@ class DistributedTrainer(Trainer):
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        if self._strategy(model) == "fsdp":
+        if self.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
             # every rank built the same model from the same seed: the shards fit together
@@ -347,6 +344,10 @@ class DistributedTrainer(Trainer):
         # DDP broadcasts rank 0's parameters and buffers here: every replica starts equal.
         device_ids = [self.placement.device] if self.placement.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+
+    def _model_shards(self, model: torch.nn.Module) -> int:
+        self.strategy = self._strategy(model)
+        return self.ranks if self.strategy == "fsdp" else 1
 
     def _strategy(self, model: torch.nn.Module) -> str:
         """The resources' strategy; "auto" is DDP unless the memory preflight finds that the

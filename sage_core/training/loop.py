@@ -67,11 +67,12 @@ The loop's body calls one collaborator per concern, each in its own module:
 save, resume and its checks), `MetricLogger` and `TrainWindow` (metric_logger.py),
 `Evaluator` and `BestTracker` (evaluator.py: evaluation, early stopping, the best
 checkpoint) and `SensitivityHook` (sensitivity_hook.py). A new kind of task is a `Task`
-subclass (tasks.py). A distributed run (distributed.py) overrides `_placement`, `_sampler`
-and `_checkpointer` to swap those three pieces, and the seams a single process leaves as
-they are: `_wrap` (the module the forward runs through), `_micro_batches` (this process's
-share of a step), `_gradient_sync`, `_step_totals` (the step's loss summed over processes),
-`_clip_gradients`, `_agree` (one process's stop decision for all) and `_metric_logger`.
+subclass (tasks.py). A distributed run (distributed.py, one `Trainer` per rank) swaps the
+`_checkpointer` and fills the seams a single process leaves as they are: `_model_shards`
+(for the memory check), `_wrap` (the module the forward runs through), `_micro_batches`
+(this process's share of a step), `_gradient_sync`, `_step_totals` (the step's loss summed
+over processes), `_clip_gradients`, `_agree` (one process's stop decision for all) and
+`_metric_logger`; the device (`_placement`) and the batches (`_sampler`) stay.
 """
 
 from __future__ import annotations
@@ -276,10 +277,15 @@ class Trainer:
             self.model = self.task.build_model(base_path)
         else:
             self.model = self.task.load_model(resume_from)
-        self.task.prepare_model(self.model, self.placement.device)
+        self.task.prepare_model(self.model, self.placement.device,
+                                shards=self._model_shards(self.model))
         self.model.to(self.placement.device)
         self.model.train()
         self.train_model = self._wrap(self.model)
+
+    def _model_shards(self, model: torch.nn.Module) -> int:
+        """How many devices share the model's weights and optimizer state (FSDP)."""
+        return 1
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module the training forward runs through; `self.model` stays the task's

@@ -189,7 +189,8 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
     def load_model(self, folder: Path) -> torch.nn.Module:
         return cast(torch.nn.Module, self._load(folder))
 
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+    def prepare_model(self, model: torch.nn.Module, device: torch.device, *,
+                      shards: int = 1) -> None:
         """Gradient checkpointing as `gradient_checkpointing` says (memory.py). The memory
         check before the first step is the causal LMs' alone: its estimate counts one
         stack of layers."""

@@ -151,9 +151,11 @@ class Task(ABC):
     def load_model(self, folder: Path) -> torch.nn.Module:
         """A model this task saved earlier (a checkpoint), checked against this run's labels."""
 
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+    def prepare_model(self, model: torch.nn.Module, device: torch.device, *,
+                      shards: int = 1) -> None:
         """Called with the built or loaded model before it moves to `device`: memory
-        savings (gradient checkpointing) and checks that it fits."""
+        savings (gradient checkpointing) and checks that it fits, with its weights and
+        optimizer state split over `shards` devices (FSDP)."""
         return None
 
     @abstractmethod
