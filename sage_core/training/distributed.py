@@ -48,6 +48,7 @@ Choices a caller may rely on:
 
 from __future__ import annotations
 
+import datetime
 import logging
 import multiprocessing
 import os
@@ -75,6 +76,10 @@ from sage_core.training.tasks import Encoded
 LOG = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often the caller's thread looks at the launch between calls
+# How long a rank waits in a collective. Under DDP the others wait there while rank 0
+# evaluates, samples and saves (its on_checkpoint uploads the folder): nccl's default of 10
+# minutes is too short for a large validation file or checkpoint.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 MONITOR_SECONDS = 0.2  # how often the launcher looks at its ranks
 
 
@@ -277,11 +282,11 @@ def _rank_main(job: RankJob, conn: Connection) -> TrainResult | None:
     if _wants_cuda(job.device):
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
     else:
         device = torch.device("cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     remote = _RemoteCallbacks(conn) if rank == 0 else None
     try:
         trainer = DistributedTrainer(

@@ -219,3 +219,26 @@ def test_paused_with_one_rank_resumes_sharded(data: tuple[Path, Path], tmp_path:
                                rtol=1e-4, atol=1e-6)
     assert resumed.final_dir is not None and whole.final_dir is not None
     assert_same_parameters(resumed.final_dir, whole.final_dir)
+
+
+def test_chat_with_lora_on_two_ranks_matches_one(tmp_path: Path, models_dir: Path) -> None:
+    """A causal LM's LoRA adapters (the base frozen) under DDP; rank 0 samples answers."""
+    conversations = [[{"role": "user", "content": "how is the weather today ?"},
+                      {"role": "assistant", "content": "it is sunny"}],
+                     [{"role": "user", "content": "tell me a joke please"},
+                      {"role": "assistant", "content": "why did the chicken cross the road ?"}]]
+    files = (write_jsonl(tmp_path / "train.jsonl",
+                         [{"messages": conversations[i % 2]} for i in range(12)]),
+             write_jsonl(tmp_path / "valid.jsonl",
+                         [{"messages": conversations[i % 2]} for i in range(4)]))
+    spec = make_spec("tiny-llama", task="chat", n_epochs=1, batch_size=4, lora={"r": 4})
+    one, rec1 = train(spec, files, tmp_path / "one", models_dir)
+    two, rec2 = train(with_gpus(spec, 2), files, tmp_path / "two", models_dir)
+    assert two.status == one.status == "completed" and two.step == one.step == 3
+    steps = sorted(rec1.losses())
+    torch.testing.assert_close(torch.tensor([rec2.losses()[s] for s in steps]),
+                               torch.tensor([rec1.losses()[s] for s in steps]),
+                               rtol=1e-4, atol=1e-6)
+    assert any(e.startswith("Sample at step 3") for e in rec2.events)
+    assert two.final_dir is not None and one.final_dir is not None
+    assert_same_parameters(two.final_dir, one.final_dir)  # the merged models
