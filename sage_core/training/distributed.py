@@ -52,6 +52,7 @@ import datetime
 import logging
 import multiprocessing
 import os
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
                     job_id: str | None = None, base_model_dir: Path | None = None
                     ) -> TrainResult:
     """`run_training` with `spec.resources.gpus` ranks; the arguments are its own."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     ranks = spec.resources.gpus
@@ -123,10 +125,13 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
     job = RankJob(spec, Path(train_file), Path(output_dir), models_dir, allow_hub_models,
                   device, validation_file, resume, max_steps, log_every, job_id,
                   base_model_dir, os.getpid())
+    # the launcher's error files (a failed rank's message), removed with the launch
+    logs = tempfile.TemporaryDirectory(prefix="sagetrain-ranks-")
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=f"sagetrain-{uuid.uuid4().hex}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-        monitor_interval=MONITOR_SECONDS, start_method="spawn")
+        monitor_interval=MONITOR_SECONDS, start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=logs.name))
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     outcome: dict[str, Any] = {}
 
@@ -144,6 +149,7 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
     launcher.join()
     ours.close()
     theirs.close()
+    logs.cleanup()
     if served.callback_error is not None:  # the caller's own (a database outage...)
         raise served.callback_error
     if "error" in outcome:
