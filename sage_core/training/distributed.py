@@ -1,5 +1,7 @@
 """One job trained by N ranks: torch.distributed's elastic launcher, a process group (gloo on
-the CPU, nccl on CUDA) and DDP. `run_training` hands a spec with resources.gpus > 1 here.
+the CPU, nccl on CUDA), and DDP or FSDP2. `run_training` hands a spec with resources.gpus > 1
+here; `check_resources` refuses what N ranks cannot run (batch_size < N, lora with fsdp, a
+single "cuda:K" device, more GPUs than are visible) before any rank starts.
 
 Choices a caller may rely on:
 - Launch: the calling process (the job's) runs `elastic_launch` (torchrun's standalone mode:
@@ -23,7 +25,8 @@ Choices a caller may rely on:
   loss times ranks / the step's examples, and DDP averages gradients over ranks: the step's
   gradient is the single-process one, so the learning-rate schedule, logging intervals and
   metrics (the loss and train statistic summed over ranks, one all_reduce a step) do not
-  depend on N. Dropout and augmentation draw from the same seed on every rank.
+  depend on N. Dropout and augmentation draw from the same seed on every rank (with
+  dropout on, N ranks match one rank in distribution, not bit for bit).
 - Strategy: "ddp" replicates the model; "fsdp" shards parameters, gradients and optimizer
   state with FSDP2 (`fully_shard` on each repeated block, then the whole model; SAGE is
   elementwise, so each rank stepping its shard is exact; its compiled kernels are off, as
@@ -49,7 +52,6 @@ Choices a caller may rely on:
 from __future__ import annotations
 
 import datetime
-import logging
 import multiprocessing
 import os
 import tempfile
@@ -73,8 +75,6 @@ from sage_core.training.loop import Trainer
 from sage_core.training.metric_logger import MetricLogger
 from sage_core.training.sampler import rank_share
 from sage_core.training.tasks import Encoded
-
-LOG = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often the caller's thread looks at the launch between calls
 # How long a rank waits in a collective. Under DDP the others wait there while rank 0
