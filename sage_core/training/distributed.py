@@ -218,9 +218,12 @@ def _launch_failure(error: BaseException, rank0_error: BaseException | None,
     killed = [(rank, f) for rank, f in failures if f.exitcode < 0]
     if not killed and isinstance(rank0_error, SageTrainError):
         return rank0_error
-    causes = [(rank, f) for rank, f in failures if not _echo(_failure_message(f))]
-    if not killed and rank0_error is not None and not _echo(str(rank0_error)) and (
-            not causes or causes[0][0] == 0):
+
+    def message_of(rank: int, failure: Any) -> str:
+        return str(rank0_error) if rank == 0 and rank0_error else _failure_message(failure)
+
+    causes = [(rank, f) for rank, f in failures if not _echo(message_of(rank, f))]
+    if not killed and rank0_error is not None and causes and causes[0][0] == 0:
         return rank0_error
     rank, failure = (killed or causes or failures)[0]
     if failure.exitcode < 0:
@@ -239,7 +242,8 @@ def _failure_message(failure: Any) -> str:
     """A failed rank's error, from the launcher's error file ({message, extraInfo})."""
     found: Any = failure.message
     found = found.get("message") if isinstance(found, dict) else found
-    if not isinstance(found, str) or not found.strip() or "error_file" in found:
+    if (not isinstance(found, str) or not found.strip() or "error_file" in found
+            or "To enable traceback" in found):  # the launcher's placeholders
         return ""
     return found.strip().splitlines()[-1]
 

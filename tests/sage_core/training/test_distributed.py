@@ -244,3 +244,65 @@ def test_chat_with_lora_on_two_ranks_matches_one(tmp_path: Path, models_dir: Pat
     assert any(e.startswith("Sample at step 3") for e in rec2.events)
     assert two.final_dir is not None and one.final_dir is not None
     assert_same_parameters(two.final_dir, one.final_dir)  # the merged models
+
+
+def test_optimizer_state_names_round_trip() -> None:
+    """FSDP's named optimizer state and the single-process numbered one convert both ways."""
+    from sage_core.optim import SAGE
+    from sage_core.training.distributed import _named, _numbered
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = SAGE([{"params": [model[1].weight, model[0].bias]},
+                      {"params": [model[0].weight, model[1].bias], "use_sage": False}])
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    numbered = optimizer.state_dict()
+    named = _named(numbered, optimizer, model)
+    assert named["param_groups"][0]["params"] == ["1.weight", "0.bias"]
+    assert torch.equal(named["state"]["0.weight"]["exp_avg"], optimizer.state[model[0].weight]
+                       ["exp_avg"])
+    again = _numbered(named)
+    assert again["param_groups"] == numbered["param_groups"]
+    assert again["state"].keys() == numbered["state"].keys()
+
+
+def test_resources_are_checked_before_any_rank_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sage_core.errors import TrainingError
+    from sage_core.training.distributed import check_resources
+
+    spec = with_gpus(make_spec(batch_size=8), 4)
+    with pytest.raises(InvalidSpecError, match="names one GPU"):
+        check_resources(spec, "cuda:1")
+    lora = spec.model_copy(update={"resources": Resources(gpus=2, strategy="fsdp")})
+    lora = lora.model_copy(update={"hyperparameters": make_spec(
+        "tiny-llama", task="chat", lora={"r": 4}).hyperparameters})
+    with pytest.raises(InvalidSpecError, match="lora"):
+        check_resources(lora, "cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(TrainingError, match="asks for 4 GPUs but 2 are visible"):
+        check_resources(spec, "cuda")
+    check_resources(spec, "cpu")  # processes, as many as asked
+
+
+def test_a_failed_launch_reports_its_cause_not_the_echoes() -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from sage_core.errors import TrainingError
+    from sage_core.training.distributed import _launch_failure
+
+    def failed(**exits: int) -> ChildFailedError:
+        return ChildFailedError("_rank_main", {
+            int(rank.removeprefix("r")): ProcessFailure(int(rank[1:]), 100, code, "<N/A>")
+            for rank, code in exits.items()})
+
+    echo = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:6536")
+    killed = _launch_failure(failed(r0=1, r1=-9), echo, 2)
+    assert isinstance(killed, TrainingError) and killed.code == "worker_crashed"
+    assert str(killed) == ("rank 1 of 2 was killed by signal SIGKILL; "
+                           "it may have run out of memory")
+    nan = TrainingError("non-finite loss", code="nan_loss")
+    assert _launch_failure(failed(r0=1), nan, 2) is nan
+    bug = ValueError("a bug on rank 0")
+    assert _launch_failure(failed(r0=1), bug, 2) is bug
+    other = _launch_failure(failed(r0=1, r1=1), echo, 2)
+    assert str(other).startswith("rank 1 of 2 failed (exit code 1)")
