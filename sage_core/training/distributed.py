@@ -30,8 +30,9 @@ Choices a caller may rely on:
 - Strategy: "ddp" replicates the model; "fsdp" shards parameters, gradients and optimizer
   state with FSDP2 (`fully_shard` on each repeated block, then the whole model; SAGE is
   elementwise, so each rank stepping its shard is exact; its compiled kernels are off, as
-  they take no DTensor; not with lora). "auto": DDP, unless on CUDA the memory preflight
-  (memory.py) finds that the model with its optimizer state does not fit rank 0's GPU.
+  they take no DTensor; not with lora, nor on GPUs without bf16). "auto": DDP, unless on
+  CUDA the memory preflight (memory.py) finds that the model with its optimizer state does
+  not fit rank 0's GPU.
 - DDP: rank 0 alone evaluates (on the unwrapped module: the others wait at the next step's
   collectives), samples, writes metrics.jsonl, checkpoints, final/ and the sensitivity
   report, and judges the final model. At the end the ranks' parameters are compared (a
@@ -346,6 +347,11 @@ class DistributedTrainer(Trainer):
 
         if self.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
+
+            if self.placement.precision.scaler is not None:
+                # each rank would find infs in its own shard and skip steps on its own
+                raise InvalidSpecError("strategy fsdp needs GPUs with bf16 (fp16's loss "
+                                       "scaling is per shard); use ddp", param="resources")
 
             # every rank built the same model from the same seed: the shards fit together
             for block in _blocks(model):
