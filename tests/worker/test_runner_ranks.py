@@ -12,11 +12,13 @@ import time
 import psutil
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from test_runner import act_at_step
 from worker_helpers import WorkerEnv
 
 from sage_core.db import transitions
 from sage_core.db.models import Job
+from sage_core.transient import TransientJobError
 from worker import runner
 from worker.runner import JobRunner, run_job
 
@@ -99,4 +101,18 @@ def test_a_killed_rank_fails_the_job_and_ends_the_others(
     error = env.job(job_id).error
     assert error is not None and error["code"] == "worker_crashed"
     assert re.match(r"rank [01] of 2 was killed by signal SIGKILL", error["message"]), error
+    assert_no_rank_left()
+
+
+def test_a_database_outage_in_a_callback_leaves_the_job_to_retry(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    def outage(self: JobRunner, row: dict[str, object]) -> None:
+        raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(JobRunner, "_on_metrics", outage)
+    job_id = add_two_rank_job(env)
+    with pytest.raises(TransientJobError):
+        run_job(job_id, env.settings, worker_id="w1")
+    job = env.job(job_id)
+    assert (job.status, job.lease_owner, job.error) == ("running", "w1", None)
     assert_no_rank_left()

@@ -306,3 +306,12 @@ def test_a_failed_launch_reports_its_cause_not_the_echoes() -> None:
     assert _launch_failure(failed(r0=1), bug, 2) is bug
     other = _launch_failure(failed(r0=1, r1=1), echo, 2)
     assert str(other).startswith("rank 1 of 2 failed (exit code 1)")
+
+
+def test_errors_before_training_keep_their_kind(data: tuple[Path, Path], tmp_path: Path,
+                                                train_models_dir: Path) -> None:
+    from sage_core.errors import UnknownModelError
+
+    spec = with_gpus(make_spec("no-such-model"), 2)
+    with pytest.raises(UnknownModelError):
+        train(spec, data, tmp_path / "out", train_models_dir)
