@@ -38,7 +38,9 @@ Choices a caller may rely on:
   report, and judges the final model. At the end the ranks' parameters are compared (a
   checksum per tensor, all-gathered): a difference raises TrainingError("replicas_diverged").
   FSDP: every rank evaluates (a sharded forward needs them all), rank 0's result counts;
-  the sensitivity report is skipped with a warning.
+  rank 0 measures the sensitivity report alone, on the final model loaded whole from final/
+  once the other ranks are done (where it does not fit, the report is skipped with a
+  warning, as any failure of the report is).
 - Checkpoints are the single-process ones (the Hugging Face folder, the optimizer's own
   state_dict with SAGE's Ibar; under FSDP both gathered whole onto rank 0's CPU first), so
   a run paused with N ranks resumes with any number of ranks and either strategy, 1 rank
@@ -487,8 +489,17 @@ class DistributedTrainer(Trainer):
     def _sensitivity(self, final_dir: Path) -> dict[str, Any] | None:
         if not self.sharded:
             return super()._sensitivity(final_dir)
-        self._event("warning", "sensitivity report skipped: not measured under fsdp")
-        return None
+        # Rank 0 alone, the other ranks gone: the final model loaded whole from final/.
+        sharded = self.model
+        try:
+            self.model = self.task.load_model(final_dir).to(self.placement.device)
+        except Exception as exc:  # out of memory, most likely: a diagnostic, never fatal
+            self._event("warning", f"sensitivity report skipped: {exc}")
+            return None
+        try:
+            return super()._sensitivity(final_dir)
+        finally:
+            self.model = sharded
 
     def _check_replicas(self) -> None:
         """Every rank's parameters equal rank 0's, bit for bit (a float64 checksum each)."""

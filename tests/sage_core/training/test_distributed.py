@@ -187,7 +187,8 @@ def test_fsdp_matches_ddp_and_resumes_on_one_rank(data: tuple[Path, Path], tmp_p
                                rtol=1e-4, atol=1e-6)
     assert sharded.final_dir is not None and whole.final_dir is not None
     assert_same_parameters(sharded.final_dir, whole.final_dir)
-    assert "sensitivity report skipped: not measured under fsdp" in rec_sharded.events
+    assert sharded.sensitivity is not None and whole.sensitivity is not None
+    assert sharded.sensitivity["examples"] == whole.sensitivity["examples"]
     out = tmp_path / "paused"
     paused, rec_paused = train(fsdp, data, out, train_models_dir, Recorder(stop_after=3))
     assert paused.status == "stopped" and paused.step == 3
