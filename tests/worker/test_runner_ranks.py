@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 
 import psutil
@@ -18,6 +19,7 @@ from worker_helpers import WorkerEnv
 
 from sage_core.db import transitions
 from sage_core.db.models import Job
+from sage_core.supervision import JobSupervisor, Shutdown
 from sage_core.transient import TransientJobError
 from worker import runner
 from worker.runner import JobRunner, run_job
@@ -115,4 +117,15 @@ def test_a_database_outage_in_a_callback_leaves_the_job_to_retry(
         run_job(job_id, env.settings, worker_id="w1")
     job = env.job(job_id)
     assert (job.status, job.lease_owner, job.error) == ("running", "w1", None)
+    assert_no_rank_left()
+
+
+def test_a_two_rank_job_through_its_own_process(env: WorkerEnv) -> None:
+    """The real path: the supervisor starts `python -m worker run`, which starts the ranks."""
+    job_id = add_two_rank_job(env)
+    supervisor = JobSupervisor(env.settings, env.sessions, kind="local", shutdown=Shutdown(),
+                               python=sys.executable)
+    settled = supervisor.run(job_id)
+    assert settled is not None and (settled.returncode, settled.status) == (0, "succeeded")
+    assert env.job(job_id).step == 8
     assert_no_rank_left()
