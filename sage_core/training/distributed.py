@@ -8,8 +8,8 @@ Choices a caller may rely on:
   a c10d rendezvous on localhost, no restarts) from a thread of its own, which starts
   `gpus` ranks as its child processes. Each rank is pinned to cuda:LOCAL_RANK (the GPUs in
   CUDA_VISIBLE_DEVICES, in order) or, on a CPU-only machine or with device "cpu", is one CPU
-  process with cpu_count // gpus threads. A rank dies with the calling process
-  (PR_SET_PDEATHSIG), so a job process that is killed leaves no rank behind.
+  process with (the cores this process may use) // gpus threads. A rank dies with the
+  calling process (PR_SET_PDEATHSIG), so a job process that is killed leaves no rank behind.
 - Reporting: the caller's `Callbacks` stay in the calling process, called from the thread
   that called `run_distributed`, as a single-process run calls them. Rank 0 calls them
   through a pipe and waits for each answer (so an on_checkpoint folder is still there while
@@ -298,7 +298,7 @@ def _rank_main(job: RankJob, conn: Connection) -> TrainResult | None:
         dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
         dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     remote = _RemoteCallbacks(conn) if rank == 0 else None
     try:
