@@ -128,8 +128,10 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
     job = RankJob(spec, Path(train_file), Path(output_dir), models_dir, allow_hub_models,
                   device, validation_file, resume, max_steps, log_every, job_id,
                   base_model_dir, os.getpid())
-    # the launcher's error files (a failed rank's message), removed with the launch
-    logs = tempfile.TemporaryDirectory(prefix="sagetrain-ranks-")
+    # The launcher's error files (a failed rank's message), removed after the launch; in the
+    # output folder, so that a killed job process leaves them where its job's end cleans up.
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    logs = tempfile.TemporaryDirectory(prefix="launcher-", dir=output_dir)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=f"sagetrain-{uuid.uuid4().hex}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
