@@ -10,6 +10,7 @@ Choices a caller may rely on:
   CUDA_VISIBLE_DEVICES, in order) or, on a CPU-only machine or with device "cpu", is one CPU
   process with (the cores this process may use) // gpus threads. A rank dies with the
   calling process (PR_SET_PDEATHSIG), so a job process that is killed leaves no rank behind.
+  The launcher's error files live in a launcher-* folder of output_dir during the launch.
 - Reporting: the caller's `Callbacks` stay in the calling process, called from the thread
   that called `run_distributed`, as a single-process run calls them. Rank 0 calls them
   through a pipe and waits for each answer (so an on_checkpoint folder is still there while
