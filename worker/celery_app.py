@@ -57,9 +57,9 @@ def supervisor() -> JobSupervisor:
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
 def run_job(self: Task, job_id: str) -> str | None:
     """Run the job `job_id` if it is queued: by id only, the row says the rest."""
-    dispatcher().taken(job_id)  # off the broker: the reaper may send it again later
     try:
-        return supervise(job_id, supervisor(), slots=slots, send_again=dispatcher().dispatch)
+        return supervise(job_id, supervisor(), slots=slots, send_again=dispatcher().dispatch,
+                         taken=dispatcher().taken)
     except Exception as exc:
         if not is_transient(exc):
             raise

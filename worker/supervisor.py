@@ -32,29 +32,35 @@ PLACE_WAIT_SECONDS = 5.0
 
 def supervise(job_id: str, supervisor: JobSupervisor, *, slots: Slots,
               send_again: Callable[[str, int], None],
+              taken: Callable[[str], None] = lambda job_id: None,
               place_wait_seconds: float = PLACE_WAIT_SECONDS) -> str | None:
     """Run the job in a child process if it is queued and fits. Returns its status
     afterwards, or None if it was not queued (a duplicate message, a cancelled or paused
     job) or went back to the broker (it did not fit). `send_again(job_id, gpus)` sends it to
-    its size's queue."""
+    its size's queue; `taken(job_id)` says that its message is off the broker (the reaper
+    may send it again later), once this worker holds its slots. A job waiting here for
+    slots still counts as sent, so that the reaper adds no duplicate meanwhile."""
     with supervisor.sessions() as s:
         gpus = job_gpus(s, job_id)
     if gpus is None:
+        taken(job_id)
         return None
     if gpus > len(slots):
         log.warning("[%s] asks for %d GPUs, more than this worker's %d; sending it on to its "
                     "queue", job_id, gpus, len(slots))
         send_again(job_id, gpus)
         return None
-    with slots.take(gpus, place_wait_seconds) as taken:
-        if taken is None:
-            # The worker's supervisor checks status itself; this only skips a needless send.
+    with slots.take(gpus, place_wait_seconds) as held:
+        if held is None:
             if supervisor.job_status(job_id) == JobStatus.QUEUED:
                 log.info("[%s] needs %d free slots; back to the broker for a worker with room",
                          job_id, gpus)
                 send_again(job_id, gpus)
+            else:
+                taken(job_id)
             return None
-        settled = supervisor.run(job_id, env=slots.env(taken))
+        taken(job_id)
+        settled = supervisor.run(job_id, env=slots.env(held))
     if settled is None:
         return None
     if settled.claimed and settled.returncode == 0 and settled.status == JobStatus.QUEUED:

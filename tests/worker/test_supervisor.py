@@ -90,8 +90,11 @@ class Recorded(JobSupervisor):
 def test_a_job_gets_all_the_gpus_it_asks_for(env: WorkerEnv) -> None:
     supervisor = Recorded(env)
     slots = Slots(["4", "5", "6"], gpus=True)
-    supervise(env.add_job(gpus=2), supervisor, slots=slots, send_again=no_send)
+    job_id = env.add_job(gpus=2)
+    marks_cleared: list[str] = []
+    supervise(job_id, supervisor, slots=slots, send_again=no_send, taken=marks_cleared.append)
     assert supervisor.envs == [{"CUDA_VISIBLE_DEVICES": "4,5", "SAGETRAIN_JOB_SLOTS": "4,5"}]
+    assert marks_cleared == [job_id]
 
 
 def test_a_job_that_does_not_fit_now_goes_back_unclaimed(env: WorkerEnv) -> None:
@@ -99,11 +102,14 @@ def test_a_job_that_does_not_fit_now_goes_back_unclaimed(env: WorkerEnv) -> None
     slots = Slots(["0", "1"], gpus=False)
     job_id = env.add_job(gpus=2)
     sent: list[tuple[str, int]] = []
+    marks_cleared: list[str] = []
     with slots.take(1):  # another job holds one of the two
         assert supervise(job_id, supervisor, slots=slots,
                          send_again=lambda j, g: sent.append((j, g)),
-                         place_wait_seconds=0.2) is None
+                         taken=marks_cleared.append, place_wait_seconds=0.2) is None
     assert sent == [(job_id, 2)] and supervisor.envs == []
+    # Still marked sent while it waited: the reaper added no duplicate meanwhile.
+    assert marks_cleared == []
     assert env.job(job_id).status == "queued"
 
 
