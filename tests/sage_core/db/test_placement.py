@@ -3,12 +3,14 @@ failed with insufficient_gpus after the wait, let be once a big enough worker is
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from worker_helpers import WorkerEnv
 
 from sage_core.db import placement, transitions
 from sage_core.db.models import Job, utcnow
+from sage_core.reaper import Reaper
 
 WAITING = "Waiting for a worker with"
 
@@ -100,3 +102,22 @@ def test_a_job_s_size_defaults_to_one(env: WorkerEnv) -> None:
     with env.sessions() as s:
         assert placement.job_gpus(s, job_id) == 1
         assert placement.job_gpus(s, "ftjob-none") is None
+
+
+def test_the_reaper_holds_then_fails_a_job_too_big_for_the_live_workers(
+        env: WorkerEnv) -> None:
+    settings = env.settings.model_copy(update={"gpu_wait_seconds": 0.5})
+    with env.sessions.begin() as s:
+        placement.beat(s, "w1@a", slots=1, gpus=None)
+    job_id = env.add_job(gpus=2)
+    reaper = Reaper(settings, lambda job_id: None)
+    reaper.run_once()
+    assert env.job(job_id).status == "queued"
+    time.sleep(0.6)
+    with env.sessions.begin() as s:
+        placement.beat(s, "w1@a", slots=1, gpus=None)
+    reaper.run_once()
+    job = env.job(job_id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error["code"] == "insufficient_gpus"
+    assert len([e for e in env.events(job_id) if e.startswith(WAITING)]) == 1
