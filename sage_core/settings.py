@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     )
     worker_gpus: str | None = Field(
         None, description="GPUs a worker hands out, '0,1': a job asking for N GPUs takes N "
-        "of them at once (CUDA_VISIBLE_DEVICES); see worker/supervisor.py"
+        "of them at once (CUDA_VISIBLE_DEVICES); see sage_core/slots.py"
     )
     worker_slots: int | None = Field(
         None, ge=1, description="On a worker without GPUs (WORKER_GPUS unset): the processes "

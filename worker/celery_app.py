@@ -1,5 +1,6 @@
 """The Celery app of sagetrain's workers, built from the settings (SAGETRAIN_*):
-`sagetrain worker`, or `celery -A worker.celery_app worker --pool threads`.
+`sagetrain worker`, or `celery -A worker.celery_app worker --pool threads -Q gpu,gpu.2`
+(a worker consumes the queue of each job size it holds: `sage_core.broker.worker_queues`).
 
 The one task, `sagetrain.jobs.run(job_id)`, re-reads the job row and runs it in a child
 process under the same supervision as the embedded executor's (`sage_core.supervision`,
