@@ -1,10 +1,11 @@
-"""Placing jobs of several "GPUs" (process slots on this CPU-only machine) end to end: the API
-(in-process) sends jobs over real Redis to two real `sagetrain worker` processes, one holding
-1 slot and one holding 2, sharing a real PostgreSQL database.
+"""Placing jobs of several GPUs end to end: the API (in-process) sends jobs over real Redis
+to two real `sagetrain worker` processes sharing a real PostgreSQL database, one holding 1
+process slot (`--slots 1`) and one holding 2 "GPUs" (`--gpus 0,1`: on this machine the jobs
+still train on the CPU, but their processes get CUDA_VISIBLE_DEVICES as on a GPU machine).
 
-What each job got is read from its process's own environment (SAGETRAIN_JOB_SLOTS), sampled
-while it runs; when it ran, from its row. The engine may train a 2-GPU job in one process or
-in two: placement is what is asserted here, not training.
+What each job got is read from its process's own environment (SAGETRAIN_JOB_SLOTS,
+CUDA_VISIBLE_DEVICES), sampled while it runs; when it ran, from its row. The engine may train
+a 2-GPU job in one process or in two: placement is what is asserted here, not training.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
                           s3_server.env(prefix=root.name))
         try:
             cluster.wait_ready(cluster.start_worker("one", "--slots", "1"),
-                               cluster.start_worker("two", "--slots", "2"))
+                               cluster.start_worker("two", "--gpus", "0,1"))
             yield cluster
         finally:
             cluster.stop()
@@ -58,8 +59,8 @@ def api(cluster: Cluster) -> Iterator[Api]:
         dispatcher.close()
 
 
-def job_slots(job_ids: list[str]) -> dict[str, str]:
-    """{job id: SAGETRAIN_JOB_SLOTS} of the jobs' processes running now."""
+def job_slots(job_ids: list[str], name: str = JOB_SLOTS_ENV) -> dict[str, str]:
+    """{job id: the variable `name`} of the jobs' processes running now."""
     found = {}
     for job_id in job_ids:
         for pid in job_pids(job_id):
@@ -68,7 +69,7 @@ def job_slots(job_ids: list[str]) -> dict[str, str]:
             except OSError:  # it just ended
                 continue
             for entry in environ:
-                if entry.startswith(f"{JOB_SLOTS_ENV}=".encode()):
+                if entry.startswith(f"{name}=".encode()):
                     found[job_id] = entry.split(b"=", 1)[1].decode()
     return found
 
@@ -76,8 +77,8 @@ def job_slots(job_ids: list[str]) -> dict[str, str]:
 def test_workers_register_their_slots(cluster: Cluster) -> None:
     with cluster.sessions() as s:
         workers = placement.live_workers(s, lease_seconds=60)
-    assert {(w.id, w.slots, w.gpus) for w in workers} == {("one@test", 1, None),
-                                                          ("two@test", 2, None)}
+    assert [(w.id, w.slots, w.gpus) for w in workers] == [("one@test", 1, None),
+                                                          ("two@test", 2, ["0", "1"])]
 
 
 def test_jobs_get_the_slots_they_ask_for_and_never_share_one(cluster: Cluster,
@@ -85,6 +86,7 @@ def test_jobs_get_the_slots_they_ask_for_and_never_share_one(cluster: Cluster,
     sizes = [2, 1, 2, 1]
     job_ids = [api.create_job(16, resources={"gpus": n}) for n in sizes]
     slots: dict[str, str] = {}
+    devices: dict[str, str] = {}
     samples: list[dict[str, str]] = []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -92,6 +94,7 @@ def test_jobs_get_the_slots_they_ask_for_and_never_share_one(cluster: Cluster,
         samples.append(now)
         for job_id, taken in now.items():
             assert slots.setdefault(job_id, taken) == taken, "a job's slots changed"
+        devices.update(job_slots(job_ids, "CUDA_VISIBLE_DEVICES"))
         if all(cluster.job(j).status in {"succeeded", "failed", "cancelled"} for j in job_ids):
             break
         time.sleep(0.25)
@@ -104,6 +107,8 @@ def test_jobs_get_the_slots_they_ask_for_and_never_share_one(cluster: Cluster,
         assert len(slots[job_id].split(",")) == n, (job_id, slots[job_id])
         if n == 2:
             assert (worker[job_id], slots[job_id]) == ("two", "0,1")
+        if worker[job_id] == "two":  # every one of its GPUs, and only those
+            assert devices.get(job_id) == slots[job_id], (job_id, devices)
     assert any(len(now) >= 2 for now in samples), "no two jobs ever ran at once"
     # Seen at the same moment: no slot of a worker in two jobs' environments.
     for now in samples:
