@@ -46,9 +46,12 @@ def supervise(job_id: str, supervisor: JobSupervisor, *, slots: Slots,
         taken(job_id)
         return None
     if gpus > len(slots):
-        log.warning("[%s] asks for %d GPUs, more than this worker's %d; sending it on to its "
-                    "queue", job_id, gpus, len(slots))
-        send_again(job_id, gpus)
+        if supervisor.job_status(job_id) == JobStatus.QUEUED:
+            log.warning("[%s] asks for %d GPUs, more than this worker's %d; sending it on to "
+                        "its queue", job_id, gpus, len(slots))
+            send_again(job_id, gpus)
+        else:
+            taken(job_id)
         return None
     with slots.take(gpus, place_wait_seconds) as held:
         if held is None:
