@@ -278,6 +278,20 @@ class Resources(BaseModel):
                             "and its optimizer state fit on one GPU, else fsdp")
 
 
+def check_resources(resources: Resources, hyperparameters: ResolvedHyperparameters) -> None:
+    """Refuse what `resources.gpus` processes cannot train, whatever the machine: each needs
+    an example a step, and LoRA's few trainable weights are not worth sharding. The API
+    answers 400 at creation; the engine checks again before it launches any process."""
+    if resources.strategy == "fsdp" and hyperparameters.lora is not None:
+        raise InvalidSpecError("lora trains too few weights to shard; use strategy ddp",
+                               param="resources.strategy")
+    if hyperparameters.batch_size < resources.gpus:
+        raise InvalidSpecError(
+            f"batch_size {hyperparameters.batch_size} is smaller than the {resources.gpus} "
+            "GPUs (processes) asked for: each needs an example a step",
+            param="resources.gpus")
+
+
 class JobSpec(BaseModel):
     """What to train: a base model name from the catalog, a task, a seed, hyperparameters."""
 

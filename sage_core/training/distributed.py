@@ -73,6 +73,7 @@ from torch.optim import Optimizer
 
 from sage_core.errors import InvalidSpecError, SageTrainError, TrainingError
 from sage_core.schemas import ResolvedSpec
+from sage_core.schemas import check_resources as check_spec_resources
 from sage_core.training.checkpointer import Checkpointer
 from sage_core.training.interface import Callbacks, TrainResult
 from sage_core.training.loop import Trainer
@@ -166,14 +167,8 @@ def run_distributed(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
 
 def check_resources(spec: ResolvedSpec, device: str | None) -> None:
     """Refuse what N ranks cannot run, before any rank starts."""
-    ranks, hp = spec.resources.gpus, spec.hyperparameters
-    if spec.resources.strategy == "fsdp" and hp.lora is not None:
-        raise InvalidSpecError("lora trains too few weights to shard; use strategy ddp",
-                               param="resources")
-    if hp.batch_size < ranks:
-        raise InvalidSpecError(f"batch_size {hp.batch_size} is smaller than the {ranks} "
-                               "GPUs (processes) asked for: each needs an example a step",
-                               param="resources")
+    ranks = spec.resources.gpus
+    check_spec_resources(spec.resources, spec.hyperparameters)
     if device is not None and device.startswith("cuda:"):
         raise InvalidSpecError(f"device {device!r} names one GPU but the job asks for "
                                f"{ranks}; use cuda", param="device")

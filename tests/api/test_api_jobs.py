@@ -67,6 +67,7 @@ def test_resources_default_to_one_gpu_and_are_stored(service: Service) -> None:
     ({"resources": {"gpus": 0}}, "resources.gpus"),
     ({"resources": {"strategy": "tensor-parallel"}}, "resources.strategy"),
     ({"resources": {"nodes": 2}}, "resources.nodes"),
+    ({"resources": {"gpus": 4}, "hyperparameters": {"batch_size": 2}}, "resources.gpus"),
     ({"suffix": "has space"}, "suffix"),
     ({"suffix": "x" * 65}, "suffix"),
     ({"seed": -1}, "seed"),
