@@ -20,7 +20,7 @@ from sage_core.db.models import (
     utcnow,
 )
 from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
-from sage_core.schemas import Hyperparameters
+from sage_core.schemas import Hyperparameters, Resources
 
 T = TypeVar("T")
 
@@ -167,6 +167,10 @@ class JobCreate(BaseModel):
     sweep: SweepRequest | None = Field(
         None, description="sagetrain: a parent job with one child job per value "
                           "(needs validation_file; see GET .../{id}/sweep)")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="sagetrain: {gpus, strategy}: train on several GPUs (processes on a "
+                    "CPU-only deployment) with ddp or fsdp; default one GPU")
     compare_to: list[OptimizerName | CompareToRequest] | None = Field(
         None, min_length=1, max_length=3,
         description="sagetrain: other optimizers to run on the same data, seed and schedule, "
@@ -262,6 +266,9 @@ class JobPublic(BaseModel):
     queue_position: int | None
     parent_job_id: str | None = Field(None, description="The sweep this job is a child of")
     sweep: SweepInfo | None = Field(None, description="On a sweep's parent job only")
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: Resources().model_dump(),
+        description="{gpus, strategy}: what the job trains on")
 
     @classmethod
     def from_row(cls, job: Job, queue_position: int | None = None) -> JobPublic:
@@ -280,6 +287,7 @@ class JobPublic(BaseModel):
             progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch),
             queue_position=queue_position, parent_job_id=job.parent_id,
             sweep=SweepInfo.model_validate(job.sweep) if job.sweep else None,
+            resources=job.spec.get("resources") or Resources().model_dump(),
         )
 
 

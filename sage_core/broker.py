@@ -3,6 +3,12 @@ that run them: the task name, the Celery settings both sides share, and dispatch
 
 - One task, `sagetrain.jobs.run`, whose only argument is the job id; the worker re-reads
   the row. It is sent by name, so the sender never imports the worker (nor torch).
+- A queue per job size: a job asking for N GPUs (slots) goes to `queue_for(base, N)`
+  (`gpu` for N = 1, `gpu.N` above), and a worker with K slots consumes the queues of sizes
+  1 to K (`worker_queues`), so that a message only reaches workers big enough for its job.
+  The dispatcher reads the job's size from the database (by id, as the worker does); if it
+  cannot, it sends to the base queue, and a worker too small for the job sends it on to its
+  own queue (`worker.supervisor`).
 - Long tasks: acks late, rejected (re-queued) if the worker process is lost, prefetch 1,
   JSON only. Redis hands an unacknowledged message to another worker after
   `broker_visibility_timeout`, which may be shorter than a job: that re-delivery is
@@ -68,6 +74,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def queue_for(base: str, gpus: int) -> str:
+    """The queue of jobs asking for `gpus` GPUs (slots)."""
+    if gpus < 1:
+        raise ValueError(f"Invalid gpus: {gpus}")
+    return base if gpus == 1 else f"{base}.{gpus}"
+
+
+def worker_queues(bases: list[str], slots: int) -> list[str]:
+    """The queues a worker with `slots` slots consumes: every size it can hold."""
+    return [queue_for(base, n) for base in bases for n in range(1, slots + 1)]
+
+
 def create_celery(settings: Settings, main: str = "sagetrain") -> Celery:
     from celery import Celery
 
@@ -108,7 +126,7 @@ class DispatchMarks:
             self._client.close()
 
 
-def publish(app: Celery, marks: DispatchMarks, job_id: str) -> None:
+def publish(app: Celery, marks: DispatchMarks, job_id: str, queue: str | None = None) -> None:
     """Mark the job sent, then send its message (by task name). Raises if the broker is
     unreachable; the caller decides whether that matters (the reaper will send it later).
 
@@ -120,7 +138,7 @@ def publish(app: Celery, marks: DispatchMarks, job_id: str) -> None:
     except Exception:  # only costs a duplicate message later
         log.warning("[%s] could not mark it sent", job_id, exc_info=True)
     try:
-        app.send_task(TASK_NAME, args=[job_id])
+        app.send_task(TASK_NAME, args=[job_id], queue=queue)
     except Exception:
         try:
             marks.clear(job_id)
@@ -139,12 +157,26 @@ class CeleryDispatcher:
         self.app = app or create_celery(settings, main="sagetrain-dispatch")
         self.marks = DispatchMarks(settings)
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, gpus: int | None = None) -> None:
+        """Send the job to the queue of its size: `gpus`, else read from its row."""
+        queue = queue_for(self.settings.task_queue, gpus or self._job_gpus(job_id))
         try:
-            publish(self.app, self.marks, job_id)
+            publish(self.app, self.marks, job_id, queue)
         except Exception as exc:
             log.warning("[%s] could not reach the broker (%s: %s); the job stays queued and "
                         "is sent when the broker is back", job_id, type(exc).__name__, exc)
+
+    def _job_gpus(self, job_id: str) -> int:
+        from sage_core.db.placement import job_gpus
+        from sage_core.db.session import get_engine, make_session_factory
+
+        try:
+            with make_session_factory(get_engine(self.settings))() as s:
+                return job_gpus(s, job_id) or 1
+        except Exception as exc:  # a worker too small for the job sends it on
+            log.warning("[%s] could not read its size (%s: %s); sending it to the queue of "
+                        "one-GPU jobs", job_id, type(exc).__name__, exc)
+            return 1
 
     def is_dispatched(self, job_id: str) -> bool:
         try:

@@ -44,6 +44,15 @@ AUTO_EPOCHS_MAX = 10
 DEFAULT_VALIDATION_SPLIT = 0.1
 VALIDATION_SPLIT_MIN_ROWS = 100
 
+# --- resources ----------------------------------------------------------------------------
+
+# How a job of several GPUs (processes, on a CPU-only deployment) trains: "ddp" replicates
+# the model on every rank, "fsdp" shards parameters, gradients and optimizer state (FSDP2),
+# "auto" picks DDP when the model and its optimizer state fit on one device, else FSDP.
+Strategy = Literal["auto", "ddp", "fsdp"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+MAX_GPUS_PER_JOB = 64
+
 # --- tasks --------------------------------------------------------------------------------
 
 TaskName = Literal["text-classification", "text-regression", "chat", "completion", "seq2seq",

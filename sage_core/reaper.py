@@ -8,6 +8,8 @@ Each round:
 2. Jobs queued for longer than `redispatch_after` with no message waiting for them on the
    broker (Redis restarted empty, or was down when they were created) are sent again.
    The database is the source of truth; the broker only carries wake-up calls.
+3. Queued jobs asking for more GPUs than the largest live worker has (`workers` registry)
+   are told so once, and fail after `gpu_wait_seconds` (`sage_core.db.placement`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from sage_core.db import placement
 from sage_core.db.recovery import reap_expired_leases, seconds_ago, waiting_jobs
 from sage_core.db.session import get_engine, make_session_factory
 from sage_core.periodic import PeriodicThread
@@ -46,6 +49,11 @@ class Reaper:
         """One round; returns the ids of the jobs it sent."""
         with self.sessions.begin() as s:
             moved = reap_expired_leases(s, max_lost_leases=self.settings.max_lost_leases)
+        with self.sessions.begin() as s:
+            largest = placement.largest_live(s, lease_seconds=self.settings.lease_seconds)
+            placement.hold_oversized(s, largest=largest,
+                                     wait_seconds=self.settings.gpu_wait_seconds)
+            placement.forget_gone_workers(s)
         with self.sessions() as s:
             waiting = waiting_jobs(s, queued_before=seconds_ago(self.settings.redispatch_after))
         requeued = [job_id for job_id, status in moved.items() if status == "queued"]

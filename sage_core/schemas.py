@@ -25,9 +25,11 @@ from sage_core.names import (
     DEFAULT_VALIDATION_SPLIT,
     GENERATIVE_TASKS,
     LORA_LEARNING_RATE_FACTOR,
+    MAX_GPUS_PER_JOB,
     VALIDATION_SPLIT_MIN_ROWS,
     OptimizerName,
     SageScope,
+    Strategy,
     TaskName,
 )
 
@@ -261,6 +263,35 @@ TASK_SPECIFIC: dict[str, tuple[TaskName, ...]] = {
 }
 
 
+class Resources(BaseModel):
+    """What a job runs on: `gpus` ranks (one per GPU; processes with the gloo backend on a
+    CPU-only deployment), trained with `strategy`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB,
+                      description="GPUs for this job, one training process each (on a "
+                                  "CPU-only deployment: processes)")
+    strategy: Strategy = Field(
+        "auto", description="ddp: a replica per GPU; fsdp: parameters, gradients and "
+                            "optimizer state sharded across GPUs; auto: ddp when the model "
+                            "and its optimizer state fit on one GPU, else fsdp")
+
+
+def check_resources(resources: Resources, hyperparameters: ResolvedHyperparameters) -> None:
+    """Refuse what `resources.gpus` processes cannot train, whatever the machine: each needs
+    an example a step, and LoRA's few trainable weights are not worth sharding. The API
+    answers 400 at creation; the engine checks again before it launches any process."""
+    if resources.strategy == "fsdp" and hyperparameters.lora is not None:
+        raise InvalidSpecError("lora trains too few weights to shard; use strategy ddp",
+                               param="resources.strategy")
+    if hyperparameters.batch_size < resources.gpus:
+        raise InvalidSpecError(
+            f"batch_size {hyperparameters.batch_size} is smaller than the {resources.gpus} "
+            "GPUs (processes) asked for: each needs an example a step",
+            param="resources.gpus")
+
+
 class JobSpec(BaseModel):
     """What to train: a base model name from the catalog, a task, a seed, hyperparameters."""
 
@@ -270,6 +301,7 @@ class JobSpec(BaseModel):
     task: TaskName = DEFAULT_TASK
     seed: int = Field(42, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    resources: Resources = Field(default_factory=Resources)
 
     def resolve(self, *, train_rows: int | None = None,
                 has_validation: bool = False) -> ResolvedSpec:
@@ -279,6 +311,7 @@ class JobSpec(BaseModel):
             model=self.model, task=self.task, seed=self.seed,
             hyperparameters=self.hyperparameters.resolve(
                 self.task, train_rows=train_rows, has_validation=has_validation),
+            resources=self.resources,
         )
 
 
@@ -289,3 +322,5 @@ class ResolvedSpec(BaseModel):
     task: TaskName
     seed: int
     hyperparameters: ResolvedHyperparameters
+    # a default for specs stored before jobs could ask for several GPUs
+    resources: Resources = Field(default_factory=Resources)

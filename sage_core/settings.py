@@ -62,7 +62,16 @@ class Settings(BaseSettings):
         "before it is sent again"
     )
     worker_gpus: str | None = Field(
-        None, description="GPUs a Celery worker hands out, one per concurrent job: '0,1'"
+        None, description="GPUs a worker hands out, '0,1': a job asking for N GPUs takes N "
+        "of them at once (CUDA_VISIBLE_DEVICES); see sage_core/slots.py"
+    )
+    worker_slots: int | None = Field(
+        None, ge=1, description="On a worker without GPUs (WORKER_GPUS unset): the processes "
+        "it hands out, a job asking for N 'GPUs' taking N of them; default 1"
+    )
+    gpu_wait_seconds: float = Field(
+        900.0, gt=0, description="Seconds a job asking for more GPUs than any live worker has "
+        "stays queued, waiting for one to join, before it fails (insufficient_gpus)"
     )
     cancel_grace_seconds: float = Field(
         10.0, gt=0, description="Seconds a cancelled or shut-down job may take to stop "

@@ -8,6 +8,11 @@ this process). The executor knows jobs only by id: it imports neither the worker
 - Each round first queues again the running jobs whose lease expired (a server that died
   mid-job: they resume from their last checkpoint), then runs queued jobs, oldest first,
   until none is left. Each job's output goes to `DATA_DIR/logs/JOB_ID.log`.
+- Multi-GPU jobs: the executor holds the slots a Celery worker would (SAGETRAIN_WORKER_GPUS,
+  else SAGETRAIN_WORKER_SLOTS processes, default 1: `sage_core.slots`), and still runs one
+  job at a time: a job asking for N takes the first N (CUDA_VISIBLE_DEVICES on GPUs). It is
+  the only worker there is, so a job asking for more than it holds is skipped, told so once,
+  and fails after `gpu_wait_seconds`, as under Celery (`sage_core.db.placement`).
 - `stop(timeout)` asks a running job to checkpoint and go back to the queue (SIGTERM),
   waits up to `timeout` seconds for it, then terminates it.
 """
@@ -21,11 +26,13 @@ import sys
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from sage_core.db import placement
 from sage_core.db.models import Job, JobStatus
 from sage_core.db.recovery import reap_expired_leases
 from sage_core.db.session import make_engine, make_session_factory
 from sage_core.periodic import PeriodicThread
 from sage_core.settings import Settings
+from sage_core.slots import worker_slots
 from sage_core.supervision import KILL_AFTER_TERM_SECONDS, JobSupervisor, Shutdown
 
 log = logging.getLogger("sagetrain.executor")
@@ -43,6 +50,7 @@ class LocalExecutor:
                                         cancel_grace_seconds=cancel_grace_seconds)
         self._thread = PeriodicThread("sagetrain-executor", self.run_queued, poll_seconds)
         self.logs_dir = settings.data_dir.resolve() / "logs"
+        self.slots = worker_slots(settings)
 
     @property
     def current(self) -> subprocess.Popen[bytes] | None:
@@ -71,13 +79,21 @@ class LocalExecutor:
     # --- one round ----------------------------------------------------------------------------
 
     def run_queued(self) -> None:
-        while not self._shutdown.is_set() and (job_id := self._next_job()) is not None:
+        while not self._shutdown.is_set() and (next_job := self._next_job()) is not None:
+            job_id, gpus = next_job
             self.logs_dir.mkdir(parents=True, exist_ok=True)
-            with (self.logs_dir / f"{job_id}.log").open("ab") as output:
-                self.supervisor.run(job_id, output=output)
+            with (self.logs_dir / f"{job_id}.log").open("ab") as output, \
+                    self.slots.take(gpus) as taken:
+                assert taken is not None  # one job at a time: every slot is free
+                self.supervisor.run(job_id, env=self.slots.env(taken), output=output)
 
-    def _next_job(self) -> str | None:
+    def _next_job(self) -> tuple[str, int] | None:
+        """The oldest queued job that fits, and its size."""
         with self.sessions.begin() as s:
             reap_expired_leases(s, max_lost_leases=self.settings.max_lost_leases)
-            return s.scalar(select(Job.id).where(Job.status == JobStatus.QUEUED)
-                            .order_by(Job.queued_at, Job.id).limit(1))
+            placement.hold_oversized(s, largest=len(self.slots),
+                                     wait_seconds=self.settings.gpu_wait_seconds)
+            row = s.execute(select(Job.id, placement.job_size).where(
+                Job.status == JobStatus.QUEUED, placement.job_size <= len(self.slots))
+                .order_by(Job.queued_at, Job.id).limit(1)).first()
+            return None if row is None else (row[0], row[1])

@@ -22,7 +22,7 @@ from sage_core.db.ids import FILE, JOB, new_id
 from sage_core.db.keys import create_key
 from sage_core.db.models import File, Job, JobEvent, JobStatus, utcnow
 from sage_core.db.session import make_engine, make_session_factory
-from sage_core.schemas import Hyperparameters, JobSpec
+from sage_core.schemas import Hyperparameters, JobSpec, Resources
 from sage_core.settings import Settings
 
 SPAM_WORDS = ("free", "win", "prize", "call", "now", "text", "stop", "cash", "claim", "urgent",
@@ -78,11 +78,12 @@ class WorkerEnv(JobRows):
         return file_id
 
     def add_job(self, rows: int = 32, validation: bool = True, model: str = "tiny-bert",
-                **hyperparameters: Any) -> str:
+                gpus: int = 1, **hyperparameters: Any) -> str:
         train = self.add_file(spam_rows(rows))
         valid = self.add_file(spam_rows(16, seed=1)) if validation else None
         hp = {"n_epochs": 2, "batch_size": 8, "max_seq_length": 16, **hyperparameters}
-        spec = JobSpec(model=model, seed=1, hyperparameters=Hyperparameters(**hp)).resolve()
+        spec = JobSpec(model=model, seed=1, hyperparameters=Hyperparameters(**hp),
+                       resources=Resources(gpus=gpus)).resolve()
         job_id = new_id(JOB)
         with self.sessions.begin() as s:
             s.add(Job(id=job_id, owner_id=self.key.id, model=model, task=spec.task,
@@ -108,7 +109,9 @@ def env(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[WorkerEnv]:
 # Stand-in for `python -m worker run JOB_ID --worker-id OWNER --parent-pid PID`, as FAKE_MODE
 # says: no-start (exits 2 before claiming), crash (claims, exits 3), hang (claims, writes its
 # pid to FAKE_PIDFILE and sleeps, ignoring cancel and SIGTERM, with a child of its own whose
-# pid goes to FAKE_PIDFILE.child), done (claims and exits 0 leaving the job running).
+# pid goes to FAKE_PIDFILE.child), done (claims and exits 0 leaving the job running),
+# record (claims, writes "SAGETRAIN_JOB_SLOTS;CUDA_VISIBLE_DEVICES" to FAKE_PIDFILE,
+# and succeeds).
 FAKE_JOB_PROCESS = """\
 import os, signal, subprocess, sys, time
 from sage_core.db import transitions
@@ -120,6 +123,11 @@ if mode == "no-start":
     sys.exit(2)
 with make_session_factory(get_engine(get_settings())).begin() as s:
     transitions.claim(s, job_id, owner=owner, lease_seconds=60)
+if mode == "record":
+    open(os.environ["FAKE_PIDFILE"], "w").write(";".join(
+        os.environ.get(name, "-") for name in ("SAGETRAIN_JOB_SLOTS", "CUDA_VISIBLE_DEVICES")))
+    with make_session_factory(get_engine(get_settings())).begin() as s:
+        transitions.succeed(s, job_id, owner=owner)
 if mode == "crash":
     os._exit(3)
 if mode == "hang":

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.parent_pid is not None:
-        from worker.lifeline import die_with_parent
+        from sage_core.lifeline import die_with_parent
 
         die_with_parent(args.parent_pid)
     from sage_core.transient import EXIT_TRANSIENT, TransientJobError

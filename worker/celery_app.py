@@ -1,12 +1,17 @@
 """The Celery app of sagetrain's workers, built from the settings (SAGETRAIN_*):
-`sagetrain worker`, or `celery -A worker.celery_app worker --pool threads`.
+`sagetrain worker`, or `celery -A worker.celery_app worker --pool threads -Q gpu,gpu.2`
+(a worker consumes the queue of each job size it holds: `sage_core.broker.worker_queues`).
 
 The one task, `sagetrain.jobs.run(job_id)`, re-reads the job row and runs it in a child
 process under the same supervision as the embedded executor's (`sage_core.supervision`,
-through `worker.supervisor`); each pool thread runs one job at a time, so concurrency =
-GPUs. The threads pool keeps this process free of torch; the jobs' processes are where the
-memory goes. Every worker also runs a reaper thread (`sage_core.reaper`) from `worker_ready`,
-sending with the same `CeleryDispatcher` as the API.
+through `worker.supervisor`); each pool thread runs one job at a time, and a job holds as many
+of the worker's slots (GPUs) as it asks for, so concurrency = slots at most. The threads pool
+keeps this process free of torch; the jobs' processes are where the memory goes.
+
+From `worker_ready`, every worker also runs a reaper thread (`sage_core.reaper`, sending
+with the same `CeleryDispatcher` as the API) and a registration thread that keeps its row in
+the `workers` table (its slots, for placement: `sage_core.db.placement`) alive every
+`heartbeat_seconds`; the row is deleted when the worker shuts down.
 
 Only known transient errors (database, broker) are retried, with exponential backoff and
 a cap; anything a job itself does wrong fails the job in the runner, never here.
@@ -23,9 +28,11 @@ from celery import Task, signals
 from sage_core.broker import TASK_NAME, CeleryDispatcher, create_celery
 from sage_core.db.session import get_engine, make_session_factory
 from sage_core.settings import get_settings
+from sage_core.slots import worker_slots
 from sage_core.supervision import JobSupervisor, Shutdown
 from sage_core.transient import is_transient
-from worker.supervisor import GpuSlots, parse_gpus, supervise
+from worker.registration import Registration
+from worker.supervisor import supervise
 
 log = logging.getLogger("sagetrain.worker")
 MAX_RETRIES = 8
@@ -33,7 +40,7 @@ RETRY_BACKOFF_MAX = 300.0
 
 settings = get_settings()
 app = create_celery(settings)
-gpus = GpuSlots(parse_gpus(settings.worker_gpus))
+slots = worker_slots(settings)
 shutdown = Shutdown()  # set when the worker starts its shutdown (worker_shutting_down)
 
 
@@ -51,9 +58,9 @@ def supervisor() -> JobSupervisor:
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
 def run_job(self: Task, job_id: str) -> str | None:
     """Run the job `job_id` if it is queued: by id only, the row says the rest."""
-    dispatcher().taken(job_id)  # off the broker: the reaper may send it again later
     try:
-        return supervise(job_id, supervisor(), gpus=gpus, send_again=dispatcher().dispatch)
+        return supervise(job_id, supervisor(), slots=slots, send_again=dispatcher().dispatch,
+                         taken=dispatcher().taken)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -63,14 +70,21 @@ def run_job(self: Task, job_id: str) -> str | None:
         raise self.retry(exc=exc, countdown=delay) from exc
 
 
+@cache
+def registration() -> Registration:
+    return Registration(settings, slots)
+
+
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     # Each running job checkpoints and goes back to the queue; it has a lease's time to.
     shutdown.request(max(settings.cancel_grace_seconds, settings.lease_seconds))
+    registration().stop()
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_: Any) -> None:
+def _start_reaper(sender: Any = None, **_: Any) -> None:
     from sage_core.reaper import Reaper
 
+    registration().start(str(getattr(sender, "hostname", None) or app.conf.get("hostname")))
     Reaper(settings, dispatcher().dispatch, is_dispatched=dispatcher().is_dispatched).start()

@@ -14,6 +14,12 @@
 
 Runs in whatever process launched it; keeps no state outside the database, the artifact
 store and the job's output folder (stable across attempts, so a new attempt resumes).
+
+A job whose spec asks for resources.gpus > 1 trains with that many ranks, children of this
+process (`sage_core.training.distributed`): this process keeps the lease and the heartbeat,
+and the callbacks above run here as for one process (rank 0 calls them over a pipe). Cancel,
+pause and SIGTERM reach every rank through `should_stop`; a rank's death fails the job
+with worker_crashed, as the death of a job's process does; no rank outlives this process.
 """
 
 from __future__ import annotations

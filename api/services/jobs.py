@@ -32,7 +32,7 @@ from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
 from sage_core.errors import ConflictError, InvalidSpecError
 from sage_core.names import TaskName
-from sage_core.schemas import Hyperparameters, JobSpec
+from sage_core.schemas import Hyperparameters, JobSpec, check_resources
 from sage_core.settings import Settings
 
 S = JobStatus
@@ -94,16 +94,17 @@ def hyperparameters_of(body: JobCreate) -> Hyperparameters:
 
 def _resolvable(body: JobCreate, task: TaskName, hyperparameters: Hyperparameters,
                 train_rows: int | None) -> None:
-    """The hyperparameters apply to the task (e.g. lora only to chat and completion) and
-    the files (no validation_split with a validation file): a 400 naming the field as the
-    request gave it."""
+    """The hyperparameters apply to the task (e.g. lora only to chat and completion), the
+    files (no validation_split with a validation file) and the resources (a batch of at
+    least one example per GPU): a 400 naming the field as the request gave it."""
     try:
-        hyperparameters.resolve(task, train_rows=train_rows,
-                                has_validation=body.validation_file is not None)
+        resolved = hyperparameters.resolve(task, train_rows=train_rows,
+                                           has_validation=body.validation_file is not None)
     except InvalidSpecError as exc:
         if exc.param and hyperparameters is not body.hyperparameters:
             exc.param = f"method.supervised.{exc.param}"
         raise
+    check_resources(body.resources, resolved)
 
 
 def check_request(session: Session, key: ApiKey, body: JobCreate, *,
@@ -145,8 +146,8 @@ def new_job(key: ApiKey, body: JobCreate, *, task: TaskName, seed: int,
     file of `train_rows` examples); queued at `now` unless another status is given.
     `columns`: any other column's value."""
     job_id = new_id(JOB)
-    spec = JobSpec(model=body.model, task=task, seed=seed,
-                   hyperparameters=hyperparameters).resolve(
+    spec = JobSpec(model=body.model, task=task, seed=seed, hyperparameters=hyperparameters,
+                   resources=body.resources).resolve(
         train_rows=train_rows, has_validation=body.validation_file is not None)
     return Job(id=job_id, owner_id=key.id, model=body.model, task=task,
                spec=spec.model_dump(mode="json"), seed=seed, suffix=body.suffix,

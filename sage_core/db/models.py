@@ -1,5 +1,5 @@
 """Typed SQLAlchemy models: api_keys, files, jobs, job_events, job_metrics, checkpoints,
-webhook_endpoints, webhook_deliveries.
+workers, webhook_endpoints, webhook_deliveries.
 
 Every public row id is a string from `sage_core.db.ids`; lists page on (created_at, id).
 Timestamps are timezone-aware UTC on every backend (`UTCDateTime`).
@@ -130,6 +130,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set while the job is queued asking for more GPUs than any live worker has
+    # (sage_core/db/placement.py); it fails with insufficient_gpus after gpu_wait_seconds.
+    waiting_for_gpus_since: Mapped[datetime | None] = mapped_column(default=None)
     # progress
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -195,6 +198,21 @@ class Checkpoint(Base):
     storage_key: Mapped[str] = mapped_column(String(256))
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(400))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A live worker and what it can hold (sage_core/db/placement.py): a row per worker,
+    renewed by its heartbeat, deleted when it shuts down; a row whose heartbeat is older
+    than a lease belongs to a worker that is gone."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # its Celery node name
+    host: Mapped[str] = mapped_column(String(200))
+    slots: Mapped[int] = mapped_column(Integer)  # GPUs, or processes on a CPU-only worker
+    gpus: Mapped[list[Any] | None] = mapped_column(default=None)  # its GPU ids; None: CPU
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class JobStatus:

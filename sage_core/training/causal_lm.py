@@ -173,7 +173,8 @@ class CausalLMTask(PerTokenLabels, TokenizedTask):
             return cast(torch.nn.Module, load_lora(self._path, folder))
         return cast(torch.nn.Module, self._load(folder))
 
-    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+    def save_model(self, model: torch.nn.Module, folder: Path, *,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
         # Saved with the model (a peft model passes these through to its base model):
         # `generate` stops at the end of a turn, and pads.
         config = cast(Any, model).generation_config
@@ -182,20 +183,22 @@ class CausalLMTask(PerTokenLabels, TokenizedTask):
         if self.hp is not None and self.hp.lora is not None:
             from sage_core.training.lora import save_lora
 
+            assert state_dict is None, "a LoRA run is never sharded"
             with quiet_transformers():
                 save_lora(model, folder)  # type: ignore[arg-type]
             self.save_processor(folder)
         else:
-            super().save_model(model, folder)
+            super().save_model(model, folder, state_dict=state_dict)
 
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+    def prepare_model(self, model: torch.nn.Module, device: torch.device, *,
+                      shards: int = 1) -> None:
         from sage_core.training import memory
 
         if self.hp is None:
             return
         if memory.gradient_checkpointing_wanted(self.hp.gradient_checkpointing, model, device):
             memory.enable_gradient_checkpointing(model)
-        memory.check_memory_fits(model, self.hp, device)
+        memory.check_memory_fits(model, self.hp, device, shards=shards)
 
     # ------------------------------------------------------------ loss and metrics
     def _aligned(self, outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

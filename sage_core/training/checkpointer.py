@@ -32,8 +32,9 @@ SaveModel = Callable[[Path], None]  # writes the Hugging Face model folder's fil
 
 
 def _flatten(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec's fields with hyperparameters hoisted, for naming what differs."""
-    flat = {k: v for k, v in spec.items() if k != "hyperparameters"}
+    """The spec's fields with hyperparameters hoisted, for naming what differs. Resources
+    are left out: a checkpoint resumes on any number of GPUs (processes)."""
+    flat = {k: v for k, v in spec.items() if k not in ("hyperparameters", "resources")}
     flat.update(spec.get("hyperparameters") or {})
     return flat
 
@@ -101,7 +102,7 @@ class Checkpointer:
         progress counters. The model itself is loaded by the task (`Task.load_model`)."""
         saved = ckpt.read_progress(folder)
         state = ckpt.load_state(folder)
-        optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -126,7 +127,7 @@ class Checkpointer:
             "progress": asdict(progress),
         }
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": self._optimizer_state(optimizer),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
             "rng": ckpt.capture_rng(),
@@ -138,6 +139,14 @@ class Checkpointer:
             (folder / ckpt.PROGRESS_FILE).write_text(json.dumps(progress_json, indent=1))
 
         return ckpt.write_atomically(ckpt.checkpoint_dir(self.output_dir, step), write)
+
+    def _optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        """What STATE_FILE holds of the optimizer: its own state_dict (parameters numbered
+        in their groups' order), whatever the number of processes that trained it."""
+        return optimizer.state_dict()
+
+    def _load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
 
     def prune(self, keep: Iterable[int | None] = ()) -> None:
         """Delete all but the newest `keep_last` checkpoints and the steps in `keep`."""

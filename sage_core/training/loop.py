@@ -67,12 +67,17 @@ The loop's body calls one collaborator per concern, each in its own module:
 save, resume and its checks), `MetricLogger` and `TrainWindow` (metric_logger.py),
 `Evaluator` and `BestTracker` (evaluator.py: evaluation, early stopping, the best
 checkpoint) and `SensitivityHook` (sensitivity_hook.py). A new kind of task is a `Task`
-subclass (tasks.py); a distributed run overrides `_placement`, `_sampler` and
-`_checkpointer` to swap those three pieces.
+subclass (tasks.py). A distributed run (distributed.py, one `Trainer` per rank) swaps the
+`_checkpointer` and fills the seams a single process leaves as they are: `_model_shards`
+(for the memory check), `_wrap` (the module the forward runs through), `_micro_batches`
+(this process's share of a step), `_gradient_sync`, `_step_totals` (the step's loss summed
+over processes), `_clip_gradients`, `_agree` (one process's stop decision for all) and
+`_metric_logger`; the device (`_placement`) and the batches (`_sampler`) stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -139,6 +144,7 @@ class Trainer:
         self.progress = Progress()
         self.logger: MetricLogger | None = None
         self._eval_seconds: float | None = None  # the last evaluation's wall time
+        self.optimizer_compiled: bool | None = None  # SAGE's `compiled` (None: automatic)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -152,8 +158,7 @@ class Trainer:
             self.progress = self.checkpointer.restore(
                 resume_from, self.plan, optimizer=self.optimizer, scheduler=self.scheduler,
                 scaler=self.placement.precision.scaler)
-        self.logger = MetricLogger(self.output_dir / ckpt.METRICS_FILE,
-                                   self.callbacks.on_metrics, resumed_step=self.progress.step)
+        self.logger = self._metric_logger()
         self._event("info", (
             f"training {self.spec.model} ({self.spec.task}) on {len(self.train_items)} "
             f"examples" + (f", validating on {len(self.valid_items)}" if self.valid_items
@@ -205,6 +210,10 @@ class Trainer:
                 f"{self.spec.model} accepts", param="max_seq_length")
         self.checkpointer = self._checkpointer()
         return base_path
+
+    def _metric_logger(self) -> MetricLogger:
+        return MetricLogger(self.output_dir / ckpt.METRICS_FILE, self.callbacks.on_metrics,
+                            resumed_step=self.progress.step)
 
     def _placement(self) -> Placement:
         return Placement.resolve(self.requested_device)
@@ -268,15 +277,26 @@ class Trainer:
             self.model = self.task.build_model(base_path)
         else:
             self.model = self.task.load_model(resume_from)
-        self.task.prepare_model(self.model, self.placement.device)
+        self.task.prepare_model(self.model, self.placement.device,
+                                shards=self._model_shards(self.model))
         self.model.to(self.placement.device)
         self.model.train()
+        self.train_model = self._wrap(self.model)
+
+    def _model_shards(self, model: torch.nn.Module) -> int:
+        """How many devices share the model's weights and optimizer state (FSDP)."""
+        return 1
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training forward runs through; `self.model` stays the task's
+        own (evaluation, samples, saving)."""
+        return model
 
     def _setup_optimizer(self) -> None:
         warning = sage_scope_warning(self.model, self.hp)
         if warning is not None:
             self._event("warning", warning)
-        self.optimizer = build_optimizer(self.model, self.hp)
+        self.optimizer = build_optimizer(self.model, self.hp, compiled=self.optimizer_compiled)
         self.scheduler = build_scheduler(self.optimizer, self.plan)
 
     # ---------------------------------------------------------------- train
@@ -304,18 +324,19 @@ class Trainer:
         scaler = self.placement.precision.scaler
         total = torch.zeros((), device=self.placement.device)
         statistic: tuple[torch.Tensor, torch.Tensor] | None = None
-        for start in range(0, len(indices), self.micro_batch):
-            chunk = [self.train_items[i] for i in indices[start:start + self.micro_batch]]
-            loss, chunk_statistic = self._loss_step(chunk, len(indices))
-            (scaler.scale(loss) if scaler else loss).backward()
+        chunks = self._micro_batches(indices)
+        for n, chunk in enumerate(chunks):
+            with self._gradient_sync(last=n == len(chunks) - 1):
+                loss, chunk_statistic = self._loss_step(chunk, len(indices))
+                (scaler.scale(loss) if scaler else loss).backward()
             total += loss.detach()
             if chunk_statistic is not None:
                 statistic = chunk_statistic if statistic is None else (
                     statistic[0] + chunk_statistic[0], statistic[1] + chunk_statistic[1])
+        total, statistic = self._step_totals(total, statistic)
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.hp.max_grad_norm or math.inf, foreach=True)
+        grad_norm = self._clip_gradients()
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
@@ -326,13 +347,37 @@ class Trainer:
         # Kept as tensors: reading them forces a device sync, done only when a row is logged.
         self.window.add(total, grad_norm.detach(), lr, len(indices), statistic)
 
+    def _micro_batches(self, indices: list[int]) -> list[list[Encoded]]:
+        """The step's examples this process trains on, in micro-batches."""
+        return [[self.train_items[i] for i in indices[start:start + self.micro_batch]]
+                for start in range(0, len(indices), self.micro_batch)]
+
+    def _gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Around each micro-batch's backward; `last`: the step's last one."""
+        return contextlib.nullcontext()
+
+    def _step_totals(self, total: torch.Tensor,
+                     statistic: tuple[torch.Tensor, torch.Tensor] | None
+                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The step's mean loss and train statistic over all its examples."""
+        return total, statistic
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the gradients to max_grad_norm; return their norm before."""
+        return torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.hp.max_grad_norm or math.inf, foreach=True)
+
+    def _agree(self, decision: bool) -> bool:
+        """The run's decision (stop, early stop), given this process's."""
+        return decision
+
     def _loss_step(self, items: list[Encoded], step_examples: int
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The micro-batch's share of the step's mean loss, and its train statistic."""
         batch = self.placement.batch(self.task, items, train=True)
         self.progress.trained_tokens += batch.tokens
         with self.placement.autocast():
-            outputs = self.model(**batch.inputs)
+            outputs = self.train_model(**batch.inputs)
         loss = self.task.loss(outputs, batch.targets).sum() / step_examples
         return loss, self.task.train_statistic(outputs, batch.targets)
 
@@ -340,7 +385,7 @@ class Trainer:
         """Log, evaluate, checkpoint and decide whether to go on; a status ends the run."""
         step, plan = self.progress.step, self.plan
         at_epoch_end = step % plan.steps_per_epoch == 0
-        stop = self.callbacks.should_stop() or (
+        stop = self._agree(self.callbacks.should_stop()) or (
             self.max_steps is not None and step >= self.max_steps)
         stop = stop and step < plan.total_steps
         if step % plan.log_every == 0 or step == plan.total_steps or stop:
@@ -351,7 +396,7 @@ class Trainer:
         if evaluate:
             self.window.check(step)
             with self.window.paused():
-                early = self._evaluate_and_log()
+                early = self._agree(self._evaluate_and_log())
         every = self.hp.checkpoint_every_steps
         if at_epoch_end or stop or early or (every is not None and step % every == 0):
             self.window.check(step)
@@ -504,7 +549,7 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
-        for name in ("model", "optimizer", "scheduler"):
+        for name in ("model", "train_model", "optimizer", "scheduler"):
             self.__dict__.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -530,7 +575,16 @@ def run_training(spec: ResolvedSpec, train_file: Path, output_dir: Path, *,
     (a fine-tuned model trained further; `spec.model` then only names it).
     Raises InvalidSpecError, DataFileError, UnknownModelError before any training starts,
     and TrainingError (code "nan_loss") for a non-finite loss.
+    A spec with resources.gpus > 1 trains with that many ranks (distributed.py).
     """
+    if spec.resources.gpus > 1:
+        from sage_core.training.distributed import run_distributed
+
+        return run_distributed(
+            spec, train_file, output_dir, models_dir=models_dir,
+            allow_hub_models=allow_hub_models, device=device, validation_file=validation_file,
+            callbacks=callbacks, resume=resume, max_steps=max_steps, log_every=log_every,
+            job_id=job_id, base_model_dir=base_model_dir)
     trainer = Trainer(spec, train_file, output_dir, models_dir=models_dir,
                       allow_hub_models=allow_hub_models, device=device,
                       validation_file=validation_file, callbacks=callbacks, resume=resume,

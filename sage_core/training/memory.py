@@ -114,9 +114,12 @@ def _optimizer_state_bytes(model: nn.Module, hp: ResolvedHyperparameters) -> int
 
 
 def estimate_training_memory(
-    model: nn.Module, hp: ResolvedHyperparameters, device: torch.device, *, checkpointing: bool
+    model: nn.Module, hp: ResolvedHyperparameters, device: torch.device, *, checkpointing: bool,
+    shards: int = 1,
 ) -> MemoryEstimate:
-    """What training ``model`` with ``hp`` on ``device`` takes there, coarsely."""
+    """What training ``model`` with ``hp`` on ``device`` takes there, coarsely. ``shards``:
+    the processes whose devices share the weights, gradients and optimizer state (FSDP);
+    each holds its part of those, and activations and logits of its own micro-batch."""
     config = cast(PretrainedConfig, model.config)
     layers: int = config.num_hidden_layers
     hidden: int = config.hidden_size
@@ -129,11 +132,11 @@ def estimate_training_memory(
     else:
         per_token = hidden * ACTIVATION_BYTES * layers
     return MemoryEstimate(
-        parameters=sum(p.numel() * p.element_size() for p in unique
+        parameters=sum(p.numel() * p.element_size() // shards for p in unique
                        if p.device.type != device.type),
-        gradients=sum(p.numel() * p.element_size() for p in trainable),
-        optimizer_state=_optimizer_state_bytes(model, hp),
-        weight_copies=2 * sum(p.numel() for p in unique),
+        gradients=sum(p.numel() * p.element_size() for p in trainable) // shards,
+        optimizer_state=_optimizer_state_bytes(model, hp) // shards,
+        weight_copies=2 * sum(p.numel() for p in unique) // shards,
         activations=tokens * per_token,
         logits=tokens * vocab * 4 * 2,
     )
@@ -141,12 +144,13 @@ def estimate_training_memory(
 
 def check_memory_fits(
     model: nn.Module, hp: ResolvedHyperparameters, device: torch.device, *,
-    free_bytes: int | None = None,
+    free_bytes: int | None = None, shards: int = 1,
 ) -> None:
     """Raise `TrainingError` (code "out_of_memory") when training ``model`` with ``hp`` on
     ``device`` would not fit in its free memory, by `estimate_training_memory`; the message
     gives the estimate, the free memory and what to change. ``free_bytes`` overrides what CUDA
-    reports (tests). On a device other than CUDA, without ``free_bytes``: nothing to check."""
+    reports (tests). On a device other than CUDA, without ``free_bytes``: nothing to check.
+    ``shards``: see `estimate_training_memory`."""
     if free_bytes is None:
         if device.type != "cuda":
             return
@@ -155,7 +159,8 @@ def check_memory_fits(
         free_bytes = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
             device)
     checkpointing = gradient_checkpointing_wanted(hp.gradient_checkpointing, model, device)
-    estimate = estimate_training_memory(model, hp, device, checkpointing=checkpointing)
+    estimate = estimate_training_memory(model, hp, device, checkpointing=checkpointing,
+                                        shards=shards)
     if estimate.total <= free_bytes:
         return
     micro_batch = hp.batch_size // hp.gradient_accumulation_steps

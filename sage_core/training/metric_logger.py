@@ -24,25 +24,29 @@ from sage_core.errors import TrainingError
 
 
 class MetricLogger:
-    """metrics.jsonl, one JSON row per line, kept in step with the run's checkpoints."""
+    """metrics.jsonl, one JSON row per line, kept in step with the run's checkpoints; with
+    `path` None (a distributed run's other ranks), rows go to `on_metrics` alone."""
 
-    def __init__(self, path: Path, on_metrics: Callable[[dict[str, Any]], None], *,
+    def __init__(self, path: Path | None, on_metrics: Callable[[dict[str, Any]], None], *,
                  resumed_step: int = 0) -> None:
+        self._on_metrics = on_metrics
+        self._fh: IO[str] | None = None
+        if path is None:
+            return
         kept: list[str] = []
         if path.exists():
             # Rows after the checkpoint came from steps that will run again.
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
-        self._fh: IO[str] | None = open(path, "w")  # noqa: SIM115 - closed in close()
+        self._fh = open(path, "w")  # noqa: SIM115 - closed in close()
         for line in kept:
             self._fh.write(line + "\n")
         self._fh.flush()
-        self._on_metrics = on_metrics
 
     def log(self, row: dict[str, Any]) -> None:
-        assert self._fh is not None
-        self._fh.write(json.dumps(row) + "\n")
-        self._fh.flush()
+        if self._fh is not None:
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
         self._on_metrics(dict(row))
 
     def close(self) -> None:

@@ -22,11 +22,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def build_optimizer(model: torch.nn.Module, hp: ResolvedHyperparameters) -> Optimizer:
+def build_optimizer(model: torch.nn.Module, hp: ResolvedHyperparameters, *,
+                    compiled: bool | None = None) -> Optimizer:
+    """`compiled` goes to SAGE (None: its automatic choice; False where the parameters are
+    DTensors, FSDP's shards, which the compiled kernels cannot take)."""
     from sage_core.optim import make_optimizer
 
     return make_optimizer(model, hp.optimizer, lr=hp.learning_rate,
-                          weight_decay=hp.weight_decay, beta3=hp.beta3, scope=hp.sage_scope)
+                          weight_decay=hp.weight_decay, beta3=hp.beta3, scope=hp.sage_scope,
+                          compiled=compiled)
 
 
 def sage_scope_warning(model: torch.nn.Module, hp: ResolvedHyperparameters) -> str | None:

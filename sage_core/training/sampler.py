@@ -1,8 +1,8 @@
 """Which training examples each optimizer step sees.
 
 The order of an epoch is a function of (seed, epoch) only, so a resumed run starts at any
-(epoch, batch) without replaying what came before. A distributed run swaps this piece
-(each rank its share of every batch).
+(epoch, batch) without replaying what came before. A distributed run draws the same
+batches on every rank, and each rank trains on its `rank_share` of each.
 """
 
 from __future__ import annotations
@@ -35,3 +35,11 @@ class EpochSampler:
         size = self.batch_size
         for b in range(first_batch, self.steps_per_epoch):
             yield order[b * size:(b + 1) * size]
+
+
+def rank_share(batch: list[int], rank: int, ranks: int) -> list[int]:
+    """Rank `rank`'s contiguous part of `batch` out of `ranks`: sizes differ by at most one,
+    the first ranks take the extra examples, and a rank past a short batch's end gets none."""
+    size, extra = divmod(len(batch), ranks)
+    start = rank * size + min(rank, extra)
+    return batch[start:start + size + (1 if rank < extra else 0)]

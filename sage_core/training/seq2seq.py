@@ -189,7 +189,8 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
     def load_model(self, folder: Path) -> torch.nn.Module:
         return cast(torch.nn.Module, self._load(folder))
 
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+    def prepare_model(self, model: torch.nn.Module, device: torch.device, *,
+                      shards: int = 1) -> None:
         """Gradient checkpointing as `gradient_checkpointing` says (memory.py). The memory
         check before the first step is the causal LMs' alone: its estimate counts one
         stack of layers."""
@@ -199,7 +200,8 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
                 self.hp.gradient_checkpointing, model, device):
             memory.enable_gradient_checkpointing(model)
 
-    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+    def save_model(self, model: torch.nn.Module, folder: Path, *,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
         config = cast(Any, model).generation_config
         config.decoder_start_token_id = self.decoder_start_id
         config.eos_token_id = self.eos_id
@@ -207,7 +209,7 @@ class Seq2SeqTask(PerTokenLabels, TokenizedTask):
         config.num_beams = self._num_beams
         if self.hp is not None:
             config.max_length = self.hp.max_seq_length
-        super().save_model(model, folder)
+        super().save_model(model, folder, state_dict=state_dict)
 
     # ------------------------------------------------------------ loss and metrics
     # ------------------------------------------------------------ generation

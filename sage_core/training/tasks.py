@@ -135,9 +135,12 @@ class Task(ABC):
     @abstractmethod
     def save_processor(self, folder: Path) -> None: ...
 
-    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+    def save_model(self, model: torch.nn.Module, folder: Path, *,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The model's Hugging Face folder; `state_dict`: its weights, when the module holds
+        only a shard of them (FSDP)."""
         with quiet_transformers():
-            model.save_pretrained(folder)  # type: ignore[operator]
+            model.save_pretrained(folder, state_dict=state_dict)  # type: ignore[operator]
         self.save_processor(folder)
 
     @abstractmethod
@@ -148,9 +151,11 @@ class Task(ABC):
     def load_model(self, folder: Path) -> torch.nn.Module:
         """A model this task saved earlier (a checkpoint), checked against this run's labels."""
 
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> None:
+    def prepare_model(self, model: torch.nn.Module, device: torch.device, *,
+                      shards: int = 1) -> None:
         """Called with the built or loaded model before it moves to `device`: memory
-        savings (gradient checkpointing) and checks that it fits."""
+        savings (gradient checkpointing) and checks that it fits, with its weights and
+        optimizer state split over `shards` devices (FSDP)."""
         return None
 
     @abstractmethod

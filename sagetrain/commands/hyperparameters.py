@@ -21,6 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from sage_core.names import STRATEGIES
 from sage_core.schemas import Hyperparameters
 
 _FLAG_NAMES = {"n_epochs": "--epochs"}
@@ -114,6 +115,22 @@ def _json_object(text: str) -> dict[str, Any]:
 def add_hyperparameter_arguments(group: argparse._ActionsContainer) -> None:
     for name, info in Hyperparameters.model_fields.items():
         group.add_argument(flag(name), dest=name, default=None, **_option(name, info))
+
+
+def add_resource_arguments(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--gpus", metavar="N", type=int, default=None,
+                       help="GPUs for the job, one process each (on a machine without GPUs: "
+                            "processes); default 1")
+    group.add_argument("--strategy", choices=STRATEGIES, default=None,
+                       help="with --gpus over 1: ddp (a replica per GPU), fsdp (sharded) or "
+                            "auto (ddp unless the model and its optimizer state do not fit "
+                            "one GPU; the default)")
+
+
+def resources_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's `resources` given on the command line (empty: the defaults)."""
+    return {name: value for name in ("gpus", "strategy")
+            if (value := getattr(args, name, None)) is not None}
 
 
 def hyperparameters_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from sage_core.names import DEFAULT_TASK, OPTIMIZERS, TASKS
 from sagetrain.commands.hyperparameters import (
     add_hyperparameter_arguments,
+    add_resource_arguments,
     hyperparameters_from_args,
+    resources_from_args,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "schedule, each over the learning rates after '=' or else its "
                         "default grid (e.g. adamw or adamw=5e-5,1e-4; needs "
                         "--validation-file)")
+    add_resource_arguments(create)
     create.add_argument("--suffix", metavar="S", default=None,
                         help="added to the fine-tuned model's name")
     create.add_argument("--seed", metavar="N", type=int, default=None, help="random seed")
@@ -242,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 hyperparameters=hyperparameters_from_args(args) or None, suffix=args.suffix,
                 seed=args.seed, task=args.task, idempotency_key=args.idempotency_key,
                 sweep=_sweep(args),
-                compare_to=args.compare_to)
+                compare_to=args.compare_to, resources=resources_from_args(args) or None)
             print_json(job)
             return watch(client, job["id"], args.progress) if args.watch else 0
         if args.action == "list":

@@ -20,13 +20,16 @@ from typing import Any
 from sage_core.names import DEFAULT_TASK, TASKS
 from sagetrain.commands.hyperparameters import (
     add_hyperparameter_arguments,
+    add_resource_arguments,
     flags,
     hyperparameters_from_args,
+    resources_from_args,
 )
 
 # JobSpec field -> the option that sets it, for error messages.
 _FLAGS = {**flags(), "model": "--model", "task": "--task", "seed": "--seed",
-          "validation_file": "--validation-file", "training_file": "--train-file"}
+          "validation_file": "--validation-file", "training_file": "--train-file",
+          "gpus": "--gpus", "strategy": "--strategy"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_hyperparameter_arguments(
         parser.add_argument_group("hyperparameters (unset: the API's defaults)"))
     run = parser.add_argument_group("run")
+    add_resource_arguments(run)
     run.add_argument("--seed", metavar="N", type=int, default=42,
                      help="seed for the head's initialisation, dropout and data order "
                           "(default 42)")
@@ -74,7 +78,8 @@ def build_spec(args: argparse.Namespace) -> Any:
     from sage_core.schemas import JobSpec
 
     return JobSpec.model_validate({"model": args.model, "task": args.task, "seed": args.seed,
-                                   "hyperparameters": hyperparameters_from_args(args)})
+                                   "hyperparameters": hyperparameters_from_args(args),
+                                   "resources": resources_from_args(args)})
 
 
 def detect_task(train_file: Path) -> str:
@@ -163,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sage_core.catalog import find_model
     from sage_core.errors import DataFileError, InvalidSpecError, SageTrainError, UnknownModelError
+    from sage_core.schemas import check_resources
     from sage_core.settings import get_settings
 
     for flag, path in (("--train-file", args.train_file),
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         # n_epochs and validation_split "auto" fit the training file's size, as the API's do
         spec = request.resolve(train_rows=count_rows(args.train_file, args.task),
                                has_validation=args.validation_file is not None)
+        check_resources(spec.resources, spec.hyperparameters)
     except ValidationError as exc:
         return _fail(_validation_message(exc))
     except InvalidSpecError as exc:

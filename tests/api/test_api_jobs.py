@@ -43,6 +43,17 @@ def test_create_resolves_everything(service: Service) -> None:
     assert got.json()["seed"] == second["seed"]
 
 
+def test_resources_default_to_one_gpu_and_are_stored(service: Service) -> None:
+    job = service.create_job()
+    assert job["resources"] == {"gpus": 1, "strategy": "auto"}
+    job = service.create_job(resources={"gpus": 2, "strategy": "ddp"})
+    assert job["resources"] == {"gpus": 2, "strategy": "ddp"}
+    got = service.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=service.auth())
+    assert got.json()["resources"] == {"gpus": 2, "strategy": "ddp"}
+    with _db(service)() as session:
+        assert session.get(Job, job["id"]).spec["resources"] == {"gpus": 2, "strategy": "ddp"}
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
     ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
@@ -53,6 +64,10 @@ def test_create_resolves_everything(service: Service) -> None:
     ({"hyperparameters": {"optimizer": "sgd"}}, "hyperparameters.optimizer"),
     ({"hyperparameters": {"warmup_ratio": 2}}, "hyperparameters.warmup_ratio"),
     ({"hyperparameters": {"bogus": 1}}, "hyperparameters.bogus"),
+    ({"resources": {"gpus": 0}}, "resources.gpus"),
+    ({"resources": {"strategy": "tensor-parallel"}}, "resources.strategy"),
+    ({"resources": {"nodes": 2}}, "resources.nodes"),
+    ({"resources": {"gpus": 4}, "hyperparameters": {"batch_size": 2}}, "resources.gpus"),
     ({"suffix": "has space"}, "suffix"),
     ({"suffix": "x" * 65}, "suffix"),
     ({"seed": -1}, "seed"),

@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from service_fixtures import redis_namespace
+from worker_helpers import WorkerEnv
 
-from sage_core.broker import CeleryDispatcher, DispatchMarks, create_celery, publish
+from sage_core.broker import (
+    CeleryDispatcher,
+    DispatchMarks,
+    create_celery,
+    publish,
+    worker_queues,
+)
 from sage_core.settings import Settings
 
 
@@ -72,3 +80,24 @@ def test_the_one_dispatcher_marks_sends_and_clears(settings: Settings) -> None:
         down.taken("ftjob-sent")  # logged, never raised: a mark left behind expires
     finally:
         down.close()
+
+
+def test_a_job_goes_to_the_queue_of_its_size(env: WorkerEnv) -> None:
+    """A worker with K slots consumes the queues of sizes 1 to K, so a job's message reaches
+    only workers big enough for it. A job whose size cannot be read goes to size 1's queue."""
+    assert worker_queues(["gpu"], 3) == ["gpu", "gpu.2", "gpu.3"]
+    with redis_namespace() as (url, prefix):
+        settings = env.settings.model_copy(update={"broker_url": url,
+                                                   "broker_key_prefix": prefix})
+        dispatcher = CeleryDispatcher(settings)
+        client = redis.Redis.from_url(url)
+        try:
+            dispatcher.dispatch(env.add_job(gpus=2))
+            dispatcher.dispatch(env.add_job())
+            dispatcher.dispatch("ftjob-unknown")
+            dispatcher.dispatch("ftjob-told", gpus=3)
+            lengths = {q: client.llen(f"{prefix}{q}") for q in ("gpu", "gpu.2", "gpu.3")}
+            assert lengths == {"gpu": 2, "gpu.2": 1, "gpu.3": 1}
+        finally:
+            client.close()
+            dispatcher.close()

@@ -96,3 +96,42 @@ loaded = [m for m in sys.modules if m.split(".")[0] in ("worker", "torch", "cele
 assert not loaded, loaded
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_job_gets_as_many_slots_as_it_asks_for(env: WorkerEnv, fake_python: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("FAKE_MODE", "record")
+    monkeypatch.setenv("FAKE_PIDFILE", str(tmp_path / "env"))
+    settings = env.settings.model_copy(update={"worker_slots": 2})
+    ex = LocalExecutor(settings, poll_seconds=0.2, python=fake_python)
+    job_id = env.add_job(gpus=2)
+    ex.start()
+    try:
+        _wait(lambda: env.job(job_id).status == "succeeded")
+    finally:
+        ex.stop()
+    assert (tmp_path / "env").read_text() == "0,1;-"  # two process slots, no GPU list
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_job_bigger_than_the_executor_waits_then_fails(env: WorkerEnv, fake_python: str,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """It is told once, the jobs behind it run, and it fails after gpu_wait_seconds."""
+    monkeypatch.setenv("FAKE_MODE", "record")
+    monkeypatch.setenv("FAKE_PIDFILE", str(tmp_path / "env"))
+    settings = env.settings.model_copy(update={"gpu_wait_seconds": 1.5})
+    ex = LocalExecutor(settings, poll_seconds=0.2, python=fake_python)
+    big, small = env.add_job(gpus=2), env.add_job()
+    ex.start()
+    try:
+        _wait(lambda: env.job(big).status == "failed")
+        _wait(lambda: env.job(small).status == "succeeded")
+    finally:
+        ex.stop()
+    error = env.job(big).error
+    assert error is not None and error["code"] == "insufficient_gpus"
+    assert "asks for 2 GPUs, but the largest live worker has 1" in error["message"]
+    assert len([e for e in env.events(big) if e.startswith("Waiting for a worker")]) == 1

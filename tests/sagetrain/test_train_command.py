@@ -80,6 +80,22 @@ def test_train_writes_metrics_and_final_model(
     assert "resumed from step 16" in capsys.readouterr().out
 
 
+def test_two_processes(cli: ModuleType, data: tuple[Path, Path], tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--gpus 2 on a machine without GPUs: two gloo processes train the job."""
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "tiny-bert", "--train-file", str(data[0]),
+                     "--validation-file", str(data[1]), "--epochs", "1", "--batch-size", "8",
+                     "--max-seq-length", "32", "--device", "cpu", "--gpus", "2",
+                     "--strategy", "ddp", "--output", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "status: completed at step 8/8" in captured.out
+    spec = json.loads((out / "checkpoints/step-8/trainer_state.json").read_text())["spec"]
+    assert spec["resources"] == {"gpus": 2, "strategy": "ddp"}
+    assert (out / "final/model.safetensors").is_file()
+
+
 def test_default_output_folder(cli: ModuleType, data: tuple[Path, Path], tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,6 +113,9 @@ def test_default_output_folder(cli: ModuleType, data: tuple[Path, Path], tmp_pat
      "batch_size (8) must be a multiple of gradient_accumulation_steps (3)"),
     (["--early-stopping-patience", "2"], "early_stopping_patience needs a validation_file"),
     (["--beta3", "1.5"], "--beta3: Input should be less than 1"),
+    (["--gpus", "0"], "--gpus: Input should be greater than or equal to 1"),
+    (["--gpus", "4", "--batch-size", "2"],
+     "batch_size 2 is smaller than the 4 GPUs (processes) asked for"),
 ])
 def test_bad_options_exit_2_with_a_clean_message(
         cli: ModuleType, data: tuple[Path, Path], tmp_path: Path, extra: list[str],

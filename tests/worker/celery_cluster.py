@@ -36,7 +36,7 @@ PG_ADMIN_URL = os.environ.get(
     "SAGETRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 FAST = {  # settings for quick recovery in tests
     "lease_seconds": "3", "reaper_interval": "1", "redispatch_after": "2",
-    "cancel_grace_seconds": "5", "device": "cpu",
+    "cancel_grace_seconds": "5", "device": "cpu", "gpu_wait_seconds": "6",
 }
 
 
@@ -98,7 +98,8 @@ class Cluster(JobRows):
 
     # --- workers ---------------------------------------------------------------------------
 
-    def start_worker(self, name: str) -> WorkerProcess:
+    def start_worker(self, name: str, *args: str) -> WorkerProcess:
+        """A `sagetrain worker` named NAME@test, with more of its command line in `args`."""
         data_dir = self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
@@ -106,7 +107,7 @@ class Cluster(JobRows):
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sagetrain.cli", "worker", "--hostname",
-                 f"{name}@test", "--loglevel", "info"],
+                 f"{name}@test", "--loglevel", "info", *args],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         worker = WorkerProcess(name, proc, log, data_dir)
         self.workers.append(worker)
@@ -170,12 +171,15 @@ class Api:
         assert r.status_code == 200, r.text
         return r.json()["id"]
 
-    def create_job(self, n_rows: int, **hyperparameters: Any) -> str:
+    def create_job(self, n_rows: int, resources: dict[str, Any] | None = None,
+                   **hyperparameters: Any) -> str:
         validation = hyperparameters.pop("validation_rows", None)
         body: dict[str, Any] = {
             "model": "tiny-bert", "training_file": self.upload(rows(n_rows)), "suffix": "c",
             "hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_length": 16,
                                 "learning_rate": 1e-3, **hyperparameters}}
+        if resources is not None:
+            body["resources"] = resources
         if validation:
             body["validation_file"] = self.upload(rows(validation, seed=1), "valid.jsonl")
         r = self.client.post("/v1/fine_tuning/jobs", headers=self.headers, json=body)

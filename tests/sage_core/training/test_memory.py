@@ -145,3 +145,17 @@ def test_lora_needs_much_less_than_full_fine_tuning(llama_path: Path):
     lora = estimate_training_memory(_model(llama_path, True), hp, CUDA, checkpointing=False)
     assert lora.gradients + lora.optimizer_state < (full.gradients + full.optimizer_state) / 5
     assert lora.total < full.total * 0.6
+
+
+def test_shards_split_the_weights_and_optimizer_state_not_the_activations(
+        llama_path: Path) -> None:
+    model, hp = _model(llama_path, lora=False), _hp()
+    whole = estimate_training_memory(model, hp, CUDA, checkpointing=False)
+    half = estimate_training_memory(model, hp, CUDA, checkpointing=False, shards=2)
+    for name in ("parameters", "gradients", "optimizer_state", "weight_copies"):
+        assert getattr(half, name) == getattr(whole, name) // 2, name
+    assert (half.activations, half.logits) == (whole.activations, whole.logits)
+    # too big for one device, it fits on two
+    check_memory_fits(model, hp, CUDA, free_bytes=half.total, shards=2)
+    with pytest.raises(TrainingError):
+        check_memory_fits(model, hp, CUDA, free_bytes=half.total)

@@ -1,4 +1,5 @@
-"""A job's process dies with its supervisor: `die_with_parent(pid)` (Linux).
+"""A process dies with the one that started it: `die_with_parent(pid)` (Linux). A job's
+process calls it with its supervisor's pid, and each training rank with its job process's.
 
 A supervisor (a Celery worker, `sagetrain serve`) that is SIGKILLed cannot stop its jobs'
 processes; left running, they would keep training on a GPU that the next worker on the
@@ -16,7 +17,7 @@ import os
 import signal
 import sys
 
-log = logging.getLogger("sagetrain.worker")
+log = logging.getLogger("sagetrain.lifeline")
 PR_SET_PDEATHSIG = 1
 
 
