@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -34,13 +35,23 @@ def add_two_rank_job(env: WorkerEnv) -> str:
     return job_id
 
 
+_BEFORE: set[int] = set()  # children this process had before the test (other fixtures')
+
+
+@pytest.fixture(autouse=True)
+def _children_before() -> Iterator[None]:
+    _BEFORE.clear()
+    _BEFORE.update(p.pid for p in psutil.Process().children(recursive=True))
+    yield
+
+
 def ranks() -> list[psutil.Process]:
-    """This process's live children (the ranks of a job it runs), but for the resource
-    tracker that multiprocessing starts once per process and keeps."""
+    """This process's live children started during the test (the ranks of a job it runs),
+    but for the resource tracker that multiprocessing starts once per process and keeps."""
     alive = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if (child.status() != psutil.STATUS_ZOMBIE
+            if (child.pid not in _BEFORE and child.status() != psutil.STATUS_ZOMBIE
                     and "resource_tracker" not in " ".join(child.cmdline())):
                 alive.append(child)
         except psutil.NoSuchProcess:
