@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,9 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    mod = importlib.import_module(f"sagetrain.commands.{COMMANDS[args.command][0]}")
-    return int(mod.run(args) or 0)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            mod = importlib.import_module(f"sagetrain.commands.{COMMANDS[args.command][0]}")
+            return int(mod.run(args) or 0)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (`sagetrain ... | head`): stop quietly, as `cat` does. Point
+        # stdout at /dev/null so that the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the shell's status for a command a pipe stopped
 
 
 if __name__ == "__main__":

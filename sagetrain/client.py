@@ -184,6 +184,10 @@ class Client:
     def list_files(self, after: str | None = None, limit: int | None = None) -> dict[str, Any]:
         return self._request("GET", "/files", params=self._params(after=after, limit=limit))
 
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        """Delete one of the key's files: {id, object: "file", deleted: true}."""
+        return self._request("DELETE", f"/files/{file_id}")
+
     # --- jobs ----------------------------------------------------------------------------
 
     def create_job(self, model: str, training_file: str, validation_file: str | None = None,

@@ -1,4 +1,4 @@
-"""`sagetrain files`: upload and list training files on a sagetrain server."""
+"""`sagetrain files`: upload, list and delete training files on a sagetrain server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Upload and list training and validation files. " + CONNECTION_HELP
+    parser.description = ("Upload, list and delete training and validation files. "
+                          + CONNECTION_HELP)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     upload = sub.add_parser("upload", help="upload a file (prints it as JSON, with its id)",
                             description="Upload a training or validation file: JSONL, or "
@@ -33,14 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--limit", metavar="N", type=int, default=None)
     listing.add_argument("--after", metavar="ID", default=None,
                          help="start after this file id (paging)")
-    add_connection_arguments(upload)
-    add_connection_arguments(listing)
+    delete = sub.add_parser("delete", help="delete a file (prints the deletion as JSON)",
+                            description="Delete one of your files. A file that a queued or "
+                            "running job still trains on is refused (409).")
+    delete.add_argument("file_id", metavar="FILE_ID")
+    for action in (upload, listing, delete):
+        add_connection_arguments(action)
 
 
 def run(args: argparse.Namespace) -> int:
     def action(client: Client) -> int:
         if args.action == "upload":
             return print_json(client.upload_file(args.file, task=args.task))
+        if args.action == "delete":
+            return print_json(client.delete_file(args.file_id))
         return print_json(client.list_files(after=args.after, limit=args.limit))
 
     if args.action == "upload" and not args.file.is_file():

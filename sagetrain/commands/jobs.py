@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--idempotency-key", metavar="KEY", default=None,
                         help="the same key and options return the same job")
     create.add_argument("--watch", action="store_true",
-                        help="then follow the job until it ends")
+                        help="print one line instead of the job's JSON, then follow the job "
+                        "until it ends")
     _add_progress_flag(create)
 
     listing = sub.add_parser("list", help="list your jobs, newest first (JSON)",
@@ -246,8 +247,14 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed, task=args.task, idempotency_key=args.idempotency_key,
                 sweep=_sweep(args),
                 compare_to=args.compare_to, resources=resources_from_args(args) or None)
-            print_json(job)
-            return watch(client, job["id"], args.progress) if args.watch else 0
+            if not args.watch:
+                return print_json(job)
+            hp = job["hyperparameters"]
+            # one line, then the live view (`jobs get ID` shows the whole job)
+            print(f"created {job['id']}: {job['model']}, {job['task']}, {hp['optimizer']} at "
+                  f"{hp['learning_rate']:g}, {hp['n_epochs']} epochs ({job['status']})",
+                  flush=True)
+            return watch(client, job["id"], args.progress)
         if args.action == "list":
             return print_json(client.list_jobs(after=args.after, limit=args.limit))
         if args.action == "watch":

@@ -89,6 +89,44 @@ def test_cli_create_and_control(env: LiveServer, tmp_path: Path,
     assert "status: cancelled" in capsys.readouterr().out
     assert main(["jobs", "list", "--limit", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["data"][0]["id"] == job["id"]
+    # the job has ended, so its file may go; then it is gone
+    assert main(["files", "delete", file_id]) == 0
+    assert json.loads(capsys.readouterr().out) == {"id": file_id, "object": "file",
+                                                   "deleted": True}
+    assert main(["files", "delete", file_id]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(env: LiveServer) -> None:
+    """`sagetrain ... | head`: the reader leaves early; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "sagetrain.cli", "jobs", "list"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+                              check=False)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_create_and_watch_prints_one_line_then_follows(
+        env: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["files", "upload", str(_rows(tmp_path / "train.jsonl", 32))]) == 0
+    file_id = json.loads(capsys.readouterr().out)["id"]
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file", file_id,
+                 "--epochs", "1", "--batch-size", "8", "--max-seq-length", "16",
+                 "--watch", "--no-progress"]) == 0, env.log_text()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("created ftjob-")
+    assert ": tiny-bert, text-classification, sage at 0.00015, 1 epochs (queued)" in lines[0]
+    assert not any(line.startswith("{") for line in lines)  # no JSON dump
+    assert any("status: succeeded at step 4/4" in line for line in lines)
 
 
 def test_api_errors_are_clean(env: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
