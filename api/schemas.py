@@ -266,9 +266,8 @@ class JobPublic(BaseModel):
     queue_position: int | None
     parent_job_id: str | None = Field(None, description="The sweep this job is a child of")
     sweep: SweepInfo | None = Field(None, description="On a sweep's parent job only")
-    resources: dict[str, Any] = Field(
-        default_factory=lambda: Resources().model_dump(),
-        description="{gpus, strategy}: what the job trains on")
+    resources: Resources = Field(default_factory=Resources,
+                                 description="{gpus, strategy}: what the job trains on")
 
     @classmethod
     def from_row(cls, job: Job, queue_position: int | None = None) -> JobPublic:
@@ -287,7 +286,7 @@ class JobPublic(BaseModel):
             progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch),
             queue_position=queue_position, parent_job_id=job.parent_id,
             sweep=SweepInfo.model_validate(job.sweep) if job.sweep else None,
-            resources=job.spec.get("resources") or Resources().model_dump(),
+            resources=Resources.model_validate(job.spec.get("resources") or {}),
         )
 
 
