@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from readme_examples import (
     ROOT,
+    code_blocks,
     first_job_curls,
     named_files,
     named_models,
@@ -159,3 +160,12 @@ def test_the_sample_trains_with_sagetrain_train(models_dir: Path, tmp_path: Path
     out = capsys.readouterr().out
     assert "on 100 examples, validating on 40" in out and "valid_accuracy=" in out
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_the_start_message_shown_is_the_real_one() -> None:
+    from sagetrain.commands.serve import start_message
+
+    shown = next(b for b in code_blocks(readme()) if b.startswith("sagetrain serve\n"))
+    data_dir = re.search(r"data: +(\S+)", shown)
+    assert data_dir
+    assert shown == start_message("127.0.0.1", 8000, Settings(data_dir=Path(data_dir[1])))
