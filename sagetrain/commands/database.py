@@ -85,12 +85,17 @@ def has_schema(url: str) -> bool:
         conn.close()
         return found is not None
     from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
 
     from sage_core.db.session import make_engine
 
     engine = make_engine(url)
     try:
         return inspect(engine).has_table("alembic_version")
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise DatabaseNotFound(f"cannot reach the database {describe_database(url)}: "
+                               f"{reason}") from None
     finally:
         engine.dispose()
 

@@ -118,6 +118,20 @@ def test_a_database_server_without_the_schema(
     assert _files(elsewhere) == []
 
 
+def test_an_unreachable_database_server_is_an_error_not_a_traceback(
+        elsewhere: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sagetrain.server_process import free_port
+
+    monkeypatch.setenv("SAGETRAIN_DATABASE_URL",
+                       f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/nothing")
+    get_settings.cache_clear()
+    assert main(["keys", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the database postgresql+psycopg://app:***@")
+    assert "s3cret" not in err and "Traceback" not in err
+
+
 def test_from_the_shell_no_file_is_created(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGETRAIN_")}
     done = subprocess.run([sys.executable, "-m", "sagetrain.cli", "keys", "create", "--name",
