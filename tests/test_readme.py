@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from readme_examples import (
     ROOT,
+    all_code,
     code_blocks,
     first_job_curls,
     named_files,
@@ -169,3 +170,14 @@ def test_the_start_message_shown_is_the_real_one() -> None:
     data_dir = re.search(r"data: +(\S+)", shown)
     assert data_dir
     assert shown == start_message("127.0.0.1", 8000, Settings(data_dir=Path(data_dir[1])))
+
+
+def test_every_script_and_make_target_exists() -> None:
+    code = all_code(readme())
+    scripts = {m for line in code for m in re.findall(r"python (\S+\.py)", line)}
+    assert "bench/quality.py" in scripts
+    assert [s for s in scripts if not (ROOT / s).is_file()] == []
+    targets = {m for line in code for m in re.findall(r"\bmake (\w+)", line)}
+    makefile = (ROOT / "Makefile").read_text()
+    assert {"setup", "demo", "test", "lint"} <= targets
+    assert [t for t in targets if not re.search(rf"^{t}:", makefile, flags=re.M)] == []
