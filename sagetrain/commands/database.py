@@ -24,12 +24,13 @@ class DatabaseNotFound(Exception):
     and how to point at the right one."""
 
 
-def add_database_arguments(parser: argparse.ArgumentParser, *, init_help: str | None) -> None:
+def add_database_arguments(parser: argparse.ArgumentParser, *, init_help: str | None,
+                           what: str = "the server's data folder, as `sagetrain serve` "
+                                       "printed it") -> None:
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
-                        help="the server's data folder, as `sagetrain serve` printed it "
-                        f"(default: {DATA_DIR_ENV}, else ./sagetrain-data in the current "
-                        f"folder); the database is SQLite in it unless {DATABASE_URL_ENV} "
-                        "is set")
+                        help=f"{what} (default: {DATA_DIR_ENV}, else ./sagetrain-data in the "
+                        f"current folder); the database is SQLite in it unless "
+                        f"{DATABASE_URL_ENV} is set")
     if init_help:
         parser.add_argument("--init", action="store_true", help=init_help)
 

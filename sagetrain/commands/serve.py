@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="log every request (default on)")
-    add_database_arguments(parser, init_help=None)
+    add_database_arguments(parser, init_help=None, what="the data folder: the SQLite "
+                           "database, artifacts and job logs")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,3 +61,27 @@ def test_keys_from_another_folder(live_server: LiveServer, tmp_path: Path) -> No
     revoked = _sagetrain("keys", "revoke", key_id, "--data-dir", data_dir, cwd=tmp_path)
     assert revoked.returncode == 0, revoked.stderr
     assert httpx.get(f"{live_server.url}/v1/models", headers=auth, timeout=30).status_code == 401
+
+
+def test_serve_with_a_data_dir_option(tmp_path: Path, models_dir: Path) -> None:
+    from sagetrain.server_process import free_port, started_server
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGETRAIN_")}
+    env.update(SAGETRAIN_MODELS_DIR=str(models_dir), SAGETRAIN_DEVICE="cpu")
+    data_dir, cwd = tmp_path / "served", tmp_path / "cwd"
+    cwd.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "sagetrain.cli", "serve", "--port", str(port),
+            "--executor", "none", "--data-dir", str(data_dir), "--no-access-log"]
+    log = tmp_path / "server.log"
+    with started_server(argv, env=env, url=url, log_path=log):
+        made = _sagetrain("keys", "create", "--name", "d", "--data-dir", str(data_dir), cwd=cwd)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+    text = log.read_text()
+    assert f"  data:       {data_dir}\n" in text
+    assert f"  database:   {data_dir / 'sagetrain.db'} (SQLite)\n" in text
+    assert list(cwd.iterdir()) == []
