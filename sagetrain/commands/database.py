@@ -109,8 +109,9 @@ def require_database(settings: Settings, *, init: bool) -> str:
     if has_schema(url):
         return url
     if init:
-        if sqlite_path(url) is not None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return url
     raise DatabaseNotFound(_not_found_message(settings, url))
 
