@@ -21,6 +21,7 @@ from sagetrain.commands.hyperparameters import (
     hyperparameters_from_args,
     resources_from_args,
 )
+from sagetrain.commands.tables import render, when
 
 if TYPE_CHECKING:
     from sagetrain.client import Client
@@ -106,11 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "until it ends")
     _add_progress_flag(create)
 
-    listing = sub.add_parser("list", help="list your jobs, newest first (JSON)",
-                             description="List your jobs, newest first, as JSON.")
-    listing.add_argument("--limit", metavar="N", type=int, default=None)
+    listing = sub.add_parser(
+        "list", help="list your jobs, newest first, as a table",
+        description="List your jobs, newest first, as a table: id, status (a queued job's "
+        "place in the queue as #N), base model, created (local time), steps done/total (a "
+        "sweep's parent: its runs), fine-tuned model. A sweep's child jobs are listed under "
+        "their parent, marked └. --json prints the API's page as it came.")
+    listing.add_argument("--limit", metavar="N", type=int, default=None,
+                         help="at most N jobs (default: the server's, 20)")
     listing.add_argument("--after", metavar="ID", default=None,
                          help="start after this job id (paging)")
+    listing.add_argument("--json", action="store_true", help="print the page as JSON")
 
     for name, help_text in (("get", "show a job (JSON)"),
                             ("cancel", "cancel a queued, running or paused job"),
@@ -238,6 +245,56 @@ def sweep_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MODEL_WIDTH = 40
+CHILD_MARK = "└ "
+
+
+def jobs_table(page: dict[str, Any]) -> str:
+    """A page of `GET /fine_tuning/jobs` as a table, newest first, with each sweep's child
+    jobs under their parent (oldest first, as the sweep made them), marked └."""
+    jobs: list[dict[str, Any]] = page.get("data") or []
+    if not jobs:
+        return "no jobs"
+    shown = {job["id"] for job in jobs}
+    children: dict[str, list[dict[str, Any]]] = {}
+    for job in reversed(jobs):
+        if job.get("parent_job_id") in shown:
+            children.setdefault(job["parent_job_id"], []).append(job)
+    rows: list[list[str]] = []
+    orphans: set[str] = set()
+    for job in jobs:
+        if job.get("parent_job_id") in shown:
+            continue  # listed under its parent
+        if job.get("parent_job_id"):
+            orphans.add(job["parent_job_id"])
+        rows.append(_job_row(job))
+        rows += [_job_row(child) for child in children.get(job["id"], [])]
+    header = ["id", "status", "model", "created", "steps", "fine-tuned model"]
+    lines = [render(header, rows, {2: MODEL_WIDTH})]
+    if orphans:
+        lines.append(f"{CHILD_MARK}a sweep's child job; not on this page, its parent: "
+                     + ", ".join(sorted(orphans)))
+    if page.get("has_more"):
+        lines.append(f"more: --after {jobs[-1]['id']}")
+    return "\n".join(lines)
+
+
+def _job_row(job: dict[str, Any]) -> list[str]:
+    status = job["status"]
+    if status == "queued" and job.get("queue_position") is not None:
+        status += f" #{job['queue_position']}"
+    progress = job.get("progress") or {}
+    if job.get("sweep"):
+        steps = f"{len(job['sweep'].get('runs') or [])} runs"
+    elif progress.get("total_steps"):
+        steps = f"{progress.get('step', 0)}/{progress['total_steps']}"
+    else:
+        steps = "-"
+    mark = CHILD_MARK if job.get("parent_job_id") else ""
+    return [mark + job["id"], status, job["model"], when(job.get("created_at")), steps,
+            job.get("fine_tuned_model") or "-"]
+
+
 def run(args: argparse.Namespace) -> int:
     def action(client: Client) -> int:
         if args.action == "create":
@@ -256,7 +313,11 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
             return watch(client, job["id"], args.progress)
         if args.action == "list":
-            return print_json(client.list_jobs(after=args.after, limit=args.limit))
+            page = client.list_jobs(after=args.after, limit=args.limit)
+            if args.json:
+                return print_json(page)
+            print(jobs_table(page))
+            return 0
         if args.action == "watch":
             return watch(client, args.job_id, args.progress)
         if args.action == "sensitivity":

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+from sagetrain.commands.database import add_database_arguments
+
+if TYPE_CHECKING:
+    from sage_core.settings import Settings
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="log every request (default on)")
+    add_database_arguments(parser, init_help=None, what="the data folder: the SQLite "
+                           "database, artifacts and job logs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,13 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     from api.main import create_app
     from sage_core.db.migrate import upgrade
-    from sage_core.settings import get_settings
     from sage_core.webhooks import WebhookSender
+    from sagetrain.commands.database import settings_from_args
     from sagetrain.dispatchers import build_job_running
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
+    settings = settings_from_args(args, export=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     try:
@@ -45,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     app = create_app(settings, dispatcher=jobs.dispatcher)
     jobs.start()
+    print(start_message(args.host, args.port, settings), flush=True)
     webhooks = WebhookSender(settings, app.state.session_factory).start()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log)
@@ -54,3 +65,27 @@ def run(args: argparse.Namespace) -> int:
         webhooks.stop()
         jobs.stop()
     return 0
+
+
+def start_message(host: str, port: int, settings: Settings) -> str:
+    """Where to point a browser, and which data folder and database this server uses (what
+    `sagetrain keys create` must find)."""
+    from sagetrain.commands.database import describe_database
+
+    shown = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    base = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    everywhere = f" (listening on every address, {host or '0.0.0.0'})" \
+        if host in WILDCARD_HOSTS else ""
+    url = settings.resolved_database_url
+    if settings.database_url:
+        keys = "sagetrain keys create --name NAME (with the same SAGETRAIN_DATABASE_URL)"
+    else:
+        keys = f"sagetrain keys create --name NAME --data-dir {settings.data_dir.resolve()}"
+    return "\n".join([
+        f"sagetrain serve{everywhere}",
+        f"  dashboard:  {base}/",
+        f"  API docs:   {base}/docs",
+        f"  data:       {settings.data_dir.resolve()}",
+        f"  database:   {describe_database(url)}",
+        f"  API keys:   {keys}",
+    ])

@@ -87,8 +87,21 @@ def test_cli_create_and_control(env: LiveServer, tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["status"] == "cancelled"
     assert main(["jobs", "watch", job["id"], "--no-progress"]) == 2
     assert "status: cancelled" in capsys.readouterr().out
-    assert main(["jobs", "list", "--limit", "1"]) == 0
+    assert main(["jobs", "list", "--limit", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"][0]["id"] == job["id"]
+    assert main(["jobs", "list", "--limit", "1"]) == 0
+    header, row, *more = capsys.readouterr().out.splitlines()
+    assert header.split() == ["id", "status", "model", "created", "steps", "fine-tuned",
+                              "model"]
+    assert row.split()[:3] == [job["id"], "cancelled", "tiny-bert"]
+    assert more in ([], [f"more: --after {job['id']}"])  # more if other tests made jobs
+    assert main(["files", "list", "--json"]) == 0
+    assert file_id in [f["id"] for f in json.loads(capsys.readouterr().out)["data"]]
+    assert main(["files", "list"]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert listed[0] == ["id", "file", "name", "task", "rows", "size", "created", "status"]
+    mine = next(cells for cells in listed if cells[0] == file_id)
+    assert mine[1:4] == ["train.jsonl", "text-classification", "400"] and mine[-1] == "processed"
     # the job has ended, so its file may go; then it is gone
     assert main(["files", "delete", file_id]) == 0
     assert json.loads(capsys.readouterr().out) == {"id": file_id, "object": "file",
