@@ -28,6 +28,7 @@ setup: $(BIN)/python
 # into the package (api/static/vendor/, not committed) so the page never fetches it.
 VENDOR := api/static/vendor
 vendor:
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js 18+ (apt-get install nodejs npm) for the dashboard's charts"; exit 1; }
 	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	mkdir -p $(VENDOR)
 	cp web/node_modules/chart.js/dist/chart.umd.js $(VENDOR)/chart.umd.js

@@ -109,7 +109,7 @@ export function updateRateChart(chart, rows, lastStep) {
 export function createOverlayChart(canvas, yTitle) {
   return new window.Chart(canvas, { type: "line", data: { datasets: [] }, options: lineOptions({
     x: stepAxis(), y: axis(yTitle),
-  }, "right") });
+  }) });
 }
 
 export function updateOverlayChart(chart, runs, name, { evaluation = false } = {}) {

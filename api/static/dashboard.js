@@ -23,6 +23,7 @@ const state = {
   stream: null,         // the open EventSource, if any
   streamFailures: 0,
   sensitivityShown: false,
+  filesReadFor: null,   // the job for which the files list was last read again
   done: false,          // the selected job has ended and everything it wrote is shown
   timer: null,
   busy: null,
@@ -132,12 +133,14 @@ async function openStream(jobId) {
 async function loadSweep(job) {
   state.sweep = await getJson(jobPath(job.id, "/sweep"));
   views.renderSweep(state.sweep);
+  const seeds = new Set(state.sweep.children.map((c) => c.seed));
   for (const child of state.sweep.children) {
     const known = state.runs.get(child.id);
     if (known && known.ended) continue;
     const rows = (await getJson(jobPath(child.id, "/metrics"))).data;
-    state.runs.set(child.id, { label: `${child.optimizer} lr ${child.learning_rate.toExponential(1)}${child.seed !== null ? ` seed ${child.seed}` : ""}`,
-      rows, ended: ENDED.has(child.status) });
+    const label = `${child.optimizer} lr ${child.learning_rate.toExponential(1)}` +
+      (seeds.size > 1 ? ` seed ${child.seed}` : "");
+    state.runs.set(child.id, { label, rows, ended: ENDED.has(child.status) });
   }
   renderSweepCharts();
 }
@@ -163,6 +166,10 @@ async function loadJob() {
   if (jobId !== state.jobId) return;
   state.job = job;
   const ended = ENDED.has(job.status);
+  if (!fileById(job.training_file) && state.filesReadFor !== jobId) {
+    state.filesReadFor = jobId;  // uploaded since the list was read (or deleted): read it once more
+    await loadFiles();
+  }
   if (job.sweep) {
     await loadSweep(job);
   } else {

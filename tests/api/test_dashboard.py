@@ -17,6 +17,7 @@ import pytest
 from api_helpers import LiveServer, Service
 from process_helpers import wait_for
 from sample_data import rows
+from test_api_chat import CHAT
 from test_e2e_serve import upload
 
 from api.routes import dashboard
@@ -215,6 +216,13 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
             "sweep": {"learning_rate": [1e-3, 3e-3]},
             "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_length": 16,
                                 "eval_every_steps": 4}}).json()
+        # a chat job, whose evaluations write sample answers
+        chat_file = upload(c, CHAT * 4, "chat.jsonl")
+        chat = c.post("/v1/fine_tuning/jobs", json={
+            "model": "tiny-llama", "training_file": chat_file,
+            "validation_file": upload(c, CHAT, "chat-valid.jsonl"),
+            "hyperparameters": {"n_epochs": 1, "batch_size": 4}}).json()
+        assert chat["task"] == "chat", chat
 
     # live: the curves grow from the stream while the job runs
     wait_for(lambda: page.points("chart-training") > 0, 90, "the first loss points")
@@ -271,6 +279,14 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
+    # a chat job's page shows the model's sample answers
+    page.open_job(chat["id"])
+    wait_for(lambda: page.status() == "succeeded", 60, "the chat job to succeed")
+    page.wait("#samples-pane:not([hidden])", 10, "the sample outputs")
+    assert len(browser.find_elements(page.by.CSS_SELECTOR, "#samples tbody tr")) == 3
+    assert "weather?" in page.text("samples")
+    page.shot("06-chat")
+
     # the jobs list: sweep children under their parent, no horizontal scrollbar
     page.find("#back").click()
     page.wait(f'#jobs tr[data-job-id="{sweep["id"]}"]', 10, "the sweep's row")
@@ -284,11 +300,16 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
         " && document.getElementById('jobs-pane').scrollWidth"
         " <= document.getElementById('jobs-pane').clientWidth")
-    page.shot("06-jobs")
+    page.shot("07-jobs")
     browser.set_window_size(800, 1000)
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
-    page.shot("07-jobs-narrow")
+    page.shot("08-jobs-narrow")
+    # the form offers a task's own hyperparameters only for that task
+    lora = page.find('#job-form [data-task-field="lora"]')
+    assert not lora.is_displayed()
+    page.select("job-task", "chat")
+    assert lora.is_displayed()
 
     assert page.console_errors() == []
     print(f"dashboard flow took {time.monotonic() - started:.1f} s")
