@@ -44,7 +44,13 @@ function ensureCharts() {
 function renderCharts() {
   clearTimeout(state.renderTimer);
   state.renderTimer = null;
-  if (!state.charts.training || !state.job) return;
+  if (!state.job) return;
+  const empty = state.metrics.length === 0;
+  $("training-charts").hidden = empty;
+  $("charts-empty").hidden = !empty;
+  $("charts-empty").textContent = ENDED.has(state.job.status)
+    ? "This job logged no training rows." : "No rows yet: the curves start with the first training step.";
+  if (!state.charts.training) return;
   const lossTitle = state.job.task === "text-regression" ? "loss (mean squared error)" : "loss (cross-entropy)";
   const lastStep = state.job.progress.total_steps;
   charts.updateTrainingChart(state.charts.training, state.metrics, lossTitle, lastStep);

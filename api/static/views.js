@@ -3,7 +3,7 @@
 
 import { $, ENDED, el, fmt, when } from "./api.js";
 
-const jobLink = (id, text = id) => el("a", { href: `#job/${encodeURIComponent(id)}`, class: "mono" }, text);
+const jobLink = (id, text = id) => el("a", { href: `#job/${encodeURIComponent(id)}`, class: "mono", title: id }, text);
 const rate = (value) => (typeof value === "number" ? value.toExponential(1) : "—");
 
 // --- jobs table --------------------------------------------------------------------------

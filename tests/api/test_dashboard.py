@@ -300,6 +300,10 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
         " && document.getElementById('jobs-pane').scrollWidth"
         " <= document.getElementById('jobs-pane').clientWidth")
+    # no status, seed or progress is cut short
+    assert browser.execute_script(
+        "return [...document.querySelectorAll('#jobs td.status, #jobs td.seed, #jobs td.progress')]"
+        ".filter(td => td.scrollWidth > td.clientWidth).map(td => td.textContent)") == []
     page.shot("07-jobs")
     browser.set_window_size(800, 1000)
     assert browser.execute_script(
