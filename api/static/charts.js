@@ -141,7 +141,8 @@ export function drawSensitivity(histCanvas, blocksCanvas, report) {
       tooltip: { callbacks: { title: (items) => names[items[0].dataIndex],
         label: (item) => `mean I = ${Number(item.raw).toExponential(2)}` } } },
     scales: { x: axis(Object.keys(report.blocks || {}).length ? "block" : "module"),
-      y: axis("mean I (log scale)", { type: "logarithmic" }) } } });
+      y: axis("mean I (log scale)", { type: "logarithmic",
+        ticks: { maxTicksLimit: 6, callback: (v) => Number(v).toExponential(1) } }) } } });
   record(histChart);
   blocksCanvas.dataset.points = String(names.length);
   return [histChart, blocksChart];

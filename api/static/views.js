@@ -137,8 +137,14 @@ export function renderFacts(job, fileById, sweepReport) {
   ].filter((f) => f && f[1] !== null));
 }
 
+// A sweep's runs share its hyperparameters but for the optimizer and learning rate, which
+// each run's row gives.
 export function renderHyperparameters(job) {
-  const hp = job.hyperparameters || {};
+  const hp = { ...(job.hyperparameters || {}) };
+  if (job.sweep) {
+    for (const name of ["optimizer", "learning_rate", "learning_rate_multiplier"]) delete hp[name];
+  }
+  $("hyperparameters-title").textContent = job.sweep ? "Hyperparameters shared by the runs" : "Hyperparameters";
   const show = (v) => (v === null ? "none" : typeof v === "object" ? JSON.stringify(v) : fmt(v));
   factList($("job-hyperparameters"), Object.keys(hp).sort().map((k) => [k, show(hp[k])]));
 }

@@ -243,6 +243,8 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
     page.wait("#sensitivity-pane:not([hidden])", 15, "the sensitivity report")
     wait_for(lambda: page.points("chart-sens-hist") > 0, 10, "the sensitivity histogram")
     page.shot("03-succeeded")
+    browser.execute_script("document.getElementById('sensitivity-pane').scrollIntoView()")
+    page.shot("03-sensitivity")
 
     # download a checkpoint with the key in the request's header
     page.wait("button[data-checkpoint-id]", 10, "a checkpoint").click()
