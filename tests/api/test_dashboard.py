@@ -311,6 +311,13 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
     page.shot("08-jobs-narrow")
+    page.open_job(job_id)
+    wait_for(lambda: page.points("chart-training") > 0, 10, "the job's curves, narrower")
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    page.shot("09-job-narrow")
+    page.find("#back").click()
+
     # the form offers a task's own hyperparameters only for that task
     lora = page.find('#job-form [data-task-field="lora"]')
     assert not lora.is_displayed()
