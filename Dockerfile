@@ -1,6 +1,13 @@
 # The one image of a sagetrain deployment: the API (`sagetrain serve`), the GPU workers
 # (`sagetrain worker`) and the one-shot migration (`sagetrain migrate`) all run it.
 #   docker build -t sagetrain .
+# The dashboard's chart library, at the version web/package-lock.json pins (as `make vendor`
+# does on a development machine): only its one built file goes into the image.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,6 +33,7 @@ COPY api ./api
 COPY worker ./worker
 COPY sage_core ./sage_core
 COPY sagetrain ./sagetrain
+COPY --from=web /web/node_modules/chart.js/dist/chart.umd.js ./api/static/vendor/chart.umd.js
 # Editable, so that `sagetrain migrate` finds migrations/ next to the code it runs.
 RUN pip install --no-deps -e . \
     && useradd --create-home --uid 1000 sagetrain \

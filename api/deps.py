@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from functools import cache
 from typing import Annotated, TypeVarTuple
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.dispatch import Dispatcher
 from api.errors import AuthenticationError
 from api.schemas import JobPublic
-from api.services import jobs
+from api.services import jobs, stream_tokens
 from api.uploads import Upload, read_upload
 from sage_core.artifacts import ArtifactStore
 from sage_core.db.keys import KEY_PREFIX, find_key, hash_key
@@ -63,10 +63,15 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_token(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def get_token(credentials: Credentials) -> str:
     """The bearer token, checked for shape only (no I/O: runs on the event loop)."""
+    return _bearer_token(credentials)
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None:
         raise AuthenticationError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
@@ -165,8 +170,22 @@ def get_shown_job(job_id: Annotated[str, Path(max_length=64)], token: Token,
     return JobPublic.from_row(job, position)
 
 
+def get_streamed_job(
+    job_id: Annotated[str, Path(max_length=64)], request: Request, credentials: Credentials,
+    session: SessionDep,
+    token: Annotated[str | None, Query(
+        max_length=300, description="A stream token from POST .../stream_token, instead of "
+        "the Authorization header (for EventSource, which cannot send one)")] = None,
+) -> Job:
+    """The owned job, by the key in the Authorization header or by a stream token."""
+    if token is None:
+        return get_owned_job(job_id, _bearer_token(credentials), session)
+    return stream_tokens.verify(session, request.app.state.stream_token_secret, job_id, token)
+
+
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
+StreamedJob = Annotated[Job, Depends(get_streamed_job)]
 ShownJob = Annotated[JobPublic, Depends(get_shown_job)]
 
 

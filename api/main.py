@@ -11,6 +11,7 @@ from api.dispatch import Dispatcher, NullDispatcher
 from api.errors import install_error_handlers
 from api.prometheus import RequestDurationMiddleware, make_registry
 from api.routes import dashboard, files, health, jobs, models, prometheus, webhooks
+from api.services import stream_tokens
 from sage_core import __version__
 from sage_core.artifacts import ArtifactStore, get_artifact_store
 from sage_core.db.session import make_engine, make_session_factory
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.state.session_factory = make_session_factory(engine)
     app.state.store = store or get_artifact_store(settings)
     app.state.dispatcher = dispatcher or NullDispatcher()
+    app.state.stream_token_secret = stream_tokens.secret_of(settings)
     install_error_handlers(app)
     app.state.metrics_registry, durations = make_registry(app.state.session_factory)
     app.add_middleware(RequestDurationMiddleware, histogram=durations)

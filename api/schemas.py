@@ -305,6 +305,16 @@ class EventPublic(BaseModel):
                    message=row.message, type=row.type, data=row.data)
 
 
+class StreamToken(BaseModel):
+    """A short-lived token to read one job's stream without the key: pass it as
+    `GET .../{id}/stream?token=...` (EventSource cannot send an Authorization header)."""
+
+    object: Literal["fine_tuning.job.stream_token"] = "fine_tuning.job.stream_token"
+    fine_tuning_job_id: str
+    token: str
+    expires_at: int = Field(description="Unix seconds; after it the stream answers 401")
+
+
 class CheckpointPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     webhook_backoff_cap: float = Field(
         3600.0, gt=0, description="Longest wait between two tries of a webhook delivery"
     )
+    stream_token_secret: str | None = Field(
+        None, description="Signs the short-lived tokens that let a browser's EventSource read "
+        "a job's stream (POST .../stream_token); default: a random secret per API process. "
+        "Set the same value on every API server behind one address"
+    )
     artifacts_url: str | None = Field(
         None, description="s3://bucket/prefix: keep artifacts in an S3-compatible store "
         "instead of ARTIFACTS_DIR"

@@ -1,6 +1,6 @@
 """/v1/fine_tuning/jobs: create (a sweep too), list, get, cancel, pause, resume, events,
-metrics, the live stream, checkpoints and checkpoint downloads, the sensitivity report, a
-sweep's report."""
+metrics, the live stream and its short-lived tokens, checkpoints and checkpoint downloads,
+the sensitivity report, a sweep's report."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from api.deps import (
     SettingsDep,
     ShownJob,
     StoreDep,
+    StreamedJob,
 )
 from api.dispatch import Dispatcher
 from api.schemas import (
@@ -32,11 +33,13 @@ from api.schemas import (
     ListPage,
     MetricRow,
     SensitivityPublic,
+    StreamToken,
     SweepReport,
 )
 from api.services import checkpoints as checkpoint_service
 from api.services import jobs as service
 from api.services import sensitivity as sensitivity_service
+from api.services import stream_tokens
 from api.services import sweeps as sweep_service
 from api.services.paging import page
 from api.services.stream import PING_SECONDS, job_stream, parse_cursor
@@ -159,13 +162,17 @@ Every message's `id` is the stream's cursor, `<event id>.<metrics row id>`: the 
 and the last metrics row sent so far, `0` for either before the first of its kind (e.g.
 `ftevent-01jd8v2k3m4n5p6q7r8s9t0.12`, or `0.3` with no event yet). Send the last one received
 as the `Last-Event-ID` header to resume after it, with nothing repeated; a malformed cursor,
-or one naming no event of this job, is 400."""
+or one naming no event of this job, is 400.
+
+Instead of the Authorization header (which a browser's EventSource cannot send), `?token=`
+takes a token from POST .../stream_token: good for this job only, for a few minutes, while
+its key is live."""
 
 
 @router.get("/{job_id}/stream", response_class=EventSourceResponse,
             description=STREAM_DESCRIPTION,
             responses={200: {"content": {"text/event-stream": {}}}})
-def stream_job(job: OwnedJob, session: SessionDep, request: Request,
+def stream_job(job: StreamedJob, session: SessionDep, request: Request,
                last_event_id: Annotated[str | None, Header(max_length=200)] = None,
                ) -> EventSourceResponse:
     """Events and metrics as Server-Sent Events until the job ends; resumes from
@@ -174,6 +181,15 @@ def stream_job(job: OwnedJob, session: SessionDep, request: Request,
     session.commit()  # the stream polls with sessions of its own
     return EventSourceResponse(job_stream(request.app.state.session_factory, job.id, cursor),
                                ping=PING_SECONDS)
+
+
+@router.post("/{job_id}/stream_token", response_model=StreamToken)
+def create_stream_token(job: OwnedJob, request: Request) -> StreamToken:
+    """A token that reads this job's stream (`GET .../stream?token=`) for 5 minutes, while
+    the key that asked for it (the job's owner) is live; the key never goes into a URL."""
+    token, expires = stream_tokens.issue(request.app.state.stream_token_secret, job.id,
+                                         job.owner_id)
+    return StreamToken(fine_tuning_job_id=job.id, token=token, expires_at=expires)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])

@@ -1,179 +1,234 @@
-// The sagetrain dashboard: the caller's jobs and, for one job, its curves, events and
-// checkpoints. Plain browser JavaScript; every call goes to the /v1 API with the key the
-// user entered (EventSource cannot send an Authorization header, so this polls).
-"use strict";
+// The sagetrain dashboard: the caller's jobs, forms to upload a file and create a job, and
+// one job's (or sweep's) page. Plain browser JavaScript; every call goes to the /v1 API with
+// the key the user entered. A running job's metrics and events come live from its
+// Server-Sent Events stream (opened with a short-lived stream token, since EventSource
+// cannot send the key), else by polling.
+
+import { $, ApiError, ENDED, KEY_STORAGE, api, auth, el, getJson, jobPath, notice, postJson } from "./api.js";
+import * as charts from "./charts.js";
+import { fileById, initForms, loadFiles, loadModels, loadSchema } from "./forms.js";
+import * as views from "./views.js";
 
 const POLL_MS = 2000;
-const KEY_STORAGE = "sagetrain.apiKey";
-const ENDED = new Set(["succeeded", "failed", "cancelled"]);
-const COLORS = ["#2f6fdf", "#d64545", "#1f9d55", "#c98a0b", "#7c4dcc", "#0f8b8d"];
-const SVG_NS = "http://www.w3.org/2000/svg";
+const STREAM_RETRIES = 3;
 
 const state = {
-  key: localStorage.getItem(KEY_STORAGE) || "",
+  jobs: [],
   jobId: null,
-  metrics: [],          // every row fetched so far for the selected job, oldest first
-  finalFetchDone: false,
+  job: null,
+  metrics: [],          // the selected job's rows, oldest first
+  events: new Map(),    // the selected job's events by id
+  sweep: null,          // the selected sweep's report
+  runs: new Map(),      // a sweep's children: id -> {label, rows, ended}
+  stream: null,         // the open EventSource, if any
+  streamFailures: 0,
+  sensitivityShown: false,
+  filesReadFor: null,   // the job for which the files list was last read again
+  done: false,          // the selected job has ended and everything it wrote is shown
   timer: null,
-  refreshing: null,
+  busy: null,
+  renderTimer: null,
+  charts: {},
 };
-
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
-  for (const child of children) node.append(child);
-  return node;
-}
-
-function svg(tag, attrs = {}, text) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function notice(message) {
-  $("notice").textContent = message || "";
-  $("notice").hidden = !message;
-}
-
-async function api(path) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${state.key}` } });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error.message || message; } catch (_) { /* not JSON */ }
-    const error = new Error(message);
-    error.status = response.status;
-    throw error;
-  }
-  return response;
-}
-
-const getJson = async (path) => (await api(path)).json();
-const SHORT_TIME = { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" };
-const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString(undefined, SHORT_TIME) : "");
-const fmt = (v) => (typeof v !== "number" ? String(v)
-  : Math.abs(v) !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5) ? v.toExponential(2)
-  : String(Number(v.toPrecision(4))));
-
-// --- jobs table --------------------------------------------------------------------------
-
-function progressCell(job) {
-  const { step, total_steps: total } = job.progress;
-  const share = total ? Math.min(1, step / total) : 0;
-  const bar = el("span", { class: "bar" }, el("span", { style: `width:${(share * 100).toFixed(1)}%` }));
-  return el("td", {}, bar, total ? `${step} / ${total}` : String(step));
-}
-
-function renderJobs(jobs) {
-  const body = $("jobs").tBodies[0];
-  body.replaceChildren(...jobs.map((job) => {
-    const row = el("tr", { "data-job-id": job.id, "data-status": job.status },
-      el("td", {}, el("div", { class: "mono" }, job.id),
-        el("div", { class: "muted small" }, when(job.created_at))),
-      el("td", { class: "model", title: job.fine_tuned_model || job.model },
-        job.fine_tuned_model || job.model),
-      el("td", { class: `status status-${job.status}` }, job.status),
-      progressCell(job));
-    if (job.id === state.jobId) row.classList.add("selected");
-    row.addEventListener("click", () => selectJob(job.id));
-    return row;
-  }));
-  $("jobs-empty").hidden = jobs.length > 0;
-}
 
 // --- charts ------------------------------------------------------------------------------
 
-// Draws line series ({name, points: [[x, y], ...]}) into an <svg>, and records the number of
-// points drawn in its data-points attribute.
-function drawChart(target, series) {
-  const width = 300, height = 170, left = 46, right = 8, top = 8, bottom = 22;
-  target.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  target.replaceChildren();
-  const all = series.flatMap((s) => s.points);
-  target.dataset.points = String(all.length);
-  if (all.length === 0) {
-    target.append(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "no data yet"));
-    return;
-  }
-  let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-  let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
-  if (x0 === x1) { x0 -= 1; x1 += 1; }
-  if (y0 === y1) { const pad = Math.abs(y0) * 0.1 || 1; y0 -= pad; y1 += pad; }
-  const sx = (x) => left + ((x - x0) / (x1 - x0)) * (width - left - right);
-  const sy = (y) => top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom);
-
-  for (const frac of [0, 0.5, 1]) {
-    const y = y0 + frac * (y1 - y0);
-    target.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: sy(y), y2: sy(y) }));
-    target.append(svg("text", { x: left - 4, y: sy(y) + 3, "text-anchor": "end" }, fmt(y)));
-  }
-  target.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: height - bottom }));
-  target.append(svg("line", { class: "axis", x1: left, x2: width - right,
-    y1: height - bottom, y2: height - bottom }));
-  target.append(svg("text", { x: left, y: height - 6, "text-anchor": "start" }, `step ${fmt(x0)}`));
-  target.append(svg("text", { x: width - right, y: height - 6, "text-anchor": "end" }, fmt(x1)));
-
-  series.forEach((s, i) => {
-    const color = COLORS[i % COLORS.length];
-    const coords = s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
-    target.append(svg("polyline", { points: coords, stroke: color, "data-series": s.name }));
-    if (s.points.length === 1) {
-      const [x, y] = s.points[0];
-      target.append(svg("circle", { cx: sx(x), cy: sy(y), r: 2.5, fill: color }));
-    }
-    if (series.length > 1) {
-      target.append(svg("text", { x: width - right, y: top + 10 + i * 11, "text-anchor": "end",
-        style: `fill:${color}` }, s.name.replace(/^valid_/, "")));
-    }
-  });
-}
-
-function seriesOf(rows, name) {
-  return { name, points: rows.filter((r) => typeof r[name] === "number").map((r) => [r.step, r[name]]) };
+function ensureCharts() {
+  if (!charts.chartsAvailable() || state.charts.training) return;
+  state.charts.training = charts.createTrainingChart($("chart-training"));
+  state.charts.rate = charts.createRateChart($("chart-lr"));
+  state.charts.sweepMetric = charts.createOverlayChart($("chart-sweep-metric"), "validation metric");
+  state.charts.sweepLoss = charts.createOverlayChart($("chart-sweep-loss"), "train loss");
 }
 
 function renderCharts() {
-  const rows = state.metrics;
-  drawChart($("chart-loss"), [seriesOf(rows, "train_loss")]);
-  drawChart($("chart-lr"), [seriesOf(rows, "learning_rate")]);
-  const validNames = [...new Set(rows.flatMap((r) => Object.keys(r)))]
-    .filter((name) => name.startsWith("valid_")).sort();
-  drawChart($("chart-valid"), validNames.map((name) => seriesOf(rows, name)));
+  clearTimeout(state.renderTimer);
+  state.renderTimer = null;
+  if (!state.job) return;
+  const empty = state.metrics.length === 0;
+  $("training-charts").hidden = empty;
+  $("charts-empty").hidden = !empty;
+  $("charts-empty").textContent = ENDED.has(state.job.status)
+    ? "This job logged no training rows." : "No rows yet: the curves start with the first training step.";
+  if (!state.charts.training) return;
+  const lossTitle = state.job.task === "text-regression" ? "loss (mean squared error)" : "loss (cross-entropy)";
+  const lastStep = state.job.progress.total_steps;
+  charts.updateTrainingChart(state.charts.training, state.metrics, lossTitle, lastStep);
+  charts.updateRateChart(state.charts.rate, state.metrics, lastStep);
 }
 
-// --- detail pane -------------------------------------------------------------------------
-
-function renderFacts(job) {
-  $("detail-title").textContent = job.id;
-  const facts = [
-    ["Status", job.status], ["Model", job.model], ["Task", job.task],
-    ["Fine-tuned model", job.fine_tuned_model || "—"],
-    ["Progress", `step ${job.progress.step} of ${job.progress.total_steps ?? "?"}, epoch ${fmt(job.progress.epoch)}`],
-    ["Optimizer", job.hyperparameters.optimizer ?? ""],
-    ["Created", when(job.created_at)], ["Finished", when(job.finished_at) || "—"],
-  ];
-  if (job.error) facts.push(["Error", `${job.error.code}: ${job.error.message}`]);
-  $("detail-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+// Live rows come one at a time: draw at most a few times a second.
+function scheduleCharts() {
+  state.renderTimer = state.renderTimer || setTimeout(renderCharts, 300);
 }
 
-function renderEvents(events) {
-  $("events").replaceChildren(...events.map((e) =>
-    el("li", { class: `level-${e.level}` }, el("time", {}, when(e.created_at)), e.message)));
+function renderSweepCharts() {
+  if (!state.charts.sweepMetric || !state.sweep) return;
+  const runs = state.sweep.children.map((c) => state.runs.get(c.id)).filter(Boolean);
+  state.charts.sweepMetric.options.scales.y.title.text = `${state.sweep.metric} (validation)`;
+  charts.updateOverlayChart(state.charts.sweepMetric, runs, state.sweep.metric, { evaluation: true });
+  charts.updateOverlayChart(state.charts.sweepLoss, runs, "train_loss");
 }
 
-function renderCheckpoints(checkpoints) {
-  $("checkpoints").tBodies[0].replaceChildren(...checkpoints.map((c) => {
-    const metrics = Object.entries(c.metrics).filter(([k]) => k !== "step")
-      .map(([k, v]) => `${k}=${fmt(v)}`).join(" ");
-    const button = el("button", { type: "button", "data-checkpoint-id": c.id }, "Download");
-    button.addEventListener("click", () => download(c, button));
-    return el("tr", {}, el("td", {}, String(c.step_number)), el("td", { class: "mono" }, metrics),
-      el("td", {}, when(c.created_at)), el("td", {}, button));
-  }));
-  $("checkpoints-empty").hidden = checkpoints.length > 0;
+// --- the selected job's rows -------------------------------------------------------------
+
+function addEvents(events) {
+  for (const event of events) state.events.set(event.id, event);
+  const sorted = [...state.events.values()].sort((a, b) => b.created_at - a.created_at || (a.id < b.id ? 1 : -1));
+  views.renderEvents(sorted);
+  views.renderSamples(sorted);
+}
+
+// Rows come ordered by step; re-reading from the last step seen catches a validation row
+// written at that step after the previous read, and the rows already held are skipped.
+async function fetchNewMetrics(jobId) {
+  const last = state.metrics.length ? state.metrics[state.metrics.length - 1].step : 0;
+  const held = state.metrics.filter((r) => r.step === last).length;
+  const page = await getJson(jobPath(jobId, `/metrics?from_step=${last}`));
+  if (jobId !== state.jobId) return;
+  const atLast = page.data.filter((r) => r.step === last).slice(held);
+  state.metrics.push(...atLast, ...page.data.filter((r) => r.step > last));
+}
+
+function closeStream() {
+  if (state.stream) state.stream.close();
+  state.stream = null;
+}
+
+// The stream replays the job's rows from the start, then sends new ones as they come; a
+// dropped connection is resumed by EventSource itself (Last-Event-ID). Refused (an expired
+// token), it is opened afresh a few times, then the page polls instead.
+async function openStream(jobId) {
+  if (typeof EventSource !== "function" || state.streamFailures >= STREAM_RETRIES) return;
+  let token;
+  try {
+    token = (await postJson(jobPath(jobId, "/stream_token"))).token;
+  } catch (_) {
+    state.streamFailures = STREAM_RETRIES;  // an older server: poll
+    return;
+  }
+  if (jobId !== state.jobId || state.stream) return;
+  const source = new EventSource(jobPath(jobId, `/stream?token=${encodeURIComponent(token)}`));
+  state.stream = source;
+  state.metrics = [];
+  source.addEventListener("metrics", (message) => {
+    if (state.stream !== source) return;
+    state.metrics.push(JSON.parse(message.data));
+    scheduleCharts();
+  });
+  source.addEventListener("event", (message) => {
+    if (state.stream === source) addEvents([JSON.parse(message.data)]);
+  });
+  source.addEventListener("end", () => {
+    if (state.stream !== source) return;
+    closeStream();
+    renderCharts();
+    refresh();
+  });
+  source.addEventListener("error", () => {
+    if (state.stream === source && source.readyState === EventSource.CLOSED) {
+      closeStream();
+      state.streamFailures += 1;
+    }
+  });
+  $("live-state").textContent = "live";
+}
+
+// --- one job's page ----------------------------------------------------------------------
+
+async function loadSweep(job) {
+  state.sweep = await getJson(jobPath(job.id, "/sweep"));
+  views.renderSweep(state.sweep);
+  const seeds = new Set(state.sweep.children.map((c) => c.seed));
+  for (const child of state.sweep.children) {
+    const known = state.runs.get(child.id);
+    if (known && known.ended) continue;
+    const rows = (await getJson(jobPath(child.id, "/metrics"))).data;
+    const label = `${child.optimizer} lr ${child.learning_rate.toExponential(1)}` +
+      (seeds.size > 1 ? ` seed ${child.seed}` : "");
+    state.runs.set(child.id, { label, rows, ended: ENDED.has(child.status) });
+  }
+  renderSweepCharts();
+}
+
+async function loadSensitivity(job) {
+  if (state.sensitivityShown || job.status !== "succeeded" || !job.validation_file || job.sweep) return;
+  state.sensitivityShown = true;
+  try {
+    const report = await getJson(jobPath(job.id, "/sensitivity"));
+    $("sensitivity-pane").hidden = false;
+    views.renderSensitivitySummary(report);
+    if (charts.chartsAvailable()) charts.drawSensitivity($("chart-sens-hist"), $("chart-sens-blocks"), report);
+  } catch (error) {
+    $("sensitivity-pane").hidden = false;
+    $("sensitivity-summary").textContent = error.message;
+  }
+}
+
+async function loadJob() {
+  const jobId = state.jobId;
+  if (!jobId || state.done) return;
+  const job = await getJson(jobPath(jobId));
+  if (jobId !== state.jobId) return;
+  state.job = job;
+  const ended = ENDED.has(job.status);
+  if (!fileById(job.training_file) && state.filesReadFor !== jobId) {
+    state.filesReadFor = jobId;  // uploaded since the list was read (or deleted): read it once more
+    await loadFiles();
+  }
+  if (job.sweep) {
+    await loadSweep(job);
+  } else {
+    if (!ended && !state.stream) await openStream(jobId);
+    if (!state.stream) {
+      await fetchNewMetrics(jobId);
+      addEvents((await getJson(jobPath(jobId, "/events?limit=100"))).data);
+      $("live-state").textContent = ended ? "" : "polling";
+    }
+  }
+  const checkpoints = (await getJson(jobPath(jobId, "/checkpoints?limit=100"))).data;
+  if (jobId !== state.jobId) return;
+  if (job.sweep) addEvents((await getJson(jobPath(jobId, "/events?limit=100"))).data);
+  views.renderJobHead(job);
+  views.renderFacts(job, fileById, state.sweep);
+  views.renderHyperparameters(job);
+  views.renderWarnings(job, state.sweep);
+  views.renderCheckpoints(checkpoints, download);
+  $("charts-pane").hidden = Boolean(job.sweep);
+  $("sweep-pane").hidden = !job.sweep;
+  renderCharts();
+  await loadSensitivity(job);
+  // once a job has ended and everything it wrote has been read, nothing more will come
+  state.done = ended && !state.stream;
+  if (state.done) $("live-state").textContent = "";
+}
+
+function showJob(jobId) {
+  if (state.jobId !== jobId) {
+    closeStream();
+    Object.assign(state, { jobId, job: null, metrics: [], events: new Map(), sweep: null,
+      runs: new Map(), streamFailures: 0, sensitivityShown: false, done: false });
+    $("sensitivity-pane").hidden = true;
+    $("samples-pane").hidden = true;
+    $("job-title").textContent = jobId;
+    $("job-status").textContent = "";
+    $("job-facts").replaceChildren();
+    $("action-result").textContent = "";
+  }
+  if ($("job-page").hidden) window.scrollTo(0, 0);
+  $("home").hidden = true;
+  $("job-page").hidden = false;
+  ensureCharts();
+  refresh();
+}
+
+function showHome() {
+  closeStream();
+  state.jobId = null;
+  if ($("home").hidden) window.scrollTo(0, 0);
+  $("job-page").hidden = true;
+  $("home").hidden = false;
+  refresh();
 }
 
 // A plain link cannot carry the Authorization header: fetch the archive, then save the blob.
@@ -181,14 +236,18 @@ async function download(checkpoint, button) {
   button.disabled = true;
   button.textContent = "Downloading…";
   try {
-    const response = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(checkpoint.fine_tuning_job_id)}` +
-      `/checkpoints/${encodeURIComponent(checkpoint.id)}/content`);
-    const url = URL.createObjectURL(await response.blob());
-    const link = el("a", { href: url, download: `${checkpoint.fine_tuned_model_checkpoint.replace(/[^\w.-]+/g, "_")}.tar.gz` });
+    const response = await api(jobPath(checkpoint.fine_tuning_job_id,
+      `/checkpoints/${encodeURIComponent(checkpoint.id)}/content`));
+    const blob = await response.blob();
+    const name = `${checkpoint.fine_tuned_model_checkpoint.replace(/[^\w.-]+/g, "_")}.tar.gz`;
+    const url = URL.createObjectURL(blob);
+    const link = el("a", { href: url, download: name });
     document.body.append(link);
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60000);
+    $("download-result").textContent = `Saved ${name} (${(blob.size / 1024).toFixed(0)} KiB).`;
+    $("download-result").dataset.bytes = String(blob.size);
   } catch (error) {
     notice(`Download failed: ${error.message}`);
   } finally {
@@ -197,96 +256,93 @@ async function download(checkpoint, button) {
   }
 }
 
-// Rows come ordered by step; re-reading from the last step seen catches a validation row
-// written at that step after the previous poll, and the rows already held are skipped.
-async function fetchNewMetrics(jobId) {
-  const last = state.metrics.length ? state.metrics[state.metrics.length - 1].step : 0;
-  const held = state.metrics.filter((r) => r.step === last).length;
-  const page = await getJson(`/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/metrics?from_step=${last}`);
-  if (jobId !== state.jobId) return;
-  const fresh = page.data.filter((r) => r.step > last);
-  const atLast = page.data.filter((r) => r.step === last).slice(held);
-  state.metrics.push(...atLast, ...fresh);
-}
-
-// One refresh at a time, so two overlapping ones never append the same rows twice.
-function refreshDetail() {
-  state.refreshing = state.refreshing || loadDetail().finally(() => { state.refreshing = null; });
-  return state.refreshing;
-}
-
-async function loadDetail() {
+async function act(action) {
   const jobId = state.jobId;
-  if (!jobId || state.finalFetchDone) return;
-  const base = `/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}`;
-  const job = await getJson(base);
-  await fetchNewMetrics(jobId);
-  const [events, checkpoints] = await Promise.all([
-    getJson(`${base}/events?limit=100`), getJson(`${base}/checkpoints?limit=100`)]);
-  if (jobId !== state.jobId) return;
-  renderFacts(job);
-  renderCharts();
-  renderEvents(events.data);
-  renderCheckpoints(checkpoints.data);
-  // once a job has ended and everything it wrote has been read, nothing more will come
-  state.finalFetchDone = ENDED.has(job.status);
-}
-
-function selectJob(jobId) {
-  if (state.jobId !== jobId) {
-    state.jobId = jobId;
-    state.metrics = [];
-    state.finalFetchDone = false;
-    history.replaceState(null, "", `#${jobId}`);
+  try {
+    const job = await postJson(jobPath(jobId, `/${action}`));
+    $("action-result").textContent = `${action}: the job is ${job.status}.`;
+    state.done = false;
+    if (action === "resume") state.streamFailures = 0;
+  } catch (error) {
+    $("action-result").textContent = `${action} refused: ${error.message}`;
   }
-  $("detail").hidden = false;
-  for (const row of $("jobs").tBodies[0].rows) row.classList.toggle("selected", row.dataset.jobId === jobId);
-  refreshDetail().catch((error) => notice(error.message));
+  refresh();
 }
 
 // --- polling -----------------------------------------------------------------------------
 
 async function poll() {
-  if (!state.key) {
+  if (!auth.key) {
     notice("Enter an API key to see your jobs.");
     return;
   }
   try {
-    const jobs = await getJson("/v1/fine_tuning/jobs?limit=100");
-    renderJobs(jobs.data);
-    await refreshDetail();
+    if (state.jobId) {
+      await loadJob();
+    } else {
+      state.jobs = (await getJson("/v1/fine_tuning/jobs?limit=100")).data;
+      views.renderJobList(state.jobs, null);
+    }
     notice("");
   } catch (error) {
-    notice(error.status === 401 ? "This API key was not accepted." : `Could not load: ${error.message}`);
+    notice(error instanceof ApiError && error.status === 401
+      ? "This API key was not accepted." : `Could not load: ${error.message}`);
   }
 }
 
-async function pollLoop() {
+// One refresh at a time; the next is two seconds after one ends.
+function refresh() {
   clearTimeout(state.timer);
-  await poll();
-  state.timer = setTimeout(pollLoop, POLL_MS);
+  state.busy = state.busy || poll().finally(() => {
+    state.busy = null;
+    clearTimeout(state.timer);
+    state.timer = setTimeout(refresh, POLL_MS);
+  });
+  return state.busy;
+}
+
+async function loadChoices() {
+  try {
+    await Promise.all([loadModels(), loadFiles()]);
+  } catch (error) {
+    notice(`Could not load models and files: ${error.message}`);
+  }
+}
+
+function route() {
+  const match = /^#job\/(.+)$/.exec(location.hash);
+  if (match) showJob(decodeURIComponent(match[1]));
+  else showHome();
+}
+
+function useKey(key) {
+  auth.key = key;
+  if (key) localStorage.setItem(KEY_STORAGE, key);
+  else localStorage.removeItem(KEY_STORAGE);
+  if (key) loadChoices();
+  refresh();
 }
 
 function init() {
-  $("key-input").value = state.key;
+  if (!charts.chartsAvailable()) $("vendor-missing").hidden = false;
+  $("key-input").value = auth.key;
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    state.key = $("key-input").value.trim();
-    localStorage.setItem(KEY_STORAGE, state.key);
-    pollLoop();
+    useKey($("key-input").value.trim());
   });
   $("key-forget").addEventListener("click", () => {
-    localStorage.removeItem(KEY_STORAGE);
-    state.key = "";
     $("key-input").value = "";
     $("jobs").tBodies[0].replaceChildren();
-    $("detail").hidden = true;
-    state.jobId = null;
-    pollLoop();
+    useKey("");
   });
-  const fromHash = decodeURIComponent(location.hash.slice(1));
-  if (fromHash) selectJob(fromHash);
-  pollLoop();
+  for (const action of ["pause", "resume", "cancel"]) {
+    $(`action-${action}`).addEventListener("click", () => act(action));
+  }
+  initForms((job) => { location.hash = `#job/${encodeURIComponent(job.id)}`; });
+  loadSchema().catch((error) => notice(`Could not read the API's schema: ${error.message}`));
+  if (auth.key) loadChoices();
+  window.addEventListener("hashchange", route);
+  route();
 }
 
 init();

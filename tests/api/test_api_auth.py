@@ -34,6 +34,7 @@ ENDPOINTS: list[tuple[str, str, bool]] = [
     ("GET", "/v1/fine_tuning/jobs/{job}/events", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/metrics", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/stream", True),
+    ("POST", "/v1/fine_tuning/jobs/{job}/stream_token", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/checkpoints/{ckpt}/content", True),
     ("GET", "/v1/fine_tuning/jobs/{job}/sensitivity", True),
