@@ -85,6 +85,9 @@ class Trackers:
             if not isinstance(exc, Exception | SystemExit):  # KeyboardInterrupt goes on up
                 raise
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            if isinstance(exc, ImportError):
+                reason = (f"a package it needs is not installed on this worker "
+                          f"({exc.name or reason}); install sagetrain[tracking]")
             message = (f"{tracker.name} integration stopped ({phase}): "
                        f"{type(exc).__name__}{': ' + reason if reason else ''}; "
                        "the job goes on without it")
