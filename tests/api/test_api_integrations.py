@@ -6,6 +6,7 @@ result file, MLflow's run is in the operator's store, W&B's offline run holds th
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,48 @@ def test_wandb_offline_run_holds_the_metrics(service: Service, tmp_path: Path,
     assert run["summary"]["status"] == "succeeded"
     assert not [e for e in _events(service, job["id"]) if e["level"] == "warn"
                 and (e["data"] or {}).get("code") == "integration_failed"]
+
+
+def test_sweep_children_report_too(service: Service) -> None:
+    valid = service.upload(name="valid.jsonl")["id"]
+    parent = service.create_job(validation_file=valid, sweep={"learning_rate": [1e-4, 2e-4]},
+                                integrations=[{"type": "tensorboard"}])
+    for child in parent["sweep"]["runs"]:
+        shown = service.client.get(f"/v1/fine_tuning/jobs/{child['job_id']}",
+                                   headers=service.auth()).json()
+        assert shown["integrations"] == [{"type": "tensorboard", "tensorboard": {}}]
+
+
+def test_client_and_cli(in_process: Service, capsys: pytest.CaptureFixture[str]) -> None:
+    from sagetrain.cli import main
+    from sagetrain.client import Client
+
+    service = in_process
+    service.settings.mlflow_tracking_uri = "http://127.0.0.1:5000"
+    file_id = service.upload()["id"]
+    with Client() as client:
+        job = client.create_job("tiny-bert", file_id, integrations=[{"type": "tensorboard"}])
+    assert job["integrations"] == [{"type": "tensorboard", "tensorboard": {}}]
+    capsys.readouterr()
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file", file_id,
+                 "--integration", "tensorboard", "--integration", "wandb=spam",
+                 "--integration", "mlflow"]) == 0
+    shown = json.loads(capsys.readouterr().out)["integrations"]
+    assert shown == [{"type": "tensorboard", "tensorboard": {}},
+                     {"type": "wandb", "wandb": {"project": "spam", "name": None,
+                                                 "entity": None, "tags": []}},
+                     {"type": "mlflow", "mlflow": {"tracking_uri": None, "experiment": None}}]
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file", file_id,
+                 "--integration", '{"type": "wandb", "wandb": {"project": "p", "tags": ["a"]}}',
+                 "--integration", "mlflow=https://mlflow.example.com"]) == 0
+    shown = json.loads(capsys.readouterr().out)["integrations"]
+    assert shown[0]["wandb"]["tags"] == ["a"]
+    assert shown[1]["mlflow"]["tracking_uri"] == "https://mlflow.example.com"
+    assert main(["jobs", "create", "--model", "tiny-bert", "--training-file", file_id,
+                 "--integration", "mlflow=file:///etc"]) == 1
+    error = capsys.readouterr().err
+    assert "integrations[0].mlflow.tracking_uri" in error and "http" in error
+    with pytest.raises(SystemExit):
+        main(["jobs", "create", "--model", "tiny-bert", "--training-file", file_id,
+              "--integration", "comet"])
+    assert "wandb=PROJECT" in capsys.readouterr().err
