@@ -163,6 +163,29 @@ def test_failed_job_ends_its_runs_as_failed(env: WorkerEnv, tmp_path: Path) -> N
     assert _warnings(env, job_id) == []
 
 
+@SQLITE_ONLY
+def test_a_two_rank_job_reports_once(env: WorkerEnv, tmp_path: Path) -> None:
+    """The ranks' rows reach the runner's process (rank 0's, over a pipe): one run."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env.settings.mlflow_tracking_uri = uri
+    job_id = _job(env, [{"type": "mlflow", "mlflow": {}}])
+    with env.sessions.begin() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.spec = {**job.spec, "resources": {"gpus": 2, "strategy": "ddp"}}
+    assert run_job(job_id, env.settings, worker_id="w1") == "succeeded"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("sagetrain")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["resources.gpus"] == "2"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 9))
+    assert run.data.metrics["sensitivity/overall/mean"] > 0
+
+
 class Broken:
     name = "broken"
 
