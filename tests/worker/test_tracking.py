@@ -6,17 +6,21 @@ run; a failed job ends its runs as failed."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from tracking_helpers import tensorboard_scalars
 from worker_helpers import WorkerEnv
 
+from sage_core.artifacts import LocalArtifactStore
 from sage_core.db import transitions
-from sage_core.db.models import Job, JobEvent
+from sage_core.db.models import File, Job, JobEvent
 from sage_core.integration_specs import Integration
 from worker import runner
 from worker.runner import JobRunner, run_job
@@ -135,6 +139,8 @@ def test_paused_job_continues_its_mlflow_run(env: WorkerEnv, tmp_path: Path,
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["sagetrain.status"] == "stopped"
     monkeypatch.setattr(JobRunner, "_on_metrics", original)
+    # the next attempt runs on another machine: nothing of this one's run folder is there
+    shutil.rmtree(env.settings.data_dir / "runs" / job_id)
     with env.sessions.begin() as s:
         transitions.resume(s, job_id)
     assert run_job(job_id, env.settings, worker_id="w2") == "succeeded"
@@ -143,6 +149,16 @@ def test_paused_job_continues_its_mlflow_run(env: WorkerEnv, tmp_path: Path,
     steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train_loss")})
     assert steps == list(range(1, 9))
     assert _warnings(env, job_id) == []
+    # TensorBoard's events of both attempts, once each
+    job = env.job(job_id)
+    with env.sessions() as s:
+        archive = s.get(File, job.result_file_ids[1])
+        assert archive is not None
+    with tarfile.open(env.store.local_path(archive.storage_key)) as tar:
+        tar.extractall(tmp_path / "events", filter="data")
+    scalars = tensorboard_scalars(tmp_path / "events" / "tensorboard")
+    assert [step for step, _ in scalars["train_loss"]] == list(range(1, 9))
+    assert not env.store.exists(f"{job.artifact_prefix}/tensorboard")
 
 
 @SQLITE_ONLY
@@ -209,7 +225,8 @@ def test_trackers_report_a_failure_once_and_drop_the_tool(tmp_path: Path) -> Non
     from sage_core.settings import Settings
 
     info = RunInfo(job_id="ftjob-x", attempt=1, model="m", task="t", suffix=None,
-                   settings=Settings(data_dir=tmp_path), work_dir=tmp_path)
+                   settings=Settings(data_dir=tmp_path), work_dir=tmp_path,
+                   store=LocalArtifactStore(tmp_path / "store"), artifact_prefix="jobs/x")
     warned: list[tuple[str, dict[str, Any]]] = []
     trackers = Trackers(info, lambda message, data: warned.append((message, data)))
     broken = Broken(info)

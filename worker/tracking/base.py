@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sage_core.artifacts import ArtifactStore
 from sage_core.integration_specs import Integration
 from sage_core.settings import Settings
 
@@ -13,8 +14,9 @@ from sage_core.settings import Settings
 @dataclass(frozen=True)
 class RunInfo:
     """The job being reported: its id, its attempt (a paused or requeued job runs again),
-    names for the tool's run, the worker's settings and the job's local run folder (kept
-    across the attempts on one machine, removed when the job ends)."""
+    names for the tool's run, the worker's settings, the job's local run folder (kept
+    across the attempts on one machine, removed when the job ends) and the artifact store
+    with the job's prefix in it (what a later attempt on another machine needs)."""
 
     job_id: str
     attempt: int
@@ -23,6 +25,8 @@ class RunInfo:
     suffix: str | None
     settings: Settings
     work_dir: Path
+    store: ArtifactStore
+    artifact_prefix: str
 
 
 class Tracker(Protocol):

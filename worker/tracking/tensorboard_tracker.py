@@ -4,14 +4,15 @@ tensorboard.tar.gz (a folder `tensorboard/` inside) and published as a result fi
 job (purpose fine-tune-results): GET /v1/files/{id}/content downloads it, and
 `tensorboard --logdir tensorboard` shows it.
 
-A resumed attempt on the same machine appends to the same folder and drops the earlier
-attempt's events from the step it resumes at (purge_step); an attempt on another machine
-starts a new folder.
+A paused or shut-down attempt leaves the folder in the artifact store too
+(`<job prefix>/tensorboard`), so that the next attempt, on this machine or another, appends
+to it; it drops the earlier attempt's events from the step it resumes at (purge_step).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,25 @@ class TensorboardTracker:
         # imported here so that a missing package fails the start, not the first row
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 
+        if not self.folder.is_dir() and self.info.store.exists(self._stored):
+            self._download()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._hyperparameters = hyperparameters
+
+    @property
+    def _stored(self) -> str:
+        return f"{self.info.artifact_prefix}/{FOLDER}"
+
+    def _download(self) -> None:
+        staged = self.folder.with_name(f"{FOLDER}.partial")
+        shutil.rmtree(staged, ignore_errors=True)
+        for name, _ in self.info.store.walk(self._stored):
+            target = staged / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.info.store.open(f"{self._stored}/{name}") as src, \
+                    target.open("wb") as out:
+                shutil.copyfileobj(src, out)
+        staged.rename(self.folder)
 
     def _writer_from(self, step: int) -> Any:
         # Opened at the first row, so that purge_step (events at and after it are dropped)
@@ -65,11 +83,14 @@ class TensorboardTracker:
                 writer.add_scalar(key, value, self._last_step)
         writer.close()
         self._writer = None
+        if status == "stopped":  # paused or shut down: the next attempt goes on from here
+            self.info.store.put_tree(self._stored, self.folder)
         if status != "succeeded":
             return None
         archive = self.info.work_dir / ARCHIVE
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(self.folder, arcname=FOLDER)
+        self.info.store.delete(self._stored)
         return archive
 
     def close(self) -> None:
