@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import Service
+from api_helpers import LiveServer, Service
+from process_helpers import wait_for
 from tracking_helpers import read_wandb_run, tensorboard_scalars
 from worker_helpers import spam_rows
 
@@ -209,3 +210,42 @@ def test_client_and_cli(in_process: Service, capsys: pytest.CaptureFixture[str])
         main(["jobs", "create", "--model", "tiny-bert", "--training-file", file_id,
               "--integration", "comet"])
     assert "wandb=PROJECT" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_openai_sdk_through_serve(tmp_path: Path, models_dir: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sagetrain serve` (its executor runs the job in a process of its own), driven by the
+    official client: W&B without credentials is a warning event, TensorBoard's archive a
+    result file the client downloads."""
+    openai = pytest.importorskip("openai")
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # nor a login on this machine
+    with LiveServer.start(tmp_path, models_dir) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)
+        train = client.files.create(file=("train.jsonl", spam_rows(32)), purpose="fine-tune")
+        valid = client.files.create(file=("valid.jsonl", spam_rows(16, seed=1)),
+                                    purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="tiny-bert", training_file=train.id, validation_file=valid.id,
+            hyperparameters=HYPERPARAMETERS,
+            integrations=[{"type": "wandb", "wandb": {"project": "spam"}},
+                          {"type": "tensorboard"}])  # type: ignore[list-item]
+        assert job.integrations is not None and job.integrations[0].wandb.project == "spam"
+
+        def done() -> Any:
+            current = client.fine_tuning.jobs.retrieve(job.id)
+            return current if current.status in ("succeeded", "failed", "cancelled") else None
+
+        finished = wait_for(done, 180, "the job to finish", interval=0.5)
+        assert finished.status == "succeeded", (finished.error, server.log_text()[-3000:])
+        events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        warned = [e for e in events if e.level == "warn" and "integration" in e.message]
+        assert len(warned) == 1 and warned[0].message.startswith(
+            "wandb integration stopped (start): UsageError: "), [e.message for e in warned]
+        archive = client.files.content(finished.result_files[1]).content
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp_path / "events", filter="data")
+        scalars = tensorboard_scalars(tmp_path / "events" / "tensorboard")
+        assert [step for step, _ in scalars["train_loss"]] == list(range(1, 9))
