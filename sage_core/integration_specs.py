@@ -11,14 +11,13 @@ operator's default to go to.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -92,9 +91,10 @@ class Integration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: IntegrationType
-    wandb: WandbSettings | None = None
-    mlflow: MlflowSettings | None = None
-    tensorboard: TensorboardSettings | None = None
+    # each None unless of its type, and then left out of the JSON
+    wandb: WandbSettings | None = Field(None, exclude_if=lambda v: v is None)
+    mlflow: MlflowSettings | None = Field(None, exclude_if=lambda v: v is None)
+    tensorboard: TensorboardSettings | None = Field(None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _settings_of_type(self) -> Integration:
@@ -109,11 +109,6 @@ class Integration(BaseModel):
         if self.type == "tensorboard" and self.tensorboard is None:
             self.tensorboard = TensorboardSettings()
         return self
-
-    @model_serializer(mode="wrap")
-    def _only_own_settings(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if k == "type" or k == self.type}
 
 
 def check_integrations(integrations: list[Integration]) -> list[Integration]:
