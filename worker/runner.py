@@ -187,7 +187,8 @@ class JobRunner:
         if not spec.integrations:
             return None
         run = RunInfo(job_id=job.id, attempt=job.attempt, model=job.model, task=spec.task,
-                      suffix=job.suffix, settings=self.settings, work_dir=self.output_dir,
+                      suffix=job.suffix, parent_job_id=job.parent_id,
+                      settings=self.settings, work_dir=self.output_dir,
                       store=self.store, artifact_prefix=job.artifact_prefix)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         hyperparameters = {

@@ -167,14 +167,33 @@ def test_wandb_offline_run_holds_the_metrics(service: Service, tmp_path: Path,
                 and (e["data"] or {}).get("code") == "integration_failed"]
 
 
-def test_sweep_children_report_too(service: Service) -> None:
-    valid = service.upload(name="valid.jsonl")["id"]
-    parent = service.create_job(validation_file=valid, sweep={"learning_rate": [1e-4, 2e-4]},
-                                integrations=[{"type": "tensorboard"}])
-    for child in parent["sweep"]["runs"]:
-        shown = service.client.get(f"/v1/fine_tuning/jobs/{child['job_id']}",
+@SQLITE_ONLY
+def test_sweep_children_report_too(service: Service, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    service.settings.mlflow_tracking_uri = uri
+    train = service.upload(spam_rows(32))["id"]
+    valid = service.upload(spam_rows(16, seed=1), name="valid.jsonl")["id"]
+    parent = service.create_job(training_file=train, validation_file=valid,
+                                hyperparameters=HYPERPARAMETERS,
+                                sweep={"learning_rate": [1e-4, 2e-4]},
+                                integrations=[{"type": "mlflow"}])
+    children = [run["job_id"] for run in parent["sweep"]["runs"]]
+    for child in children:
+        shown = service.client.get(f"/v1/fine_tuning/jobs/{child}",
                                    headers=service.auth()).json()
-        assert shown["integrations"] == [{"type": "tensorboard", "tensorboard": {}}]
+        assert shown["integrations"] == [{"type": "mlflow", "mlflow": {
+            "tracking_uri": None, "experiment": None}}]
+    settings = service.settings.model_copy(update={"device": "cpu"})
+    assert run_job(children[0], settings, worker_id="w1") == "succeeded"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("sagetrain")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["sagetrain.job_id"] == children[0]
+    assert run.data.tags["sagetrain.parent_job_id"] == parent["id"]
+    assert run.data.params["learning_rate"] == "0.0001"
 
 
 def test_client_and_cli(in_process: Service, capsys: pytest.CaptureFixture[str]) -> None:

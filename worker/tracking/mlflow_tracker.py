@@ -89,6 +89,8 @@ class MlflowTracker:
         else:
             tags = {"sagetrain.job_id": self.info.job_id, "sagetrain.model": self.info.model,
                     "sagetrain.task": self.info.task}
+            if self.info.parent_job_id:
+                tags["sagetrain.parent_job_id"] = self.info.parent_job_id
             run = client.create_run(experiment_id, run_name=self.info.job_id, tags=tags)
             self._run_id = run.info.run_id
             params = [Param(k, v) for k, v in flat_params(hyperparameters).items()]

@@ -4,7 +4,8 @@ The worker's environment holds the credentials and the mode, as OpenAI's organis
 settings do: WANDB_API_KEY, WANDB_MODE (offline: the run is written locally, for `wandb
 sync` later), WANDB_BASE_URL, WANDB_DIR. The local run folder goes to WANDB_DIR, else
 DATA_DIR/wandb (never the worker's working directory). The W&B run id is the job id, so a
-paused or requeued job's later attempts continue the same run.
+paused or requeued job's later attempts continue the same run; a sweep's children are
+grouped by their parent job's id.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class WandbTracker:
         self._run = wandb.init(
             project=spec.project, entity=spec.entity, name=spec.name or self.info.job_id,
             tags=tags, config=hyperparameters, dir=str(folder), id=self.info.job_id,
+            group=self.info.parent_job_id,
             resume="allow", reinit="create_new", job_type="fine-tune",
             settings=wandb.Settings(console="off", silent=True, save_code=False,
                                     disable_git=True, init_timeout=INIT_TIMEOUT_SECONDS))
