@@ -149,7 +149,10 @@ class JobRunner:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._finish_tracking("stopped")  # no-op unless an ending above did not get to it
+            try:  # a no-op unless an ending above did not get to it
+                self._finish_tracking("stopped")
+            except Exception:  # e.g. the database that the warning goes to is down
+                log.exception("[%s] could not end the integrations' runs", self.job_id)
             self._lost.set()  # ends the heartbeat
             heartbeat.join(timeout=5)
         return self._final_status()
@@ -186,9 +189,9 @@ class JobRunner:
         is a warning event."""
         if not spec.integrations:
             return None
-        run = RunInfo(job_id=job.id, attempt=job.attempt, model=job.model, task=spec.task,
-                      suffix=job.suffix, parent_job_id=job.parent_id,
-                      settings=self.settings, work_dir=self.output_dir,
+        run = RunInfo(job_id=job.id, model=job.model, task=spec.task,
+                      parent_job_id=job.parent_id, settings=self.settings,
+                      work_dir=self.output_dir,
                       store=self.store, artifact_prefix=job.artifact_prefix)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         hyperparameters = {

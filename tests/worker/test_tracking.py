@@ -224,8 +224,7 @@ class Broken:
 def test_trackers_report_a_failure_once_and_drop_the_tool(tmp_path: Path) -> None:
     from sage_core.settings import Settings
 
-    info = RunInfo(job_id="ftjob-x", attempt=1, model="m", task="t", suffix=None,
-                   parent_job_id=None,
+    info = RunInfo(job_id="ftjob-x", model="m", task="t", parent_job_id=None,
                    settings=Settings(data_dir=tmp_path), work_dir=tmp_path,
                    store=LocalArtifactStore(tmp_path / "store"), artifact_prefix="jobs/x")
     warned: list[tuple[str, dict[str, Any]]] = []

@@ -13,17 +13,14 @@ from sage_core.settings import Settings
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The job being reported: its id, its attempt (a paused or requeued job runs again),
-    names for the tool's run, its sweep's parent job, the worker's settings, the job's
-    local run folder (kept across the attempts on one machine, removed when the job ends)
-    and the artifact store with the job's prefix in it (what a later attempt on another
-    machine needs)."""
+    """The job being reported: its id, model and task, its sweep's parent job, the
+    worker's settings, the job's local run folder (kept across the attempts on one
+    machine, removed when the job ends) and the artifact store with the job's prefix in it
+    (what a later attempt on another machine needs)."""
 
     job_id: str
-    attempt: int
     model: str
     task: str
-    suffix: str | None
     parent_job_id: str | None  # the sweep a child job belongs to
     settings: Settings
     work_dir: Path
