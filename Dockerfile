@@ -22,9 +22,10 @@ WORKDIR /app
 # Dependencies first, in their own layer, so that a code change does not reinstall torch.
 # PyPI's Linux torch wheel is the CUDA build, with its CUDA libraries: the workers need no
 # CUDA in the image, only the NVIDIA driver on the host (nvidia-container-toolkit).
+# The tracking extra: W&B, MLflow and TensorBoard for jobs' `integrations`.
 COPY pyproject.toml README.md ./
 RUN mkdir -p api worker sage_core sagetrain \
-    && pip install . \
+    && pip install ".[tracking]" \
     && pip uninstall -y sagetrain
 
 COPY alembic.ini ./

@@ -57,9 +57,13 @@ _UNION_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    """The field as a request names it: "hyperparameters.n_epochs", "integrations[0].type"."""
     parts: list[str] = []
     for index, item in enumerate(loc):
         if index == 0 and item in ("body", "query", "path", "header", "form", "cookie"):
+            continue
+        if isinstance(item, int) and parts:
+            parts[-1] += f"[{item}]"
             continue
         text = str(item)
         if text in _UNION_TAGS or "[" in text or "'" in text:
@@ -76,14 +80,32 @@ def _field_named_in(message: str, fields: set[str]) -> str | None:
     return None
 
 
+_AN_INTEGRATION = re.compile(r"^integrations\[\d+\]$")
+_AGAIN_AT = re.compile(r"again at (integrations\[\d+\])")
+
+
 def _validation_param(error: dict[str, Any]) -> str | None:
+    """The field a model-level validator's message is about, below the model's own
+    location: hyperparameters.<field>, integrations[i].<field>, or the integration that
+    repeats a type."""
     param = _param_from_loc(tuple(error.get("loc", ())))
-    if error.get("type") == "value_error" and param and param.endswith("hyperparameters"):
+    if error.get("type") != "value_error" or not param:
+        return param
+    message = str(error.get("msg", ""))
+    if param.endswith("hyperparameters"):
         from sage_core.schemas import Hyperparameters
 
-        field = _field_named_in(str(error.get("msg", "")), set(Hyperparameters.model_fields))
+        field = _field_named_in(message, set(Hyperparameters.model_fields))
         if field:
             param = f"{param}.{field}"
+    elif _AN_INTEGRATION.match(param):
+        from sage_core.integration_specs import Integration
+
+        field = _field_named_in(message, set(Integration.model_fields))
+        if field:
+            param = f"{param}.{field}"
+    elif param == "integrations" and (again := _AGAIN_AT.search(message)):
+        param = f"{again.group(1)}.type"
     return param
 
 

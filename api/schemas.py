@@ -19,8 +19,9 @@ from sage_core.db.models import (
     WebhookEndpoint,
     utcnow,
 )
+from sage_core.integration_specs import Integration
 from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
-from sage_core.schemas import Hyperparameters, Resources
+from sage_core.schemas import Hyperparameters, Integrations, Resources
 
 T = TypeVar("T")
 
@@ -175,6 +176,11 @@ class JobCreate(BaseModel):
         None, min_length=1, max_length=3,
         description="sagetrain: other optimizers to run on the same data, seed and schedule, "
                     "each a name (its default grid) or {optimizer, learning_rate: [...]}")
+    integrations: Integrations = Field(
+        default_factory=list,
+        description="Where to report the run, one entry per tool: {type: wandb, wandb: "
+                    "{project, name, entity, tags}}, {type: mlflow, mlflow: {tracking_uri, "
+                    "experiment}}, {type: tensorboard}")
 
     @field_validator("metadata")
     @classmethod
@@ -258,7 +264,8 @@ class JobPublic(BaseModel):
         [], description="What makes a succeeded job's model doubtful, each with what to "
                         "change; empty when none")
     organization_id: str
-    integrations: list[Any] = []
+    integrations: list[Integration] = Field(
+        [], description="As given at creation; a tool that fails is a warning event")
     # sagetrain's own
     suffix: str | None
     task: str
@@ -287,6 +294,8 @@ class JobPublic(BaseModel):
             queue_position=queue_position, parent_job_id=job.parent_id,
             sweep=SweepInfo.model_validate(job.sweep) if job.sweep else None,
             resources=Resources.model_validate(job.spec.get("resources") or {}),
+            integrations=[Integration.model_validate(i)
+                          for i in job.spec.get("integrations") or []],
         )
 
 

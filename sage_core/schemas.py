@@ -8,11 +8,12 @@ the training engine. Pure pydantic: no torch, no database.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from sage_core.errors import InvalidSpecError
+from sage_core.integration_specs import Integration, check_integrations
 from sage_core.names import (
     AUTO_EPOCHS_MAX,
     AUTO_EPOCHS_MIN_STEPS,
@@ -292,8 +293,12 @@ def check_resources(resources: Resources, hyperparameters: ResolvedHyperparamete
             param="resources.gpus")
 
 
+Integrations = Annotated[list[Integration], AfterValidator(check_integrations)]
+
+
 class JobSpec(BaseModel):
-    """What to train: a base model name from the catalog, a task, a seed, hyperparameters."""
+    """What to train: a base model name from the catalog, a task, a seed, hyperparameters;
+    and where to report the run (`integrations`, which training itself never reads)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -302,6 +307,7 @@ class JobSpec(BaseModel):
     seed: int = Field(42, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     resources: Resources = Field(default_factory=Resources)
+    integrations: Integrations = Field(default_factory=list)
 
     def resolve(self, *, train_rows: int | None = None,
                 has_validation: bool = False) -> ResolvedSpec:
@@ -311,7 +317,7 @@ class JobSpec(BaseModel):
             model=self.model, task=self.task, seed=self.seed,
             hyperparameters=self.hyperparameters.resolve(
                 self.task, train_rows=train_rows, has_validation=has_validation),
-            resources=self.resources,
+            resources=self.resources, integrations=self.integrations,
         )
 
 
@@ -324,3 +330,5 @@ class ResolvedSpec(BaseModel):
     hyperparameters: ResolvedHyperparameters
     # a default for specs stored before jobs could ask for several GPUs
     resources: Resources = Field(default_factory=Resources)
+    # a default for specs stored before jobs had integrations
+    integrations: Integrations = Field(default_factory=list)

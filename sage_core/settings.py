@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="Endpoint of the S3-compatible service (MinIO: http://minio:9000)"
     )
+    # Run tracking (a job's `integrations`; see worker/tracking/). W&B reads its own
+    # WANDB_API_KEY, WANDB_MODE and WANDB_DIR (default here: DATA_DIR/wandb).
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI for jobs whose mlflow integration names none: "
+        "an http(s) server, or a store on the workers' disks (sqlite:////srv/mlflow.db); "
+        "unset: such a job is refused. Users may name only http(s) servers"
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -118,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def resolved_artifacts_dir(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def default_wandb_dir(self) -> Path:
+        """Where W&B writes its local run folders when WANDB_DIR is unset."""
+        return (self.data_dir / "wandb").resolve()
 
 
 @lru_cache

@@ -196,8 +196,10 @@ class Client:
                    idempotency_key: str | None = None,
                    sweep: dict[str, list[float] | list[int]] | None = None,
                    compare_to: list[str | dict[str, Any]] | None = None,
-                   resources: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Create a job, on `resources` ({"gpus": N, "strategy": ...}) if given. With
+                   resources: dict[str, Any] | None = None,
+                   integrations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Create a job, on `resources` ({"gpus": N, "strategy": ...}) if given, reported to
+        `integrations` ([{"type": "wandb", "wandb": {"project": ...}}, ...]). With
         `sweep` ({"learning_rate": [...], "seeds": [...]}, either or both) or `compare_to`
         (optimizer names, or {"optimizer": ..., "learning_rate": [...]}), the server creates
         a parent job and one child job per optimizer, learning rate and seed, and returns the
@@ -205,7 +207,8 @@ class Client:
         body = self._params(model=model, training_file=training_file,
                             validation_file=validation_file, hyperparameters=hyperparameters,
                             suffix=suffix, seed=seed, task=task, sweep=sweep,
-                            compare_to=compare_to, resources=resources)
+                            compare_to=compare_to, resources=resources,
+                            integrations=integrations)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._request("POST", "/fine_tuning/jobs", json=body, headers=headers)
 

@@ -58,6 +58,7 @@ from sage_core.transient import (
 )
 from worker.eta import Eta, finish_at
 from worker.restore import restore_fine_tuned_model, restore_latest_checkpoint
+from worker.tracking import RunInfo, Trackers, start_trackers, summary_of
 
 log = logging.getLogger("sagetrain.worker")
 
@@ -113,6 +114,7 @@ class JobRunner:
         self._stop_checked = 0.0
         self._eta = Eta()  # this attempt's rate, evaluations and report: estimated_finish
         self.job: Job | None = None
+        self.trackers: Trackers | None = None  # the job's integrations, once started
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -147,6 +149,10 @@ class JobRunner:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            try:  # a no-op unless an ending above did not get to it
+                self._finish_tracking("stopped")
+            except Exception:  # e.g. the database that the warning goes to is down
+                log.exception("[%s] could not end the integrations' runs", self.job_id)
             self._lost.set()  # ends the heartbeat
             heartbeat.join(timeout=5)
         return self._final_status()
@@ -165,6 +171,7 @@ class JobRunner:
             base_model_dir = restore_fine_tuned_model(
                 self.sessions, self.store, job.owner_id, job.model,
                 self.output_dir / BASE_MODEL_DIR)
+        self.trackers = self._start_tracking(job, spec)
         callbacks = Callbacks(on_metrics=self._on_metrics, on_checkpoint=self._on_checkpoint,
                               should_stop=self._should_stop, on_event=self._on_event)
         result = run_training(spec, train_file, self.output_dir, validation_file=valid_file,
@@ -176,6 +183,35 @@ class JobRunner:
             self._stopped(result.step)
             return
         self._succeed(result)
+
+    def _start_tracking(self, job: Job, spec: ResolvedSpec) -> Trackers | None:
+        """The job's integrations, started with its hyperparameters; one that cannot start
+        is a warning event."""
+        if not spec.integrations:
+            return None
+        run = RunInfo(job_id=job.id, model=job.model, task=spec.task,
+                      parent_job_id=job.parent_id, settings=self.settings,
+                      work_dir=self.output_dir,
+                      store=self.store, artifact_prefix=job.artifact_prefix)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        hyperparameters = {
+            "job_id": job.id, "model": job.model, "task": spec.task, "seed": spec.seed,
+            "training_file": job.training_file_id, "validation_file": job.validation_file_id,
+            **spec.hyperparameters.model_dump(mode="json"),
+            "resources": spec.resources.model_dump(mode="json")}
+        return start_trackers(spec.integrations, run, hyperparameters,
+                              lambda message, data: self._on_event("warning", message, data))
+
+    def _finish_tracking(self, status: str, summary: dict[str, float] | None = None) -> list[str]:
+        """End the integrations' runs; the ids of the result files they left (TensorBoard's
+        archive), each a file of the job's owner with purpose fine-tune-results."""
+        trackers, self.trackers = self.trackers, None
+        if trackers is None:
+            return []
+        ids = []
+        for path in trackers.finish(summary or {}, status=status):
+            ids.append(self._store_result_file(path.name, path))
+        return ids
 
     def _file_path(self, file_id: str, param: str) -> Path:
         with self.sessions() as s:
@@ -200,6 +236,8 @@ class JobRunner:
             values["total_steps"] = int(row["total_steps"])
         if row.get("epoch") is not None:
             values["epoch"] = float(row["epoch"])
+        if self.trackers is not None:
+            self.trackers.log(row)
         self._eta.on_row(row)
         left = self._eta.seconds_left(step)
         values["estimated_finish"] = None if left is None else finish_at(utcnow(), left)
@@ -279,6 +317,7 @@ class JobRunner:
                 self._lost.set()
 
     def _stopped(self, step: int) -> None:
+        self._finish_tracking("stopped")
         with self.sessions.begin() as s:
             job = s.get(Job, self.job_id)
             assert job is not None
@@ -300,13 +339,15 @@ class JobRunner:
         results_id = self._store_results_csv()
         # recorded with the success; left NULL (not JSON null) without a report
         report = getattr(result, "sensitivity", None)
+        tracked = self._finish_tracking("succeeded", summary_of(result.metrics, report))
         sensitivity = {"sensitivity": report} if report is not None else {}
         warnings = [{"code": str(w["code"]), "message": str(w["message"])}
                     for w in getattr(result, "warnings", None) or []]
         with self.sessions.begin() as s:
             done = transitions.succeed(
                 s, self.job_id, owner=self.owner, fine_tuned_model=fine_tuned_name(job),
-                trained_tokens=int(result.trained_tokens), result_file_ids=[results_id],
+                trained_tokens=int(result.trained_tokens),
+                result_file_ids=[results_id, *tracked],
                 step=int(result.step), total_steps=int(result.total_steps),
                 epoch=float(result.epoch), warnings=warnings, **sensitivity)
             if done:
@@ -335,18 +376,27 @@ class JobRunner:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(latest.values())
-        data = out.getvalue().encode()
+        return self._store_result_file("step_metrics.csv", out.getvalue().encode())
+
+    def _store_result_file(self, filename: str, content: bytes | Path) -> str:
+        """`content` (bytes, or a local file that is moved) as a file object of the job's
+        owner with purpose fine-tune-results; returns its id."""
         file_id = new_id(FILE)
-        key = f"files/{file_id}.csv"
-        size = self.store.put_bytes(key, data)
+        key = f"files/{file_id}{''.join(Path(filename).suffixes)}"
+        size = (self.store.put_bytes(key, content) if isinstance(content, bytes)
+                else self.store.put_file(key, content))
         with self.sessions.begin() as s:
-            s.add(File(id=file_id, owner_id=self._owner(), filename="step_metrics.csv",
+            s.add(File(id=file_id, owner_id=self._owner(), filename=filename,
                        purpose="fine-tune-results", bytes=size, storage_key=key,
                        status="processed"))
         return file_id
 
     def _fail(self, code: str, message: str, param: str | None) -> None:
         log.error("[%s] failed: %s: %s", self.job_id, code, message)
+        try:
+            self._finish_tracking("failed")
+        except Exception:  # recording the failure comes first
+            log.exception("[%s] could not end the integrations' runs", self.job_id)
         try:
             with self.sessions.begin() as s:
                 if transitions.fail(s, self.job_id, owner=self.owner,

@@ -107,6 +107,18 @@ def _resolvable(body: JobCreate, task: TaskName, hyperparameters: Hyperparameter
     check_resources(body.resources, resolved)
 
 
+def _reportable(body: JobCreate, settings: Settings) -> None:
+    """An mlflow integration without a tracking_uri goes to the operator's default, which
+    must be set."""
+    for index, integration in enumerate(body.integrations):
+        if (integration.mlflow is not None and integration.mlflow.tracking_uri is None
+                and not settings.mlflow_tracking_uri):
+            raise InvalidRequestError(
+                "this server has no default MLflow tracking server "
+                "(SAGETRAIN_MLFLOW_TRACKING_URI); give an http(s) tracking_uri",
+                param=f"integrations[{index}].mlflow.tracking_uri", code="invalid_value")
+
+
 def check_request(session: Session, key: ApiKey, body: JobCreate, *,
                   idempotency_key: str | None, store: ArtifactStore,
                   settings: Settings) -> Job | Checked:
@@ -130,6 +142,7 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
         ensure_file_for_task(validation, task, store, settings, "validation_file")
     train_rows = file_rows(training)
     _resolvable(body, task, hyperparameters, train_rows)
+    _reportable(body, settings)
     return Checked(task=task, hyperparameters=hyperparameters, train_rows=train_rows)
 
 
@@ -147,7 +160,7 @@ def new_job(key: ApiKey, body: JobCreate, *, task: TaskName, seed: int,
     `columns`: any other column's value."""
     job_id = new_id(JOB)
     spec = JobSpec(model=body.model, task=task, seed=seed, hyperparameters=hyperparameters,
-                   resources=body.resources).resolve(
+                   resources=body.resources, integrations=body.integrations).resolve(
         train_rows=train_rows, has_validation=body.validation_file is not None)
     return Job(id=job_id, owner_id=key.id, model=body.model, task=task,
                spec=spec.model_dump(mode="json"), seed=seed, suffix=body.suffix,

@@ -139,7 +139,7 @@ def plan(body: JobCreate, hp: Hyperparameters, seed: int) -> list[tuple[str, flo
         grids = {own: _default_grid(own, multiplier, "hyperparameters.learning_rate_multiplier")}
     for index, item in enumerate(body.compare_to or []):
         other = item if isinstance(item, CompareToRequest) else CompareToRequest(optimizer=item)
-        param = f"compare_to.{index}"
+        param = f"compare_to[{index}]"
         if other.optimizer == own:
             raise InvalidRequestError(
                 f"Invalid value for '{param}': '{own}' is the job's own optimizer "

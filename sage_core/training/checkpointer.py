@@ -33,8 +33,10 @@ SaveModel = Callable[[Path], None]  # writes the Hugging Face model folder's fil
 
 def _flatten(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec's fields with hyperparameters hoisted, for naming what differs. Resources
-    are left out: a checkpoint resumes on any number of GPUs (processes)."""
-    flat = {k: v for k, v in spec.items() if k not in ("hyperparameters", "resources")}
+    are left out: a checkpoint resumes on any number of GPUs (processes); so are
+    integrations, which only say where the run is reported."""
+    flat = {k: v for k, v in spec.items()
+            if k not in ("hyperparameters", "resources", "integrations")}
     flat.update(spec.get("hyperparameters") or {})
     return flat
 

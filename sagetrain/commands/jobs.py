@@ -97,6 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default grid (e.g. adamw or adamw=5e-5,1e-4; needs "
                         "--validation-file)")
     add_resource_arguments(create)
+    create.add_argument("--integration", metavar="TYPE[=X]", action="append", default=None,
+                        type=_integration, dest="integrations",
+                        help="report the run to: tensorboard (event files as a result "
+                        "file), wandb=PROJECT, mlflow (the server's tracking URI) or "
+                        "mlflow=https://HOST; or an integration as JSON, e.g. "
+                        "'{\"type\": \"wandb\", \"wandb\": {\"project\": \"p\", "
+                        "\"tags\": [\"a\"]}}'; repeatable")
     create.add_argument("--suffix", metavar="S", default=None,
                         help="added to the fine-tuned model's name")
     create.add_argument("--seed", metavar="N", type=int, default=None, help="random seed")
@@ -182,6 +189,28 @@ def _compare_to(text: str) -> str | dict[str, Any]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a list of learning rates: {rates!r} (e.g. adamw=5e-5,1e-4)") from None
+
+
+def _integration(text: str) -> dict[str, Any]:
+    """`tensorboard`, `wandb=PROJECT`, `mlflow[=URI]` or a JSON object (argparse type);
+    the server checks the rest."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("give a JSON object: {\"type\": ...}")
+        return value
+    kind, sep, value = text.partition("=")
+    if kind == "tensorboard" and not sep:
+        return {"type": "tensorboard"}
+    if kind == "wandb" and value:
+        return {"type": "wandb", "wandb": {"project": value}}
+    if kind == "mlflow":
+        return {"type": "mlflow", "mlflow": {"tracking_uri": value} if value else {}}
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: give tensorboard, wandb=PROJECT, mlflow, mlflow=URI or a JSON object")
 
 
 def _sweep(args: argparse.Namespace) -> dict[str, list[float] | list[int]] | None:
@@ -303,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
                 hyperparameters=hyperparameters_from_args(args) or None, suffix=args.suffix,
                 seed=args.seed, task=args.task, idempotency_key=args.idempotency_key,
                 sweep=_sweep(args),
-                compare_to=args.compare_to, resources=resources_from_args(args) or None)
+                compare_to=args.compare_to, resources=resources_from_args(args) or None,
+                integrations=args.integrations)
             if not args.watch:
                 return print_json(job)
             hp = job["hyperparameters"]
