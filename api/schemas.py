@@ -39,6 +39,33 @@ def _estimated_finish(job: Job) -> int | None:
     return ts(max(value, utcnow()))
 
 
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """Where in a JSON value a string (or a key) holds a NUL character, or None."""
+    if isinstance(value, str):
+        return where or "the body" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if "\x00" in str(key):
+                return path
+            if (found := _nul_at(item, path)) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_at(item, f"{where}[{index}]")) is not None:
+                return found
+    return None
+
+
+def refuse_nul(data: Any) -> Any:
+    """A before-validator for request bodies: no string may hold a NUL character, which
+    PostgreSQL cannot store (and no name, id or setting needs)."""
+    where = _nul_at(data)
+    if where is not None:
+        raise ValueError(f"a NUL character is not allowed in a string (at {where!r})")
+    return data
+
+
 class ListPage(BaseModel, Generic[T]):
     object: Literal["list"] = "list"
     data: list[T]
@@ -92,7 +119,7 @@ class SweepRequest(BaseModel):
     can be swept for now; any other key is refused (400 naming sweep.<key>) by
     api/services/sweeps.py, which also checks the values."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     learning_rate: list[float] | None = Field(
         None, description="2 to 8 distinct peak learning rates, each in (0, 1]")
@@ -105,7 +132,7 @@ class SweepRequest(BaseModel):
 class CompareToRequest(BaseModel):
     """One optimizer to compare with, over its own learning-rate grid."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     optimizer: OptimizerName
     learning_rate: list[float] | None = Field(
@@ -147,7 +174,12 @@ class MethodRequest(BaseModel):
 class JobCreate(BaseModel):
     """POST /v1/fine_tuning/jobs. Unknown fields are rejected, naming the field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return refuse_nul(data)
 
     model: str = Field(min_length=1, max_length=200, description="A name from /v1/models")
     training_file: str = Field(min_length=1, max_length=64)
@@ -475,6 +507,11 @@ WebhookEvent = Literal[
 
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return refuse_nul(data)
 
     url: str = Field(max_length=2048, description="http(s) URL that receives the POSTs")
     events: list[WebhookEvent] | None = Field(
