@@ -16,11 +16,13 @@ from sage_core.db.models import (
     JobEvent,
     JobMetric,
     JobStatus,
+    WebhookDelivery,
     WebhookEndpoint,
     utcnow,
 )
 from sage_core.integration_specs import Integration
 from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
+from sage_core.net_guard import check_http_url
 from sage_core.schemas import Hyperparameters, Integrations, Resources
 
 T = TypeVar("T")
@@ -520,12 +522,28 @@ class WebhookCreate(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-            raise ValueError("must be an http:// or https:// URL")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain spaces")
-        return value
+        return check_http_url(value)
+
+
+class WebhookDeliveryResult(BaseModel):
+    """The newest delivery to an endpoint, as it stands: how its owner sees whether the
+    endpoint works."""
+
+    id: str
+    event_type: str
+    job_id: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None = Field(None, description="What went wrong on the last try")
+    created_at: int
+    delivered_at: int | None = None
+
+    @classmethod
+    def from_row(cls, row: WebhookDelivery) -> WebhookDeliveryResult:
+        return cls(id=row.id, event_type=row.event_type, job_id=row.job_id,
+                   status=row.status, attempts=row.attempts,  # type: ignore[arg-type]
+                   last_error=row.last_error, created_at=ts(row.created_at) or 0,
+                   delivered_at=ts(row.delivered_at))
 
 
 class WebhookPublic(BaseModel):
@@ -535,9 +553,14 @@ class WebhookPublic(BaseModel):
     events: list[str]
     created_at: int
     secret: str | None = Field(None, description="Signing secret; returned only on create")
+    last_delivery: WebhookDeliveryResult | None = Field(
+        None, description="The newest delivery to this endpoint and its result; null before "
+                          "the first")
 
     @classmethod
-    def from_row(cls, row: WebhookEndpoint, *, with_secret: bool = False) -> WebhookPublic:
+    def from_row(cls, row: WebhookEndpoint, *, with_secret: bool = False,
+                 last: WebhookDelivery | None = None) -> WebhookPublic:
         return cls(id=row.id, url=row.url, events=list(row.events),
                    created_at=ts(row.created_at) or 0,
-                   secret=row.secret if with_secret else None)
+                   secret=row.secret if with_secret else None,
+                   last_delivery=WebhookDeliveryResult.from_row(last) if last else None)
