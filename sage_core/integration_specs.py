@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from sage_core.net_guard import check_http_url
+
 IntegrationType = Literal["wandb", "mlflow", "tensorboard"]
 INTEGRATION_TYPES: tuple[str, ...] = ("wandb", "mlflow", "tensorboard")
 MAX_WANDB_TAGS = 50
@@ -73,9 +75,7 @@ class MlflowSettings(BaseModel):
         if not sep or scheme.lower() not in MLFLOW_URI_SCHEMES or not rest.strip("/"):
             raise ValueError("must be an http:// or https:// URL of an MLflow tracking server "
                              "(leave it out for the server's default)")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain spaces")
-        return value
+        return check_http_url(value)
 
 
 class TensorboardSettings(BaseModel):
