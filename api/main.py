@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api.dispatch import Dispatcher, NullDispatcher
 from api.errors import install_error_handlers
 from api.input_guard import RefuseNulMiddleware
+from api.openapi import install_openapi
 from api.prometheus import RequestDurationMiddleware, make_registry
 from api.routes import dashboard, files, health, jobs, models, prometheus, webhooks
 from api.services import stream_tokens
@@ -47,4 +48,5 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.add_middleware(RequestDurationMiddleware, histogram=durations)
     for module in (health, prometheus, files, jobs, models, dashboard, webhooks):
         app.include_router(module.router)
+    install_openapi(app)
     return app

@@ -1,0 +1,76 @@
+"""The server against its own OpenAPI document, with schemathesis: generated requests
+(valid and invalid) to every operation, with a valid key, on each database backend. The bar:
+no 5xx, every status code and content type documented, every JSON body as its schema says.
+
+Generated ids name nothing, so about half the requests with ids in the path get real ones
+instead: a file, a cancelled job (its live stream ends at once) and a webhook of the key.
+Bounded: EXAMPLES requests per operation (SAGETRAIN_SCHEMA_EXAMPLES to change it), no
+shrinking, so a run takes well under a minute per backend on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import schemathesis
+from api_helpers import Service
+
+EXAMPLES = int(os.environ.get("SAGETRAIN_SCHEMA_EXAMPLES", "40"))
+
+
+def _checks() -> list[Any]:
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    return [not_a_server_error, status_code_conformance, content_type_conformance,
+            response_schema_conformance]
+
+
+def test_the_server_keeps_to_its_openapi_document(service: Service) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    job = service.create_job()
+    assert service.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel",
+                               headers=service.auth()).status_code == 200
+    hook = service.client.post("/v1/webhooks", headers=service.auth(),
+                               json={"url": "https://example.com/hook"}).json()
+    real = {"job_id": job["id"], "file_id": service.upload()["id"], "webhook_id": hook["id"],
+            "model": "tiny-bert"}
+    schema = schemathesis.openapi.from_asgi("/openapi.json", service.client.app)
+    checks = _checks()
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    started = time.monotonic()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy(), use_real_ids=st.booleans())
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        def check(case: Any, use_real_ids: bool) -> None:
+            if use_real_ids and case.path_parameters:
+                case.path_parameters = {name: real.get(name, value)
+                                        for name, value in case.path_parameters.items()}
+            response = case.call(headers={**(case.headers or {}), **service.auth()})
+            statuses[response.status_code] += 1
+            case.validate_response(response, checks=checks)
+
+        try:
+            check()
+        except (Exception, BaseExceptionGroup) as exc:  # every operation's, not the first's
+            failures.append(f"{operation.method.upper()} {operation.path}: "
+                            f"{type(exc).__name__}: {str(exc)[:3000]}")
+    print(f"schemathesis: {sum(statuses.values())} requests in "
+          f"{time.monotonic() - started:.0f} s, by status {dict(sorted(statuses.items()))}")
+    assert not failures, "\n\n".join(failures)
+    assert not [s for s in statuses if s >= 500]
+    assert statuses[200] > 0 and statuses[400] > 0
