@@ -2,8 +2,9 @@
 database sees it: PostgreSQL cannot store or even compare one in a text value (the query
 fails with a DataError), and no id, name or cursor of ours contains one.
 
-A path with NUL names nothing (404); a query with one is a bad parameter (400). Body strings
-are checked by the request models (`api.schemas.refuse_nul`).
+A path with NUL names nothing (404); a query or header with one is a bad parameter (400).
+Body strings are checked by the request models (`api.schemas.refuse_nul`); anything that
+still reaches the database is answered 400 by api/errors.py's handler of DataError.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ class RefuseNulMiddleware:
                 await response(scope, receive, send)
                 return
             query: bytes = scope.get("query_string", b"")
+            problem = None
             if any(nul in query for nul in _NUL_IN_QUERY):
-                response = error_json(400, "The query string contains a NUL character",
-                                      code="invalid_value")
+                problem = "The query string contains a NUL character"
+            elif any(b"\x00" in value for _, value in scope.get("headers", ())):
+                problem = "A header contains a NUL character"
+            if problem is not None:
+                response = error_json(400, problem, code="invalid_value")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -136,3 +136,31 @@ def test_non_finite_floats_are_refused(service: Service, raw: bytes) -> None:
         "Content-Type": "application/json"}, content=body)
     assert r.status_code == 400, r.text
     assert "finite" in r.text or b"compare_to" in raw, r.json()
+
+
+@pytest.mark.parametrize("fields", [{"purpose": "fine-\x00tune"},
+                                    {"task": "text-\x00classification"}])
+def test_a_nul_byte_in_an_upload_form_is_a_400(service: Service, fields: dict) -> None:
+    from api_helpers import TRAIN_JSONL
+
+    name = "train.jsonl"
+    client = TestClient(service.client.app, raise_server_exceptions=False)
+    r = client.post("/v1/files", headers=service.auth(), files={"file": (name, TRAIN_JSONL)},
+                    data={"purpose": "fine-tune", **fields})
+    assert r.status_code == 400, r.text
+    assert service.client.get("/v1/files", headers=service.auth()).json()["data"] == []
+    store = service.settings.resolved_artifacts_dir
+    assert not [p for p in store.rglob("*") if p.is_file()], "an upload was left behind"
+
+
+@pytest.mark.parametrize("header", ["Idempotency-Key", "Last-Event-ID"])
+def test_a_nul_byte_in_a_header_is_a_400(service: Service, header: str) -> None:
+    job_id = service.create_job()["id"]
+    client = TestClient(service.client.app, raise_server_exceptions=False)
+    if header == "Idempotency-Key":
+        r = client.post("/v1/fine_tuning/jobs", headers=service.auth() | {header: "k\x00"},
+                        json={"model": "tiny-bert", "training_file": "file-x"})
+    else:
+        r = client.get(f"/v1/fine_tuning/jobs/{job_id}/stream",
+                       headers=service.auth() | {header: "ftevent-\x00.1"})
+    assert r.status_code in (400, 404), r.text
