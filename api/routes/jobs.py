@@ -141,7 +141,7 @@ def list_events(job: OwnedJob, session: SessionDep, after: str | None = None,
 
 @router.get("/{job_id}/metrics", response_model=ListPage[MetricRow])
 def list_metrics(job: OwnedJob, session: SessionDep,
-                 from_step: Annotated[int, Query(ge=0)] = 0,
+                 from_step: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a database integer
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> ListPage[MetricRow]:
     """Every logged row from `from_step` on, oldest first."""
     rows = session.scalars(

@@ -164,3 +164,12 @@ def test_a_nul_byte_in_a_header_is_a_400(service: Service, header: str) -> None:
         r = client.get(f"/v1/fine_tuning/jobs/{job_id}/stream",
                        headers=service.auth() | {header: "ftevent-\x00.1"})
     assert r.status_code in (400, 404), r.text
+
+
+def test_a_step_past_a_database_integer_is_a_400(service: Service) -> None:
+    """Found by the schemathesis run: SQLite raised OverflowError (a 500)."""
+    job_id = service.create_job()["id"]
+    client = TestClient(service.client.app, raise_server_exceptions=False)
+    r = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics?from_step={2**63}",
+                   headers=service.auth())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "from_step", r.text
