@@ -1,11 +1,12 @@
 """The server against its own OpenAPI document, with schemathesis: generated requests
-(valid ones, and invalid ones where an operation takes input) to every operation, with a valid key, on each database backend. The bar:
-no 5xx, every status code and content type documented, every JSON body as its schema says.
+(valid ones, and invalid ones where an operation takes input) to every operation, with a
+valid key, on each database backend. The bar: no 5xx, every status code and content type
+documented, every JSON body as its schema says.
 
 Generated ids name nothing, so about half the requests with ids in the path get real ones
 instead: a file, a cancelled job (its live stream ends at once) and a webhook of the key.
 Bounded: EXAMPLES requests per operation (SAGETRAIN_SCHEMA_EXAMPLES to change it), no
-shrinking, so a run takes well under a minute per backend on two cores.
+shrinking, so a run takes under a minute per backend on two cores.
 """
 
 from __future__ import annotations
