@@ -82,3 +82,28 @@ def test_the_server_keeps_to_its_openapi_document(service: Service) -> None:
     assert not failures, "\n\n".join(failures)
     assert not [s for s in statuses if s >= 500]
     assert statuses[200] > 0 and statuses[400] > 0
+
+
+def test_every_operation_documents_its_error_answers(service: Service) -> None:
+    """Issue 17 item 8: the document listed 200 and 422 only, while the server never
+    answers 422 and does answer 400, 401, 404, 409 and 413."""
+    spec = service.client.get("/openapi.json").json()
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            assert "400" in responses, (method, path)
+            if path.startswith("/v1/"):
+                assert {"401", "429"} <= set(responses), (method, path)
+            if "{" in path:
+                assert "404" in responses, (method, path)
+            for code, answer in responses.items():
+                if code.startswith(("4", "5")) and path != "/readyz":
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == error_ref, (method, path, code)
+    files = spec["paths"]["/v1/files"]["post"]["responses"]
+    assert {"409", "413"} <= set(files)
+    assert "409" in spec["paths"]["/v1/fine_tuning/jobs/{job_id}/cancel"]["post"]["responses"]
+    detail = spec["components"]["schemas"]["ErrorDetail"]
+    assert set(detail["required"]) == {"message", "type", "param", "code"}
