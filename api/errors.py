@@ -46,11 +46,16 @@ def _type_for(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def error_json(status: int, message: str, *, param: str | None = None,
-               code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    """An error answer in the OpenAI shape."""
+def _json(status: int, message: str, *, param: str | None = None, code: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
     body = error_body(message, type_=_type_for(status), param=param, code=code)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_json(status: int, message: str, *, param: str | None = None,
+               code: str | None = None) -> JSONResponse:
+    """An error answer in the OpenAI shape, for middleware that answers before any route."""
+    return _json(status, message, param=param, code=code)
 
 
 # Pydantic puts union members and validator names into an error's location
@@ -139,7 +144,7 @@ async def _sagetrain_error(_: Request, exc: Exception) -> JSONResponse:
     message = exc.message
     if isinstance(exc, DataFileError):
         message = f"Invalid file: {exc.message}"
-    return error_json(exc.status_code, message, param=exc.param, code=exc.code)
+    return _json(exc.status_code, message, param=exc.param, code=exc.code)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -148,18 +153,18 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {}
     body_problem = _body_problem(first)
     if body_problem is not None:
-        return error_json(400, body_problem, code="invalid_value")
+        return _json(400, body_problem, code="invalid_value")
     param = _validation_param(first)
     message = _validation_message(first, param)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return error_json(400, message, param=param, code="invalid_value")
+    return _json(400, message, param=param, code="invalid_value")
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}
-    return error_json(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
+    return _json(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
                  headers=getattr(exc, "headers", None))
 
 
@@ -168,13 +173,13 @@ async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
     # character, a number out of its range); this answer is the net under them.
     log.warning("database refused a value on %s %s: %s", request.method, request.url.path,
                 str(exc).splitlines()[0][:300])
-    return error_json(400, "A value in the request cannot be stored (a NUL character, or a "
+    return _json(400, "A value in the request cannot be stored (a NUL character, or a "
                  "number out of range).", code="invalid_value")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_json(500, "The server had an error while processing your request.",
+    return _json(500, "The server had an error while processing your request.",
                  code="internal_error")
 
 
