@@ -26,7 +26,7 @@ from api.schemas import JobCreate, JobPublic
 from api.services.base_models import check_base_model
 from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task, file_rows, file_task
 from sage_core.artifacts import ArtifactStore
-from sage_core.db import transitions
+from sage_core.db import limits, transitions
 from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
@@ -119,6 +119,14 @@ def _reportable(body: JobCreate, settings: Settings) -> None:
                 param=f"integrations[{index}].mlflow.tracking_uri", code="invalid_value")
 
 
+def check_limits(session: Session, key: ApiKey, settings: Settings, *, jobs: int) -> None:
+    """The key may queue `jobs` more jobs now (429 if not); the key stays locked until the
+    insert commits, so that concurrent requests are counted one after the other."""
+    if limits.job_limits_apply(key, settings):
+        limits.lock_key(session, key)
+        limits.check_job_creation(session, key, settings, jobs=jobs)
+
+
 def check_request(session: Session, key: ApiKey, body: JobCreate, *,
                   idempotency_key: str | None, store: ArtifactStore,
                   settings: Settings) -> Job | Checked:
@@ -196,6 +204,7 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
                             store=store, settings=settings)
     if isinstance(checked, Job):
         return to_public(session, [checked])[0], False
+    check_limits(session, key, settings, jobs=1)
     job = new_job(key, body, task=checked.task, seed=seed_for(body),
                   hyperparameters=checked.hyperparameters, train_rows=checked.train_rows,
                   now=utcnow(),
