@@ -248,23 +248,28 @@ def to_public(session: Session, jobs: list[Job]) -> list[JobPublic]:
 
 
 def cancel_job(session: Session, job: Job) -> None:
+    """Cancel the job; one already cancelled (by a concurrent request too) is answered as
+    it is. `job` is read again after the UPDATE: the status its caller read may be stale."""
     if transitions.cancel(session, job.id):
         add_event(session, job.id, "Job cancelled")
         session.commit()
-    elif job.status != S.CANCELLED:
+    session.refresh(job)
+    if job.status != S.CANCELLED:
         raise ConflictError(f"Job {job.id} has already {job.status}; it cannot be cancelled",
                             param="fine_tuning_job_id", code="invalid_job_state")
-    session.refresh(job)
 
 
 def pause_job(session: Session, job: Job) -> None:
+    was = job.status
     if transitions.request_pause(session, job.id):
-        add_event(session, job.id, "Pause requested" if job.status == S.RUNNING else "Job paused")
+        add_event(session, job.id, "Pause requested" if was == S.RUNNING else "Job paused")
         session.commit()
-    elif job.status != S.PAUSED:
+        session.refresh(job)
+        return
+    session.refresh(job)  # the status read before may be stale (a concurrent pause)
+    if job.status != S.PAUSED:
         raise ConflictError(f"Job {job.id} is {job.status}; only a queued or running job can "
                             "be paused", param="fine_tuning_job_id", code="invalid_job_state")
-    session.refresh(job)
 
 
 def resume_job(session: Session, job: Job) -> bool:
