@@ -118,6 +118,12 @@ def ensure_file_for_task(file: File, task: str, store: ArtifactStore, settings: 
 
 
 def delete_file(session: Session, file: File, store: ArtifactStore) -> None:
+    """Delete the file unless an unfinished job uses it (409). Its row is locked for update
+    first: a job being created with it (which holds it share-locked) commits before the
+    check below looks for it, or finds the file gone."""
+    locked = session.scalar(select(File.id).where(File.id == file.id).with_for_update())
+    if locked is None:
+        raise NotFoundError(f"No such file: '{file.id}'", param="file_id")
     in_use = session.scalar(select(Job.id).where(
         Job.owner_id == file.owner_id, Job.status.in_(_UNFINISHED),
         (Job.training_file_id == file.id) | (Job.validation_file_id == file.id)).limit(1))

@@ -66,8 +66,12 @@ class Checked:
 
 
 def _owned_file(session: Session, key: ApiKey, file_id: str, param: str) -> File:
-    """The key's file, uploaded for fine-tuning; the error names the field at fault."""
-    row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id))
+    """The key's file, uploaded for fine-tuning; the error names the field at fault. Its row
+    is share-locked until the job's insert commits: a concurrent delete (which locks it for
+    update, `files.delete_file`) waits, then sees the job and refuses; or it went first, and
+    the file is no longer there."""
+    row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id)
+                         .with_for_update(read=True))
     if row is None:
         raise InvalidRequestError(f"No such file: '{file_id}'", param=param,
                                   code="invalid_file")

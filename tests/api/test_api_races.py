@@ -75,3 +75,28 @@ def test_concurrent_cancels_over_http(service: Service) -> None:
         assert {a.json()["status"] for a in answers} == {"cancelled"}
         events = service.client.get(f"{JOBS}/{job_id}/events", headers=service.auth()).json()
         assert [e["message"] for e in events["data"]].count("Job cancelled") == 1
+
+
+def test_a_file_deleted_while_a_job_is_created_with_it(service: Service) -> None:
+    """Never both: either the job is created and the delete gets 409 (the file is in use),
+    or the file is deleted and the creation gets 400 (no such file)."""
+    outcomes: set[tuple[int, int]] = set()
+    for _ in range(40):
+        file_id = service.upload()["id"]
+
+        def create(file_id: str = file_id) -> httpx.Response:
+            return service.client.post(JOBS, headers=service.auth(), json={
+                "model": "tiny-bert", "training_file": file_id})
+
+        def delete(file_id: str = file_id) -> httpx.Response:
+            return service.client.delete(f"/v1/files/{file_id}", headers=service.auth())
+
+        created, deleted = at_once(create, delete)
+        pair = (created.status_code, deleted.status_code)
+        assert pair in {(200, 409), (400, 200)}, (created.text, deleted.text)
+        outcomes.add(pair)
+        if created.status_code == 200:
+            got = service.client.get(f"/v1/files/{file_id}", headers=service.auth())
+            assert got.status_code == 200
+            service.client.post(f"{JOBS}/{created.json()['id']}/cancel", headers=service.auth())
+    print("outcomes seen:", sorted(outcomes))
