@@ -66,12 +66,8 @@ class Checked:
 
 
 def _owned_file(session: Session, key: ApiKey, file_id: str, param: str) -> File:
-    """The key's file, uploaded for fine-tuning; the error names the field at fault. Its row
-    is share-locked until the job's insert commits: a concurrent delete (which locks it for
-    update, `files.delete_file`) waits, then sees the job and refuses; or it went first, and
-    the file is no longer there."""
-    row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id)
-                         .with_for_update(read=True))
+    """The key's file, uploaded for fine-tuning; the error names the field at fault."""
+    row = session.scalar(select(File).where(File.id == file_id, File.owner_id == key.id))
     if row is None:
         raise InvalidRequestError(f"No such file: '{file_id}'", param=param,
                                   code="invalid_file")
@@ -123,12 +119,25 @@ def _reportable(body: JobCreate, settings: Settings) -> None:
                 param=f"integrations[{index}].mlflow.tracking_uri", code="invalid_value")
 
 
-def check_limits(session: Session, key: ApiKey, settings: Settings, *, jobs: int) -> None:
-    """The key may queue `jobs` more jobs now (429 if not); the key stays locked until the
-    insert commits, so that concurrent requests are counted one after the other."""
+def prepare_insert(session: Session, key: ApiKey, body: JobCreate, settings: Settings, *,
+                   jobs: int) -> None:
+    """In the transaction that inserts a request's `jobs` jobs, before the insert: the key
+    may queue that many now (429 if not; the key's row stays locked until the commit, so
+    that its concurrent requests are counted one after the other), and the files the body
+    names are still there, share-locked until the commit. A concurrent delete of one (which
+    locks its row for update, `files.delete_file`) then waits and sees the job, or went
+    first and the file is gone (400): never both."""
     if limits.job_limits_apply(key, settings):
         limits.lock_key(session, key)
         limits.check_job_creation(session, key, settings, jobs=jobs)
+    named = {"training_file": body.training_file, "validation_file": body.validation_file}
+    wanted = [file_id for file_id in named.values() if file_id is not None]
+    held = set(session.scalars(select(File.id).where(
+        File.id.in_(wanted), File.owner_id == key.id).with_for_update(read=True)))
+    for param, file_id in named.items():
+        if file_id is not None and file_id not in held:
+            raise InvalidRequestError(f"No such file: '{file_id}'", param=param,
+                                      code="invalid_file")
 
 
 def check_request(session: Session, key: ApiKey, body: JobCreate, *,
@@ -208,7 +217,7 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
                             store=store, settings=settings)
     if isinstance(checked, Job):
         return to_public(session, [checked])[0], False
-    check_limits(session, key, settings, jobs=1)
+    prepare_insert(session, key, body, settings, jobs=1)
     job = new_job(key, body, task=checked.task, seed=seed_for(body),
                   hyperparameters=checked.hyperparameters, train_rows=checked.train_rows,
                   now=utcnow(),
