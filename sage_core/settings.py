@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -133,12 +133,19 @@ class Settings(BaseSettings):
         "unset: such a job is refused. Users may name only http(s) servers"
     )
 
-    @field_validator("max_storage_bytes", mode="before")
+    @field_validator("job_rate_limit", "file_rate_limit", "max_running_jobs",
+                     "max_storage_bytes", mode="before")
     @classmethod
-    def _size(cls, value: object) -> object:
-        from sage_core.sizes import parse_size
+    def _limit(cls, value: object, info: ValidationInfo) -> object:
+        """An empty value is no limit (docker compose passes unset variables as ""); a
+        storage quota may be written as a size (10G)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and info.field_name == "max_storage_bytes":
+            from sage_core.sizes import parse_size
 
-        return parse_size(value) if isinstance(value, str) else value
+            return parse_size(value)
+        return value
 
     @property
     def resolved_database_url(self) -> str:

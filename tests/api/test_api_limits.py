@@ -195,3 +195,19 @@ def test_limits_hold_under_concurrent_requests(limited: Callable[..., Service],
     assert _at_once(6, lambda: post_job(svc, own, key=key)) == [200] * 2 + [429] * 4
     # svc.key has uploaded one file so far: 3 more fit in its window of 4
     assert _at_once(6, lambda: post_file(svc)) == [200] * 3 + [429] * 3
+
+
+def test_an_empty_setting_is_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker compose passes an unset variable as an empty one."""
+    for name in ("JOB_RATE_LIMIT", "FILE_RATE_LIMIT", "MAX_RUNNING_JOBS", "MAX_STORAGE_BYTES"):
+        monkeypatch.setenv(f"SAGETRAIN_{name}", "")
+    settings = Settings()
+    assert (settings.job_rate_limit, settings.file_rate_limit, settings.max_running_jobs,
+            settings.max_storage_bytes) == (None, None, None, None)
+    monkeypatch.setenv("SAGETRAIN_MAX_STORAGE_BYTES", "1.5G")
+    monkeypatch.setenv("SAGETRAIN_JOB_RATE_LIMIT", "30")
+    settings = Settings()
+    assert (settings.max_storage_bytes, settings.job_rate_limit) == (int(1.5 * 1024**3), 30)
+    monkeypatch.setenv("SAGETRAIN_JOB_RATE_LIMIT", "0")
+    with pytest.raises(ValueError, match="job_rate_limit"):
+        Settings()
