@@ -211,3 +211,16 @@ def test_an_empty_setting_is_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAGETRAIN_JOB_RATE_LIMIT", "0")
     with pytest.raises(ValueError, match="job_rate_limit"):
         Settings()
+
+
+def test_two_api_servers_share_the_limits(limited: Callable[..., Service]) -> None:
+    """Two API servers on one database (as behind a load balancer): the counts are the
+    database's, so the limit holds over both together."""
+    first = limited(job_rate_limit=4)
+    second = limited(job_rate_limit=4)
+    second.key = first.key
+    file_id = first.upload()["id"]
+    servers = [first, second] * 5
+    calls = iter(servers)
+    codes = _at_once(len(servers), lambda: post_job(next(calls), file_id))
+    assert codes == [200] * 4 + [429] * 6
