@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 from api_helpers import TRAIN_JSONL, RecordingDispatcher, Service
-from conftest import make_keys
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -40,6 +39,10 @@ def limited(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[Callable[
     yield start
     for client in made:
         client.__exit__(None, None, None)
+
+
+def make_keys(url: str) -> tuple[str, str]:
+    return key_with(url), key_with(url)
 
 
 def key_with(db_url: str, **quotas: int) -> str:
