@@ -285,8 +285,16 @@ def pause_job(session: Session, job: Job) -> None:
                             "be paused", param="fine_tuning_job_id", code="invalid_job_state")
 
 
-def resume_job(session: Session, job: Job) -> bool:
-    """paused -> queued (True: dispatch it). A running job asked to pause keeps running."""
+def resume_job(session: Session, job: Job, settings: Settings) -> bool:
+    """paused -> queued (True: dispatch it), if the key's quota of jobs queued or running
+    has room (429 if not). A running job asked to pause keeps running."""
+    owner = session.get(ApiKey, job.owner_id)
+    if (job.status == S.PAUSED and owner is not None
+            and limits.running_jobs_quota(owner, settings) is not None):
+        limits.lock_key(session, owner)
+        session.refresh(job)  # read after the lock: a concurrent resume may have moved it
+        if job.status == S.PAUSED:
+            limits.check_running_jobs(session, owner, settings)
     if transitions.resume(session, job.id):
         add_event(session, job.id, "Job resumed; queued to continue from its last checkpoint")
         session.commit()

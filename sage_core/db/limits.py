@@ -36,9 +36,7 @@ QUOTA_RETRY_SECONDS = 60
 
 def job_limits_apply(key: ApiKey, settings: Settings) -> bool:
     """Whether any limit applies to `key`'s job creations (if none, nothing is locked)."""
-    return settings.job_rate_limit is not None or (
-        key.max_running_jobs if key.max_running_jobs is not None
-        else settings.max_running_jobs) is not None
+    return settings.job_rate_limit is not None or running_jobs_quota(key, settings) is not None
 
 
 def file_limits_apply(key: ApiKey, settings: Settings) -> bool:
@@ -76,18 +74,30 @@ def check_job_creation(session: Session, key: ApiKey, settings: Settings, *, job
                 f"{settings.job_rate_limit} per {settings.rate_limit_window:g} s per key "
                 "(SAGETRAIN_JOB_RATE_LIMIT)",
                 retry_after=_retry_after(oldest, settings.rate_limit_window, now))
-    quota = key.max_running_jobs if key.max_running_jobs is not None \
+    check_running_jobs(session, key, settings, jobs=jobs)
+
+
+def running_jobs_quota(key: ApiKey, settings: Settings) -> int | None:
+    """The most jobs `key` may have queued or running at once; None: no limit."""
+    return key.max_running_jobs if key.max_running_jobs is not None \
         else settings.max_running_jobs
-    if quota is not None:
-        active = session.scalar(select(func.count()).select_from(Job).where(
-            Job.owner_id == key.id, Job.status.in_(ACTIVE), Job.sweep.is_(None))) or 0
-        if active + jobs > quota:
-            adding = f"{jobs} more" if jobs > 1 else "another"
-            raise RateLimitError(
-                f"Quota reached: this key may have {quota} fine-tuning jobs queued or "
-                f"running at once (max_running_jobs); it has {active}, and this request "
-                f"adds {adding}", retry_after=QUOTA_RETRY_SECONDS,
-                code="max_running_jobs_exceeded")
+
+
+def check_running_jobs(session: Session, key: ApiKey, settings: Settings, *,
+                       jobs: int = 1) -> None:
+    """`jobs` more of the key's jobs queued (new ones, or paused ones resumed) fit its quota
+    of jobs queued or running; RateLimitError if not. Call with the key locked."""
+    quota = running_jobs_quota(key, settings)
+    if quota is None:
+        return
+    active = session.scalar(select(func.count()).select_from(Job).where(
+        Job.owner_id == key.id, Job.status.in_(ACTIVE), Job.sweep.is_(None))) or 0
+    if active + jobs > quota:
+        adding = f"{jobs} more" if jobs > 1 else "another"
+        raise RateLimitError(
+            f"Quota reached: this key may have {quota} fine-tuning jobs queued or running "
+            f"at once (max_running_jobs); it has {active}, and this request adds {adding}",
+            retry_after=QUOTA_RETRY_SECONDS, code="max_running_jobs_exceeded")
 
 
 def check_file_creation(session: Session, key: ApiKey, settings: Settings, *, size: int,

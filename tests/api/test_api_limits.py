@@ -114,7 +114,16 @@ def test_running_jobs_quota_of_a_key(limited: Callable[..., Service], db_url: st
     first = jobs[0].json()["id"]
     assert svc.client.post(f"/v1/fine_tuning/jobs/{first}/pause",
                            headers=svc.auth(key)).status_code == 200
-    assert post_job(svc, file_id, key=key).status_code == 200
+    third = post_job(svc, file_id, key=key)
+    assert third.status_code == 200
+    # Resuming the paused job would make 3: refused until one ends.
+    resume = f"/v1/fine_tuning/jobs/{first}/resume"
+    assert_limited(svc.client.post(resume, headers=svc.auth(key)),
+                   "max_running_jobs_exceeded", "it has 2")
+    assert svc.client.post(f"/v1/fine_tuning/jobs/{third.json()['id']}/cancel",
+                           headers=svc.auth(key)).status_code == 200
+    resumed = svc.client.post(resume, headers=svc.auth(key))
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued", resumed.text
     # The server's default (unset here) leaves other keys alone.
     assert post_job(svc, svc.upload()["id"]).status_code == 200
 
