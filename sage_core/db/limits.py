@@ -41,9 +41,7 @@ def job_limits_apply(key: ApiKey, settings: Settings) -> bool:
 
 def file_limits_apply(key: ApiKey, settings: Settings) -> bool:
     """Whether any limit applies to `key`'s uploads."""
-    return settings.file_rate_limit is not None or (
-        key.max_storage_bytes if key.max_storage_bytes is not None
-        else settings.max_storage_bytes) is not None
+    return settings.file_rate_limit is not None or storage_quota(key, settings) is not None
 
 
 def lock_key(session: Session, key: ApiKey) -> None:
@@ -100,6 +98,12 @@ def check_running_jobs(session: Session, key: ApiKey, settings: Settings, *,
             retry_after=QUOTA_RETRY_SECONDS, code="max_running_jobs_exceeded")
 
 
+def storage_quota(key: ApiKey, settings: Settings) -> int | None:
+    """The most bytes `key`'s files may take; None: no limit."""
+    return key.max_storage_bytes if key.max_storage_bytes is not None \
+        else settings.max_storage_bytes
+
+
 def check_file_creation(session: Session, key: ApiKey, settings: Settings, *, size: int,
                         now: datetime | None = None) -> None:
     """An upload of `size` bytes by `key` fits its rate limit and its storage quota;
@@ -116,8 +120,7 @@ def check_file_creation(session: Session, key: ApiKey, settings: Settings, *, si
                 f"Rate limit reached for uploading files: {settings.file_rate_limit} per "
                 f"{settings.rate_limit_window:g} s per key (SAGETRAIN_FILE_RATE_LIMIT)",
                 retry_after=_retry_after(oldest, settings.rate_limit_window, now))
-    quota = key.max_storage_bytes if key.max_storage_bytes is not None \
-        else settings.max_storage_bytes
+    quota = storage_quota(key, settings)
     if quota is not None:
         used = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(
             File.owner_id == key.id)) or 0
