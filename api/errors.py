@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sage_core.errors import DataFileError, SageTrainError
+from sage_core.errors import DataFileError, RateLimitError, SageTrainError
 
 log = logging.getLogger("sagetrain.api")
 
@@ -123,7 +123,9 @@ async def _sagetrain_error(_: Request, exc: Exception) -> JSONResponse:
     message = exc.message
     if isinstance(exc, DataFileError):
         message = f"Invalid file: {exc.message}"
-    return _json(exc.status_code, message, param=exc.param, code=exc.code)
+    headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimitError)
+               else None)
+    return _json(exc.status_code, message, param=exc.param, code=exc.code, headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +35,29 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Folders of extra base models, one per name")
     max_upload_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted upload")
     max_file_rows: int = Field(1_000_000, description="Most rows in one training file")
+    # Per-key limits (sage_core/db/limits.py): over one, a request gets 429 with Retry-After.
+    # Unset: unlimited. A key's own quota (`keys create --max-running-jobs/--max-storage`)
+    # replaces the server's default for that key.
+    job_rate_limit: int | None = Field(
+        None, ge=1, description="Fine-tuning jobs one key may create per RATE_LIMIT_WINDOW "
+        "seconds (a sweep counts once); unset: unlimited"
+    )
+    file_rate_limit: int | None = Field(
+        None, ge=1, description="Files one key may upload per RATE_LIMIT_WINDOW seconds; "
+        "unset: unlimited"
+    )
+    rate_limit_window: float = Field(
+        60.0, gt=0, description="Seconds over which JOB_RATE_LIMIT and FILE_RATE_LIMIT count"
+    )
+    max_running_jobs: int | None = Field(
+        None, ge=1, description="Default quota of a key's jobs queued or running at once "
+        "(validating_files, queued, running; a sweep's children count, its parent does not; "
+        "paused jobs do not); unset: unlimited"
+    )
+    max_storage_bytes: int | None = Field(
+        None, ge=0, description="Default quota of the bytes a key's files may take in the "
+        "artifact store (10G, 500M or bytes); unset: unlimited"
+    )
     allow_hub_models: bool = Field(
         False, description="Resolve unknown names as Hugging Face hub ids (needs network)"
     )
@@ -109,6 +132,20 @@ class Settings(BaseSettings):
         "an http(s) server, or a store on the workers' disks (sqlite:////srv/mlflow.db); "
         "unset: such a job is refused. Users may name only http(s) servers"
     )
+
+    @field_validator("job_rate_limit", "file_rate_limit", "max_running_jobs",
+                     "max_storage_bytes", mode="before")
+    @classmethod
+    def _limit(cls, value: object, info: ValidationInfo) -> object:
+        """An empty value is no limit (docker compose passes unset variables as ""); a
+        storage quota may be written as a size (10G)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and info.field_name == "max_storage_bytes":
+            from sage_core.sizes import parse_size
+
+            return parse_size(value)
+        return value
 
     @property
     def resolved_database_url(self) -> str:

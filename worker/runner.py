@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.artifacts import ArtifactStore, get_artifact_store
@@ -288,9 +288,12 @@ class JobRunner:
         return self._stop_cached
 
     def _on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
-        if data and isinstance(data.get("plan"), dict):
-            self._eta.on_plan(data["plan"])
+        plan = data.get("plan") if data else None
+        if isinstance(plan, dict):
+            self._eta.on_plan(plan)
         with self.sessions.begin() as s:
+            if isinstance(plan, dict):
+                self._drop_replayed_metrics(s, plan.get("resumed_step"))
             add_event(s, self.job_id, message, level=level, data=data)
             report = self._eta.report_seconds()
             # the last row's estimate counted the report from then; it starts now
@@ -300,6 +303,14 @@ class JobRunner:
                         lease_seconds=self.settings.lease_seconds,
                         estimated_finish=finish_at(utcnow(), report))):
                 self._lost.set()
+
+    def _drop_replayed_metrics(self, s: Session, resumed_step: int | None) -> None:
+        """Delete the rows an earlier attempt logged past the step this one resumes from
+        (every row if it starts over): those steps run again and log their rows anew, so
+        the job keeps one row per step, the latest attempt's."""
+        after = resumed_step if isinstance(resumed_step, int) else -1
+        s.execute(delete(JobMetric).where(JobMetric.job_id == self.job_id,
+                                          JobMetric.step > after))
 
     # --- endings ----------------------------------------------------------------------------
 

@@ -124,9 +124,11 @@ def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
-def resume_job(job: OwnedJob, session: SessionDep, dispatcher: DispatcherDep) -> JobPublic:
-    """Paused: queued again, to continue from its last checkpoint."""
-    if service.resume_job(session, job):
+def resume_job(job: OwnedJob, session: SessionDep, dispatcher: DispatcherDep,
+               settings: SettingsDep) -> JobPublic:
+    """Paused: queued again, to continue from its last checkpoint (429 if the key's quota
+    of jobs queued or running is full)."""
+    if service.resume_job(session, job, settings):
         dispatcher.dispatch(job.id)
     return service.to_public(session, [job])[0]
 
