@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         10, ge=0, description="Connections the API server may open past the pool, closed after "
                               "use (background threads: webhooks, dispatch, live streams)"
     )
+    database_lock_retry_seconds: float = Field(
+        300.0, ge=0, description="SQLite: how long a job's process (and the reaper, a worker) "
+        "keeps trying to take a locked database, with backoff, before it gives up; the API "
+        "answers 503 with Retry-After instead"
+    )
     broker_url: str | None = Field(
         None, description="Celery broker (redis://...); unset: run jobs with the local executor"
     )

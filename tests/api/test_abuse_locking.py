@@ -1,0 +1,91 @@
+"""Issue 17, item 1: a burst of requests, half of them with a made-up key, against a real
+`sagetrain serve` on SQLite while a job trains. Every transaction took SQLite's write lock
+and key lookups kept theirs open while the request waited for a worker thread, so about 45
+requests at once stalled the server for 30 s, answered 500 "database is locked" and killed
+the job's process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from api_helpers import LiveServer
+from process_helpers import wait_for
+from sample_data import rows
+
+pytestmark = pytest.mark.slow
+
+BURST = 200  # requests with a bogus key, and as many again with the real one
+
+
+async def _burst(url: str, key: str) -> list[int]:
+    limits = httpx.Limits(max_connections=2 * BURST, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def one(token: str) -> int:
+            try:
+                r = await client.get("/v1/webhooks",
+                                     headers={"Authorization": f"Bearer {token}"})
+            except httpx.HTTPError:
+                return 0  # no answer at all
+            return r.status_code
+
+        tokens = [f"sk-st-bogus{i}" for i in range(BURST)] + [key] * BURST
+        return list(await asyncio.gather(*(one(t) for t in tokens)))
+
+
+def _poll_healthz(url: str, stop: threading.Event, slowest: list[float]) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                ok = client.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            slowest.append(time.monotonic() - started if ok else float("inf"))
+            time.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+def test_a_burst_with_bogus_keys_neither_stalls_the_server_nor_kills_the_job(
+        tmp_path: Path, models_dir: Path) -> None:
+    with LiveServer.start(tmp_path, models_dir) as server, server.client() as c:
+        r = c.post("/v1/files", files={"file": ("train.jsonl", rows(400, 5))},
+                   data={"purpose": "fine-tune"})
+        assert r.status_code == 200, r.text
+        r = c.post("/v1/fine_tuning/jobs", json={
+            "model": "tiny-bert", "training_file": r.json()["id"], "hyperparameters": {
+                "n_epochs": 2, "batch_size": 4, "max_seq_length": 16}})  # 200 steps
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+
+        def training() -> bool:
+            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            assert job["status"] in ("queued", "running"), (job, server.log_text())
+            return job["status"] == "running" and job["progress"]["step"] > 0
+
+        wait_for(training, 120, "the job to start training")
+
+        stop, latencies = threading.Event(), list[float]()
+        poller = threading.Thread(target=_poll_healthz, args=(server.url, stop, latencies))
+        poller.start()
+        try:
+            for _ in range(2):  # the second burst finds the server as the first left it
+                statuses = asyncio.run(_burst(server.url, server.key))
+                assert statuses.count(401) == BURST, sorted(set(statuses))
+                assert statuses.count(200) == BURST, sorted(set(statuses))
+        finally:
+            stop.set()
+            poller.join()
+        assert latencies and max(latencies) < 1.0, max(latencies)
+
+        def finished() -> dict | None:
+            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_for(finished, 180, "the job to finish", interval=0.5)
+        assert job["status"] == "succeeded", (job, server.log_text())
+        assert "database is locked" not in server.log_text()
