@@ -145,7 +145,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}
-    return _json(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
+    code = getattr(exc, "code", None) or codes.get(exc.status_code)  # BodyLimitError's own
+    return _json(exc.status_code, str(exc.detail), code=code,
                  headers=getattr(exc, "headers", None))
 
 

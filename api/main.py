@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.body_guard import BodyGuard
 from api.dispatch import Dispatcher, NullDispatcher
 from api.errors import install_error_handlers
 from api.prometheus import RequestDurationMiddleware, make_registry
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     install_error_handlers(app)
     app.state.metrics_registry, durations = make_registry(app.state.read_session_factory)
     app.add_middleware(RequestDurationMiddleware, histogram=durations)
+    app.add_middleware(BodyGuard, settings=settings)  # outermost: before anything reads
     for module in (health, prometheus, files, jobs, models, dashboard, webhooks):
         app.include_router(module.router)
     return app
