@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.dispatch import Dispatcher
 from api.errors import AuthenticationError
@@ -140,12 +141,12 @@ def authenticate(request: Request, token: str) -> ApiKey:
         return _authenticate(session, token)
 
 
-def get_current_key(request: Request, token: Token) -> ApiKey:
+async def get_current_key(request: Request, token: Token) -> ApiKey:
     # A key that the body guard (api/body_guard.py) already checked is not read again.
     known = getattr(request.state, "api_key", None)
     if isinstance(known, ApiKey) and known.key_hash == hash_key(token):
         return known
-    return authenticate(request, token)
+    return await run_in_threadpool(authenticate, request, token)
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]

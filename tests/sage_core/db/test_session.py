@@ -45,9 +45,9 @@ def test_reads_do_not_wait_for_the_write_lock(db_file: Path, locked: sqlite3.Con
     with make_session_factory(read_only(engine))() as session:
         assert session.execute(text("SELECT count(*) FROM t")).scalar() == 0
     assert time.monotonic() - started < 0.5
-    with pytest.raises(OperationalError, match="locked"):  # a writer must wait for it
-        with make_session_factory(engine).begin() as session:
-            session.execute(text("SELECT count(*) FROM t"))
+    with pytest.raises(OperationalError, match="locked"),  \
+            make_session_factory(engine).begin() as session:  # a writer must wait for it
+        session.execute(text("SELECT count(*) FROM t"))
     engine.dispose()
 
 
@@ -67,8 +67,8 @@ def test_a_background_engine_waits_out_a_locked_database(
 def test_the_wait_has_a_cap(db_file: Path, locked: sqlite3.Connection) -> None:
     engine = make_engine(f"sqlite:///{db_file}", lock_retry_seconds=1.0)
     started = time.monotonic()
-    with pytest.raises(OperationalError, match="locked"):
-        with make_session_factory(engine).begin() as session:
-            session.execute(text("INSERT INTO t VALUES (2)"))
+    with pytest.raises(OperationalError, match="locked"), \
+            make_session_factory(engine).begin() as session:
+        session.execute(text("INSERT INTO t VALUES (2)"))
     assert time.monotonic() - started < 10
     engine.dispose()
