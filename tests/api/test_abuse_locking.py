@@ -89,3 +89,39 @@ def test_a_burst_with_bogus_keys_neither_stalls_the_server_nor_kills_the_job(
         job = wait_for(finished, 180, "the job to finish", interval=0.5)
         assert job["status"] == "succeeded", (job, server.log_text())
         assert "database is locked" not in server.log_text()
+
+
+def test_a_locked_database_is_503_with_retry_after(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that cannot get SQLite's write lock in time is answered 503, in the API's
+    error shape, with Retry-After; reads go on meanwhile."""
+    import sqlite3
+
+    from api_helpers import RecordingDispatcher
+    from conftest import make_keys
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from sage_core.db import session as db_session
+    from sage_core.db.migrate import upgrade
+    from sage_core.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir)
+    upgrade(settings.resolved_database_url)
+    key, _ = make_keys(settings.resolved_database_url)
+    monkeypatch.setattr(db_session, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    app = create_app(settings, dispatcher=RecordingDispatcher())
+    holder = sqlite3.connect(tmp_path / "data" / "sagetrain.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a long write elsewhere
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            auth = {"Authorization": f"Bearer {key}"}
+            r = client.post("/v1/webhooks", headers=auth, json={"url": "https://example.com/"})
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"].isdigit()
+            assert r.json()["error"]["code"] == "database_busy"
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+            assert client.get("/v1/webhooks", headers=auth).status_code == 200
+            assert client.get("/readyz").status_code == 200
+    finally:
+        holder.close()
