@@ -104,7 +104,7 @@ def server(tmp_path: Path, models_dir: Path, db_url: str) -> Iterator[LiveServer
 
 def test_slow_uploads_hold_nothing_and_a_too_slow_one_is_cut_off(server: LiveServer) -> None:
     statuses: list[int] = []
-    uploads = [threading.Thread(target=_slow_upload, args=(server.url, server.key, 8, 16,
+    uploads = [threading.Thread(target=_slow_upload, args=(server.url, server.key, 14, 28,
                                                            statuses)) for _ in range(8)]
     for upload in uploads:
         upload.start()
@@ -119,7 +119,8 @@ def test_slow_uploads_hold_nothing_and_a_too_slow_one_is_cut_off(server: LiveSer
             assert c.get("/v1/files").status_code == 200
             slowest = max(slowest, time.monotonic() - started)
             time.sleep(0.5)
-    assert slowest < 5, slowest  # each waited 30 s for the lock or a connection before
+    print(f"slowest round of requests during the uploads: {slowest:.2f} s")
+    assert slowest < 4, slowest  # each waited for the uploads to end (or 30 s) before
     for upload in uploads:
         upload.join(60)
     assert statuses == [200] * len(uploads), statuses
