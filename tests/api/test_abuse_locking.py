@@ -125,3 +125,29 @@ def test_a_locked_database_is_503_with_retry_after(
             assert client.get("/readyz").status_code == 200
     finally:
         holder.close()
+
+
+def test_every_api_route_ends_its_handlers_transactions(tmp_path: Path) -> None:
+    """A sync handler's session must be closed in its own thread (api/deps.py SessionRoute):
+    a router added without it would hold a transaction while FastAPI waits for a thread to
+    check the answer."""
+    from fastapi.routing import APIRoute
+
+    from api.deps import SessionRoute
+    from api.main import create_app
+    from sage_core.settings import Settings
+
+    def api_routes(routes: list) -> list[APIRoute]:  # type: ignore[type-arg]
+        found = []
+        for route in routes:  # FastAPI keeps an included router as one entry
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                found += api_routes(inner.routes)
+            elif isinstance(route, APIRoute):
+                found.append(route)
+        return found
+
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    routes = [r for r in api_routes(app.routes) if r.path.startswith(("/v1/", "/readyz"))]
+    assert len(routes) > 10
+    assert [r.path for r in routes if not isinstance(r, SessionRoute)] == []
