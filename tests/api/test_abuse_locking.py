@@ -98,17 +98,20 @@ def test_a_locked_database_is_503_with_retry_after(
     import sqlite3
 
     from api_helpers import RecordingDispatcher
-    from conftest import make_keys
     from fastapi.testclient import TestClient
 
     from api.main import create_app
     from sage_core.db import session as db_session
+    from sage_core.db.keys import create_key
     from sage_core.db.migrate import upgrade
     from sage_core.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir)
     upgrade(settings.resolved_database_url)
-    key, _ = make_keys(settings.resolved_database_url)
+    engine = db_session.make_engine(settings.resolved_database_url)
+    with db_session.make_session_factory(engine).begin() as session:
+        _, key = create_key(session, "locked")
+    engine.dispose()
     monkeypatch.setattr(db_session, "SQLITE_BUSY_TIMEOUT_MS", 200)
     app = create_app(settings, dispatcher=RecordingDispatcher())
     holder = sqlite3.connect(tmp_path / "data" / "sagetrain.db", isolation_level=None)
