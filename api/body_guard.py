@@ -24,11 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import authenticate
 from api.errors import AuthenticationError, error_body
+from api.uploads import ENVELOPE_BYTES
 from sage_core.settings import Settings
 
 UPLOAD_PATH = "/v1/files"
-_UPLOAD_ENVELOPE_BYTES = 64 * 1024  # multipart framing around the file (api/uploads.py)
 
 
 class BodyLimitError(StarletteHTTPException):
@@ -74,15 +75,13 @@ class BodyGuard:
 
     def _size_limit(self, scope: Scope) -> int:
         if scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
-            return self.settings.max_upload_bytes + _UPLOAD_ENVELOPE_BYTES
+            return self.settings.max_upload_bytes + ENVELOPE_BYTES
         return self.settings.max_json_body_bytes
 
     async def _authenticate(self, scope: Scope) -> JSONResponse | None:
         """None if the request's key is live (kept in the request's state), or if the
         check could not be made (the application then makes it, and answers any error);
         otherwise the 401 to send."""
-        from api.deps import authenticate
-
         request = Request(scope)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
