@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sage_core.errors import DataFileError, RateLimitError, SageTrainError
@@ -30,6 +31,10 @@ class AuthenticationError(SageTrainError):
 class PayloadTooLargeError(SageTrainError):
     code = "file_too_large"
     status_code = 413
+
+
+# Seconds a client is asked to wait (Retry-After) when the database is busy or unreachable.
+RETRY_AFTER_SECONDS = 5
 
 
 def error_body(message: str, *, type_: str, param: str | None = None,
@@ -142,8 +147,21 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}
-    return _json(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
+    code = getattr(exc, "code", None) or codes.get(exc.status_code)  # BodyLimitError's own
+    return _json(exc.status_code, str(exc.detail), code=code,
                  headers=getattr(exc, "headers", None))
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A locked SQLite database, an exhausted pool or an unreachable server: 503, try again
+    later; any other database error is a bug (500)."""
+    from sage_core.transient import is_transient
+
+    if not is_transient(exc):
+        return await _unexpected(request, exc)
+    log.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+    return _json(503, "The database is busy; try again shortly.", code="database_busy",
+                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -156,4 +174,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SageTrainError, _sagetrain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -26,6 +26,35 @@ class Settings(BaseSettings):
         10, ge=0, description="Connections the API server may open past the pool, closed after "
                               "use (background threads: webhooks, dispatch, live streams)"
     )
+    database_lock_retry_seconds: float = Field(
+        300.0, ge=0, description="SQLite: how long a job's process (and the reaper, a worker) "
+        "keeps trying to take a locked database, with backoff, before it gives up; the API "
+        "answers 503 with Retry-After instead"
+    )
+    max_json_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest JSON request body (413 above it); uploads "
+        "have MAX_UPLOAD_BYTES"
+    )
+    body_timeout_seconds: float = Field(
+        1800.0, gt=0, description="Longest time one request body (an upload) may take to "
+        "arrive; past it the request gets 408 and its connection is closed"
+    )
+    body_min_bytes_per_second: int = Field(
+        10_000, ge=0, description="Slowest average rate a request body may arrive at, after "
+        "its first BODY_GRACE_SECONDS; slower gets 408 and the connection closed (0: no minimum)"
+    )
+    body_grace_seconds: float = Field(
+        10.0, ge=0, description="Seconds a body may arrive at any rate before "
+        "BODY_MIN_BYTES_PER_SECOND applies"
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="`serve`: seconds an idle HTTP connection is kept open between "
+        "requests"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="`serve`: seconds a new connection may take to send a "
+        "request's line and headers before it is closed"
+    )
     broker_url: str | None = Field(
         None, description="Celery broker (redis://...); unset: run jobs with the local executor"
     )

@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from sqlalchemy import CursorResult, delete, select
 
-from api.deps import CurrentKey, SessionDep
+from api.deps import CurrentKey, SessionDep, SessionRoute
 from api.schemas import ListPage, WebhookCreate, WebhookPublic
 from sage_core.db.models import WebhookDelivery, WebhookEndpoint
 from sage_core.db.webhooks import create_endpoint
 from sage_core.errors import NotFoundError
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=SessionRoute)
 
 
 @router.post("", response_model=WebhookPublic)

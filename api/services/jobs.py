@@ -157,9 +157,13 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
     # a fine-tuned model ("ft:...") trains further on its own task
     check_base_model(session, key, body.model, settings, task=task,
                      architecture=hyperparameters.architecture)
+    validation = None if body.validation_file is None else _owned_file(
+        session, key, body.validation_file, "validation_file")
+    # The reads are done: no transaction (on SQLite, the write lock) stays open while the
+    # files are read from the artifact store, which may be a network call.
+    session.commit()
     ensure_file_for_task(training, task, store, settings, "training_file")
-    if body.validation_file is not None:
-        validation = _owned_file(session, key, body.validation_file, "validation_file")
+    if validation is not None:
         ensure_file_for_task(validation, task, store, settings, "validation_file")
     train_rows = file_rows(training)
     _resolvable(body, task, hyperparameters, train_rows)
