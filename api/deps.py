@@ -3,11 +3,15 @@ that answer 404 for anything the key does not own, so handlers stay thin."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
 from functools import cache
-from typing import Annotated, TypeVarTuple
+from typing import Annotated, Any, TypeVarTuple
 
+import anyio
 from fastapi import Depends, Path, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
@@ -43,18 +47,57 @@ async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+_READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CLOSING_THREADS = 8
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    # Creating a session does no I/O. Closing one that still holds a connection returns it
-    # to the pool (a ROLLBACK round trip), so that happens in a worker thread; lookups that
-    # end their own transaction (the ownership dependencies) leave nothing to do here.
-    session = request.app.state.session_factory()
+    """The request's session: read-only for GET (on SQLite its transactions begin DEFERRED,
+    so they never hold the write lock), else one whose transactions begin IMMEDIATE.
+
+    No transaction may stay open while its request waits for a worker thread: a request
+    that holds SQLite's write lock and waits for a thread, while every thread waits for
+    that lock, locks the server up. Dependencies end their transactions in the thread they
+    ran in; what a handler leaves open is rolled back here in threads of its own, which
+    never wait for the request threads."""
+    state = request.app.state
+    factory = state.read_session_factory if request.method in _READING_METHODS \
+        else state.session_factory
+    session = factory()  # no I/O until first used
     try:
         yield session
     finally:
         if session.in_transaction():
-            await run_in_threadpool(session.close)
+            if getattr(state, "closing_threads", None) is None:
+                state.closing_threads = anyio.CapacityLimiter(_CLOSING_THREADS)
+            await anyio.to_thread.run_sync(session.close, limiter=state.closing_threads)
         else:
             session.close()
+
+
+class SessionRoute(APIRoute):
+    """A route whose plain-`def` handler ends the transactions of its sessions in its own
+    worker thread, when it returns or raises. FastAPI checks a sync handler's answer in
+    one more worker thread; a session still open then would hold a pooled connection, and
+    on SQLite a snapshot or the write lock, while it waits for a thread (see get_session).
+    Every router uses it."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any):
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _ending_sessions(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _ending_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session) and value.in_transaction():
+                    value.close()  # loaded attributes stay readable
+    return run
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -91,8 +134,19 @@ def _authenticate(session: Session, token: str) -> ApiKey:
     return key
 
 
-def get_current_key(session: SessionDep, token: Token) -> ApiKey:
-    return _authenticate(session, token)
+def authenticate(request: Request, token: str) -> ApiKey:
+    """The live key row for `token` (401 if none), read in a short read-only transaction that
+    ends here, in the calling thread (blocking: call it from a worker thread)."""
+    with request.app.state.read_session_factory() as session:
+        return _authenticate(session, token)
+
+
+async def get_current_key(request: Request, token: Token) -> ApiKey:
+    # A key that the body guard (api/body_guard.py) already checked is not read again.
+    known = getattr(request.state, "api_key", None)
+    if isinstance(known, ApiKey) and known.key_hash == hash_key(token):
+        return known
+    return await run_in_threadpool(authenticate, request, token)
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
@@ -137,10 +191,14 @@ def _owned(session: Session, token: str, statement: Select[*Columns],
            params: dict[str, str], missing: NotFoundError) -> Row[*Columns]:
     """The statement's row for the key of `token` (its hash is bound here); `missing` if
     none, after 401 for a key that is wrong or revoked."""
-    found = session.execute(statement, {**params, "key_hash": hash_key(token)}).one_or_none()
-    if found is None:
-        _authenticate(session, token)
-        raise missing
+    try:
+        found = session.execute(statement, {**params, "key_hash": hash_key(token)}).one_or_none()
+        if found is None:
+            _authenticate(session, token)
+            raise missing
+    except BaseException:
+        session.rollback()  # here, in this thread: see get_session
+        raise
     session.commit()  # end the read: the connection goes back to the pool in this thread
     return found
 
@@ -180,7 +238,12 @@ def get_streamed_job(
     """The owned job, by the key in the Authorization header or by a stream token."""
     if token is None:
         return get_owned_job(job_id, _bearer_token(credentials), session)
-    return stream_tokens.verify(session, request.app.state.stream_token_secret, job_id, token)
+    try:
+        return stream_tokens.verify(session, request.app.state.stream_token_secret, job_id,
+                                    token)
+    except BaseException:
+        session.rollback()  # here, in this thread: see get_session
+        raise
 
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]

@@ -10,10 +10,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sage_core.errors import DataFileError, SageTrainError
+from sage_core.errors import DataFileError, RateLimitError, SageTrainError
 
 log = logging.getLogger("sagetrain.api")
 
@@ -31,6 +31,10 @@ class AuthenticationError(SageTrainError):
 class PayloadTooLargeError(SageTrainError):
     code = "file_too_large"
     status_code = 413
+
+
+# Seconds a client is asked to wait (Retry-After) when the database is busy or unreachable.
+RETRY_AFTER_SECONDS = 5
 
 
 def error_body(message: str, *, type_: str, param: str | None = None,
@@ -144,7 +148,9 @@ async def _sagetrain_error(_: Request, exc: Exception) -> JSONResponse:
     message = exc.message
     if isinstance(exc, DataFileError):
         message = f"Invalid file: {exc.message}"
-    return _json(exc.status_code, message, param=exc.param, code=exc.code)
+    headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimitError)
+               else None)
+    return _json(exc.status_code, message, param=exc.param, code=exc.code, headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -164,7 +170,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}
-    return _json(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
+    code = getattr(exc, "code", None) or codes.get(exc.status_code)  # BodyLimitError's own
+    return _json(exc.status_code, str(exc.detail), code=code,
                  headers=getattr(exc, "headers", None))
 
 
@@ -177,6 +184,18 @@ async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
                  "number out of range).", code="invalid_value")
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A locked SQLite database, an exhausted pool or an unreachable server: 503, try again
+    later; any other database error is a bug (500)."""
+    from sage_core.transient import is_transient
+
+    if not is_transient(exc):
+        return await _unexpected(request, exc)
+    log.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+    return _json(503, "The database is busy; try again shortly.", code="database_busy",
+                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _json(500, "The server had an error while processing your request.",
@@ -187,5 +206,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SageTrainError, _sagetrain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # the most specific class wins: DataError (a value it cannot store) is bad input
     app.add_exception_handler(DataError, _unstorable)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -20,7 +20,7 @@ from api.errors import InvalidRequestError, PayloadTooLargeError
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 20
 # multipart framing (boundaries, part headers) around the file itself
-_ENVELOPE_BYTES = 64 * 1024
+ENVELOPE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -105,7 +105,7 @@ async def read_upload(request: Request, scratch: Path, max_file_bytes: int) -> U
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidRequestError("expected a multipart/form-data body", param="file")
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_file_bytes + _ENVELOPE_BYTES:
+    if length and length.isdigit() and int(length) > max_file_bytes + ENVELOPE_BYTES:
         raise PayloadTooLargeError(f"file larger than the limit of {max_file_bytes} bytes",
                                    param="file")
     collector = _Collector(scratch, max_file_bytes)

@@ -74,6 +74,19 @@ class ConflictError(SageTrainError):
     status_code = 409
 
 
+class RateLimitError(SageTrainError):
+    """A key over one of its limits (a rate limit or a quota): 429, and `retry_after`, the
+    seconds after which the request may succeed (the Retry-After header)."""
+
+    code = "rate_limit_exceeded"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = max(1, retry_after)
+
+
 class TrainingError(SageTrainError):
     """A job that failed for a reason that retrying will not fix (NaN loss, bad data, OOM)."""
 

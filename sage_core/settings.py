@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,35 @@ class Settings(BaseSettings):
         10, ge=0, description="Connections the API server may open past the pool, closed after "
                               "use (background threads: webhooks, dispatch, live streams)"
     )
+    database_lock_retry_seconds: float = Field(
+        300.0, ge=0, description="SQLite: how long a job's process (and the reaper, a worker) "
+        "keeps trying to take a locked database, with backoff, before it gives up; the API "
+        "answers 503 with Retry-After instead"
+    )
+    max_json_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest JSON request body (413 above it); uploads "
+        "have MAX_UPLOAD_BYTES"
+    )
+    body_timeout_seconds: float = Field(
+        1800.0, gt=0, description="Longest time one request body (an upload) may take to "
+        "arrive; past it the request gets 408 and its connection is closed"
+    )
+    body_min_bytes_per_second: int = Field(
+        10_000, ge=0, description="Slowest average rate a request body may arrive at, after "
+        "its first BODY_GRACE_SECONDS; slower gets 408 and the connection closed (0: no minimum)"
+    )
+    body_grace_seconds: float = Field(
+        10.0, ge=0, description="Seconds a body may arrive at any rate before "
+        "BODY_MIN_BYTES_PER_SECOND applies"
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="`serve`: seconds an idle HTTP connection is kept open between "
+        "requests"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="`serve`: seconds a new connection may take to send a "
+        "request's line and headers before it is closed"
+    )
     broker_url: str | None = Field(
         None, description="Celery broker (redis://...); unset: run jobs with the local executor"
     )
@@ -35,6 +64,29 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Folders of extra base models, one per name")
     max_upload_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted upload")
     max_file_rows: int = Field(1_000_000, description="Most rows in one training file")
+    # Per-key limits (sage_core/db/limits.py): over one, a request gets 429 with Retry-After.
+    # Unset: unlimited. A key's own quota (`keys create --max-running-jobs/--max-storage`)
+    # replaces the server's default for that key.
+    job_rate_limit: int | None = Field(
+        None, ge=1, description="Fine-tuning jobs one key may create per RATE_LIMIT_WINDOW "
+        "seconds (a sweep counts once); unset: unlimited"
+    )
+    file_rate_limit: int | None = Field(
+        None, ge=1, description="Files one key may upload per RATE_LIMIT_WINDOW seconds; "
+        "unset: unlimited"
+    )
+    rate_limit_window: float = Field(
+        60.0, gt=0, description="Seconds over which JOB_RATE_LIMIT and FILE_RATE_LIMIT count"
+    )
+    max_running_jobs: int | None = Field(
+        None, ge=1, description="Default quota of a key's jobs queued or running at once "
+        "(validating_files, queued, running; a sweep's children count, its parent does not; "
+        "paused jobs do not); unset: unlimited"
+    )
+    max_storage_bytes: int | None = Field(
+        None, ge=0, description="Default quota of the bytes a key's files may take in the "
+        "artifact store (10G, 500M or bytes); unset: unlimited"
+    )
     allow_hub_models: bool = Field(
         False, description="Resolve unknown names as Hugging Face hub ids (needs network)"
     )
@@ -117,6 +169,20 @@ class Settings(BaseSettings):
         "an http(s) server, or a store on the workers' disks (sqlite:////srv/mlflow.db); "
         "unset: such a job is refused. Users may name only http(s) servers"
     )
+
+    @field_validator("job_rate_limit", "file_rate_limit", "max_running_jobs",
+                     "max_storage_bytes", mode="before")
+    @classmethod
+    def _limit(cls, value: object, info: ValidationInfo) -> object:
+        """An empty value is no limit (docker compose passes unset variables as ""); a
+        storage quota may be written as a size (10G)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and info.field_name == "max_storage_bytes":
+            from sage_core.sizes import parse_size
+
+            return parse_size(value)
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -42,7 +42,8 @@ class LocalExecutor:
     def __init__(self, settings: Settings, *, poll_seconds: float = 2.0,
                  cancel_grace_seconds: float | None = None, python: str = sys.executable):
         self.settings = settings
-        self._engine = make_engine(settings.resolved_database_url)
+        self._engine = make_engine(settings.resolved_database_url,
+                                   lock_retry_seconds=settings.database_lock_retry_seconds)
         self.sessions: sessionmaker[Session] = make_session_factory(self._engine)
         self._shutdown = Shutdown()
         self.supervisor = JobSupervisor(settings, self.sessions, kind="local",

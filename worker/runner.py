@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.artifacts import ArtifactStore, get_artifact_store
@@ -46,7 +46,7 @@ from sage_core.db import transitions
 from sage_core.db.events import add_event
 from sage_core.db.ids import CHECKPOINT, FILE, new_id
 from sage_core.db.models import Checkpoint, File, Job, JobMetric, JobStatus, utcnow
-from sage_core.db.session import get_engine, make_session_factory
+from sage_core.db.session import get_engine, make_session_factory, read_only
 from sage_core.errors import SageTrainError
 from sage_core.schemas import ResolvedSpec
 from sage_core.settings import Settings, get_settings
@@ -108,6 +108,9 @@ class JobRunner:
                  store: ArtifactStore):
         self.job_id, self.settings, self.owner, self.store = job_id, settings, worker_id, store
         self.sessions: sessionmaker[Session] = make_session_factory(get_engine(settings))
+        # for the reads alone: on SQLite they never wait for, or hold, the write lock
+        self.reads: sessionmaker[Session] = make_session_factory(
+            read_only(get_engine(settings)))
         self.output_dir = (settings.data_dir / "runs" / job_id).resolve()
         self._lost = threading.Event()  # the job was cancelled or another worker has it
         self._stop_cached = False
@@ -214,7 +217,7 @@ class JobRunner:
         return ids
 
     def _file_path(self, file_id: str, param: str) -> Path:
-        with self.sessions() as s:
+        with self.reads() as s:
             row = s.scalar(select(File).where(File.id == file_id, File.owner_id == self._owner()))
         if row is None or not self.store.exists(row.storage_key):
             raise SageTrainError(f"{param} {file_id} no longer exists", param=param,
@@ -280,7 +283,7 @@ class JobRunner:
         if now - self._stop_checked < STOP_POLL_SECONDS:
             return self._stop_cached
         self._stop_checked = now
-        with self.sessions() as s:
+        with self.reads() as s:
             row = s.execute(select(Job.status, Job.pause_requested, Job.lease_owner)
                             .where(Job.id == self.job_id)).one_or_none()
         self._stop_cached = (row is None or row.status != JobStatus.RUNNING
@@ -288,9 +291,12 @@ class JobRunner:
         return self._stop_cached
 
     def _on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
-        if data and isinstance(data.get("plan"), dict):
-            self._eta.on_plan(data["plan"])
+        plan = data.get("plan") if data else None
+        if isinstance(plan, dict):
+            self._eta.on_plan(plan)
         with self.sessions.begin() as s:
+            if isinstance(plan, dict):
+                self._drop_replayed_metrics(s, plan.get("resumed_step"))
             add_event(s, self.job_id, message, level=level, data=data)
             report = self._eta.report_seconds()
             # the last row's estimate counted the report from then; it starts now
@@ -300,6 +306,14 @@ class JobRunner:
                         lease_seconds=self.settings.lease_seconds,
                         estimated_finish=finish_at(utcnow(), report))):
                 self._lost.set()
+
+    def _drop_replayed_metrics(self, s: Session, resumed_step: int | None) -> None:
+        """Delete the rows an earlier attempt logged past the step this one resumes from
+        (every row if it starts over): those steps run again and log their rows anew, so
+        the job keeps one row per step, the latest attempt's."""
+        after = resumed_step if isinstance(resumed_step, int) else -1
+        s.execute(delete(JobMetric).where(JobMetric.job_id == self.job_id,
+                                          JobMetric.step > after))
 
     # --- endings ----------------------------------------------------------------------------
 
@@ -356,7 +370,7 @@ class JobRunner:
         self._remove_output()
 
     def _ensure_final_checkpoint(self, final_dir: Path, step: int, metrics: dict) -> None:
-        with self.sessions() as s:
+        with self.reads() as s:
             have = s.scalar(select(Checkpoint.id).where(
                 Checkpoint.job_id == self.job_id, Checkpoint.step == step))
         if have is None:
@@ -365,7 +379,7 @@ class JobRunner:
     def _store_results_csv(self) -> str:
         """The logged rows as a CSV (one row per step and kind, latest attempt wins), kept as
         a file object of the job's owner with purpose fine-tune-results."""
-        with self.sessions() as s:
+        with self.reads() as s:
             rows = s.scalars(select(JobMetric).where(JobMetric.job_id == self.job_id)
                              .order_by(JobMetric.step, JobMetric.id)).all()
         latest = {(r.step, r.kind): {"step": r.step, **r.data} for r in rows}
@@ -410,7 +424,7 @@ class JobRunner:
             self._remove_output()
 
     def _final_status(self) -> str | None:
-        with self.sessions() as s:
+        with self.reads() as s:
             return s.scalar(select(Job.status).where(Job.id == self.job_id))
 
     def _remove_output(self) -> None:

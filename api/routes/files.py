@@ -9,14 +9,22 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.deps import CurrentKey, OwnedFile, SessionDep, SettingsDep, StoreDep, UploadDep
+from api.deps import (
+    CurrentKey,
+    OwnedFile,
+    SessionDep,
+    SessionRoute,
+    SettingsDep,
+    StoreDep,
+    UploadDep,
+)
 from api.schemas import FileDeleted, FilePublic, ListPage
 from api.services.files import delete_file, store_upload
 from api.services.paging import page
 from sage_core.db.models import File
 from sage_core.names import DEFAULT_TASK, TASKS
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], route_class=SessionRoute)
 
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {

@@ -6,15 +6,15 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SessionRoute, SettingsDep
 from api.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=SessionRoute)
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """The process answers."""
+async def healthz() -> Health:
+    """The process answers (on the event loop: no worker thread, no database)."""
     return Health(status="ok")
 
 

@@ -19,6 +19,7 @@ from api.deps import (
     OwnedCheckpoint,
     OwnedJob,
     SessionDep,
+    SessionRoute,
     SettingsDep,
     ShownJob,
     StoreDep,
@@ -50,7 +51,8 @@ from sage_core.errors import ConflictError
 from sage_core.net_guard import BlockedTargetError, check_literal_host
 from sage_core.settings import Settings
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"],
+                   route_class=SessionRoute)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -100,13 +102,18 @@ def _refuse_private_tracking(body: JobCreate, settings: Settings) -> None:
 def _create(session: Session, key: ApiKey, body: JobCreate, idempotency_key: str | None,
             store: ArtifactStore, settings: Settings, dispatcher: Dispatcher,
             ) -> tuple[JobPublic, bool]:
-    if sweep_service.is_sweep_request(body):
-        job, queued, created = sweep_service.create_sweep(
-            session, key, body, idempotency_key=idempotency_key, store=store, settings=settings)
-    else:
-        job, created = service.create_job(session, key, body, idempotency_key=idempotency_key,
-                                          store=store, settings=settings)
-        queued = [job.id] if created else []
+    try:
+        if sweep_service.is_sweep_request(body):
+            job, queued, created = sweep_service.create_sweep(
+                session, key, body, idempotency_key=idempotency_key, store=store,
+                settings=settings)
+        else:
+            job, created = service.create_job(
+                session, key, body, idempotency_key=idempotency_key, store=store,
+                settings=settings)
+            queued = [job.id] if created else []
+    finally:
+        session.close()  # here, in this thread: see api/deps.py's get_session
     for job_id in queued:
         dispatcher.dispatch(job_id)  # only after the rows are committed
     return job, created
@@ -145,9 +152,11 @@ def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
-def resume_job(job: OwnedJob, session: SessionDep, dispatcher: DispatcherDep) -> JobPublic:
-    """Paused: queued again, to continue from its last checkpoint."""
-    if service.resume_job(session, job):
+def resume_job(job: OwnedJob, session: SessionDep, dispatcher: DispatcherDep,
+               settings: SettingsDep) -> JobPublic:
+    """Paused: queued again, to continue from its last checkpoint (429 if the key's quota
+    of jobs queued or running is full)."""
+    if service.resume_job(session, job, settings):
         dispatcher.dispatch(job.id)
     return service.to_public(session, [job])[0]
 
@@ -200,7 +209,7 @@ def stream_job(job: StreamedJob, session: SessionDep, request: Request,
     `Last-Event-ID` (cursor format in api/services/stream.py)."""
     cursor = parse_cursor(session, job.id, last_event_id)
     session.commit()  # the stream polls with sessions of its own
-    return EventSourceResponse(job_stream(request.app.state.session_factory, job.id, cursor),
+    return EventSourceResponse(job_stream(request.app.state.read_session_factory, job.id, cursor),
                                ping=PING_SECONDS)
 
 

@@ -9,14 +9,14 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from sqlalchemy import select
 
-from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.deps import CurrentKey, SessionDep, SessionRoute, SettingsDep
 from api.schemas import ListPage, ModelPublic, ts
 from sage_core.catalog import list_models
 from sage_core.db.models import Job, JobStatus
 from sage_core.errors import NotFoundError
 from sage_core.settings import Settings
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=SessionRoute)
 
 
 def _created(path: str) -> int:

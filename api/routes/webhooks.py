@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from sqlalchemy import CursorResult, delete, func, select
 
-from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.deps import CurrentKey, SessionDep, SessionRoute, SettingsDep
 from api.errors import InvalidRequestError
 from api.schemas import ListPage, WebhookCreate, WebhookPublic
 from sage_core.db.models import WebhookDelivery, WebhookEndpoint
@@ -16,7 +16,7 @@ from sage_core.db.webhooks import create_endpoint
 from sage_core.errors import NotFoundError
 from sage_core.net_guard import BlockedTargetError, check_literal_host
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=SessionRoute)
 
 
 @router.post("", response_model=WebhookPublic)

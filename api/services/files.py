@@ -11,9 +11,10 @@ from api.errors import InvalidRequestError
 from api.uploads import Upload
 from sage_core.artifacts import ArtifactStore
 from sage_core.datafiles import Dataset, parse_dataset
+from sage_core.db import limits
 from sage_core.db.ids import FILE, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus
-from sage_core.errors import ConflictError, DataFileError
+from sage_core.errors import ConflictError, DataFileError, NotFoundError
 from sage_core.names import DEFAULT_TASK, TASKS, TEXT_TASKS, TaskName
 from sage_core.settings import Settings
 
@@ -47,7 +48,13 @@ def _validate(upload: Upload, settings: Settings) -> tuple[str, Dataset]:
 def store_upload(session: Session, key: ApiKey, upload: Upload, store: ArtifactStore,
                  settings: Settings) -> File:
     """Validate and keep an upload, with the task it was validated for (detected when not
-    given); DataFileError (400) names the first bad lines."""
+    given); DataFileError (400) names the first bad lines. A key over its upload rate or
+    storage quota gets 429 (`sage_core.db.limits`): checked before the file is parsed, and
+    again, with the key locked, in the transaction that adds the row."""
+    limited = limits.file_limits_apply(key, settings)
+    if limited:
+        limits.check_file_creation(session, key, settings, size=upload.size)
+        session.commit()
     purpose, dataset = _validate(upload, settings)
     assert upload.path is not None and upload.filename is not None
     file_id = new_id(FILE)
@@ -57,10 +64,14 @@ def store_upload(session: Session, key: ApiKey, upload: Upload, store: ArtifactS
     row = File(id=file_id, owner_id=key.id, filename=upload.filename[:512], purpose=purpose,
                bytes=size, storage_key=storage_key, status="processed", task=dataset.task,
                stats=dataset.stats())
-    session.add(row)
     try:
+        if limited:
+            limits.lock_key(session, key)
+            limits.check_file_creation(session, key, settings, size=size)
+        session.add(row)
         session.commit()
     except BaseException:
+        session.rollback()
         store.delete(storage_key)
         raise
     return row
@@ -107,6 +118,12 @@ def ensure_file_for_task(file: File, task: str, store: ArtifactStore, settings: 
 
 
 def delete_file(session: Session, file: File, store: ArtifactStore) -> None:
+    """Delete the file unless an unfinished job uses it (409). Its row is locked for update
+    first: a job being created with it (which holds it share-locked) commits before the
+    check below looks for it, or finds the file gone."""
+    locked = session.scalar(select(File.id).where(File.id == file.id).with_for_update())
+    if locked is None:
+        raise NotFoundError(f"No such file: '{file.id}'", param="file_id")
     in_use = session.scalar(select(Job.id).where(
         Job.owner_id == file.owner_id, Job.status.in_(_UNFINISHED),
         (Job.training_file_id == file.id) | (Job.validation_file_id == file.id)).limit(1))

@@ -26,7 +26,7 @@ from api.schemas import JobCreate, JobPublic
 from api.services.base_models import check_base_model
 from api.services.files import PURPOSE_FINE_TUNE, ensure_file_for_task, file_rows, file_task
 from sage_core.artifacts import ArtifactStore
-from sage_core.db import transitions
+from sage_core.db import limits, transitions
 from sage_core.db.events import add_event
 from sage_core.db.ids import JOB, new_id
 from sage_core.db.models import ApiKey, File, Job, JobStatus, utcnow
@@ -119,6 +119,27 @@ def _reportable(body: JobCreate, settings: Settings) -> None:
                 param=f"integrations[{index}].mlflow.tracking_uri", code="invalid_value")
 
 
+def prepare_insert(session: Session, key: ApiKey, body: JobCreate, settings: Settings, *,
+                   jobs: int) -> None:
+    """In the transaction that inserts a request's `jobs` jobs, before the insert: the key
+    may queue that many now (429 if not; the key's row stays locked until the commit, so
+    that its concurrent requests are counted one after the other), and the files the body
+    names are still there, share-locked until the commit. A concurrent delete of one (which
+    locks its row for update, `files.delete_file`) then waits and sees the job, or went
+    first and the file is gone (400): never both."""
+    if limits.job_limits_apply(key, settings):
+        limits.lock_key(session, key)
+        limits.check_job_creation(session, key, settings, jobs=jobs)
+    named = {"training_file": body.training_file, "validation_file": body.validation_file}
+    wanted = [file_id for file_id in named.values() if file_id is not None]
+    held = set(session.scalars(select(File.id).where(
+        File.id.in_(wanted), File.owner_id == key.id).with_for_update(read=True)))
+    for param, file_id in named.items():
+        if file_id is not None and file_id not in held:
+            raise InvalidRequestError(f"No such file: '{file_id}'", param=param,
+                                      code="invalid_file")
+
+
 def check_request(session: Session, key: ApiKey, body: JobCreate, *,
                   idempotency_key: str | None, store: ArtifactStore,
                   settings: Settings) -> Job | Checked:
@@ -136,9 +157,13 @@ def check_request(session: Session, key: ApiKey, body: JobCreate, *,
     # a fine-tuned model ("ft:...") trains further on its own task
     check_base_model(session, key, body.model, settings, task=task,
                      architecture=hyperparameters.architecture)
+    validation = None if body.validation_file is None else _owned_file(
+        session, key, body.validation_file, "validation_file")
+    # The reads are done: no transaction (on SQLite, the write lock) stays open while the
+    # files are read from the artifact store, which may be a network call.
+    session.commit()
     ensure_file_for_task(training, task, store, settings, "training_file")
-    if body.validation_file is not None:
-        validation = _owned_file(session, key, body.validation_file, "validation_file")
+    if validation is not None:
         ensure_file_for_task(validation, task, store, settings, "validation_file")
     train_rows = file_rows(training)
     _resolvable(body, task, hyperparameters, train_rows)
@@ -196,6 +221,7 @@ def create_job(session: Session, key: ApiKey, body: JobCreate, *, idempotency_ke
                             store=store, settings=settings)
     if isinstance(checked, Job):
         return to_public(session, [checked])[0], False
+    prepare_insert(session, key, body, settings, jobs=1)
     job = new_job(key, body, task=checked.task, seed=seed_for(body),
                   hyperparameters=checked.hyperparameters, train_rows=checked.train_rows,
                   now=utcnow(),
@@ -239,27 +265,40 @@ def to_public(session: Session, jobs: list[Job]) -> list[JobPublic]:
 
 
 def cancel_job(session: Session, job: Job) -> None:
+    """Cancel the job; one already cancelled (by a concurrent request too) is answered as
+    it is. `job` is read again after the UPDATE: the status its caller read may be stale."""
     if transitions.cancel(session, job.id):
         add_event(session, job.id, "Job cancelled")
         session.commit()
-    elif job.status != S.CANCELLED:
+    session.refresh(job)
+    if job.status != S.CANCELLED:
         raise ConflictError(f"Job {job.id} has already {job.status}; it cannot be cancelled",
                             param="fine_tuning_job_id", code="invalid_job_state")
-    session.refresh(job)
 
 
 def pause_job(session: Session, job: Job) -> None:
+    was = job.status
     if transitions.request_pause(session, job.id):
-        add_event(session, job.id, "Pause requested" if job.status == S.RUNNING else "Job paused")
+        add_event(session, job.id, "Pause requested" if was == S.RUNNING else "Job paused")
         session.commit()
-    elif job.status != S.PAUSED:
+        session.refresh(job)
+        return
+    session.refresh(job)  # the status read before may be stale (a concurrent pause)
+    if job.status != S.PAUSED:
         raise ConflictError(f"Job {job.id} is {job.status}; only a queued or running job can "
                             "be paused", param="fine_tuning_job_id", code="invalid_job_state")
-    session.refresh(job)
 
 
-def resume_job(session: Session, job: Job) -> bool:
-    """paused -> queued (True: dispatch it). A running job asked to pause keeps running."""
+def resume_job(session: Session, job: Job, settings: Settings) -> bool:
+    """paused -> queued (True: dispatch it), if the key's quota of jobs queued or running
+    has room (429 if not). A running job asked to pause keeps running."""
+    owner = session.get(ApiKey, job.owner_id)
+    if (job.status == S.PAUSED and owner is not None
+            and limits.running_jobs_quota(owner, settings) is not None):
+        limits.lock_key(session, owner)
+        session.refresh(job)  # read after the lock: a concurrent resume may have moved it
+        if job.status == S.PAUSED:
+            limits.check_running_jobs(session, owner, settings)
     if transitions.resume(session, job.id):
         add_event(session, job.id, "Job resumed; queued to continue from its last checkpoint")
         session.commit()

@@ -183,6 +183,7 @@ def create_sweep(session: Session, key: ApiKey, body: JobCreate, *,
         return jobs.to_public(session, [checked])[0], [], False
     hp, task = checked.hyperparameters, checked.task
     runs = plan(body, hp, jobs.seed_for(body))
+    jobs.prepare_insert(session, key, body, settings, jobs=len(runs))
     seed, now = runs[0][2], utcnow()
     # The request's hyperparameters as a plain job would resolve them; `sweep.runs` says
     # what each child trains with.

@@ -23,11 +23,18 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """Add a key row named `name`; returns it and the key itself (shown once, never stored)."""
+def create_key(session: Session, name: str, *, max_running_jobs: int | None = None,
+               max_storage_bytes: int | None = None) -> tuple[ApiKey, str]:
+    """Add a key row named `name`, with its own quotas (None: the server's defaults; see
+    `sage_core.db.limits`); returns it and the key itself (shown once, never stored)."""
+    if max_running_jobs is not None and max_running_jobs < 1:
+        raise ValueError(f"Invalid max_running_jobs: {max_running_jobs}")
+    if max_storage_bytes is not None and max_storage_bytes < 0:
+        raise ValueError(f"Invalid max_storage_bytes: {max_storage_bytes}")
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(id=new_id(KEY), name=name, key_hash=hash_key(plaintext),
-                 prefix=plaintext[: len(KEY_PREFIX) + 4])
+                 prefix=plaintext[: len(KEY_PREFIX) + 4], max_running_jobs=max_running_jobs,
+                 max_storage_bytes=max_storage_bytes)
     session.add(row)
     session.flush()
     return row, plaintext

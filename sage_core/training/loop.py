@@ -164,7 +164,10 @@ class Trainer:
             f"examples" + (f", validating on {len(self.valid_items)}" if self.valid_items
                            else "")
             + f": {self.plan.total_steps} steps of {self.hp.batch_size}, {self.hp.optimizer}, "
-            f"{self.placement.label}"), {"plan": self._plan_record()})
+            f"{self.placement.label}"), {"plan": {
+                **self._plan_record(),
+                # Rows a caller holds past this step came from steps that run again.
+                "resumed_step": self.progress.step if resume_from is not None else None}})
         if resume_from is not None:
             self._event("info", f"resumed from step {self.progress.step}")
 

@@ -1,12 +1,17 @@
-"""`sagetrain keys create --name NAME` (prints the key as the last line), `keys list`,
-`keys revoke ID`, in the server's database (see `sagetrain.commands.database`)."""
+"""`sagetrain keys create --name NAME [--max-running-jobs N] [--max-storage SIZE]` (prints
+the key as the last line), `keys list`, `keys revoke ID`, in the server's database (see
+`sagetrain.commands.database`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from sagetrain.commands.database import add_database_arguments
+
+if TYPE_CHECKING:
+    from sage_core.db.models import ApiKey
 
 WHERE = ("Works on the server's database, found as `sagetrain serve` finds it: "
          "SAGETRAIN_DATABASE_URL, else SQLite in the data folder (--data-dir, "
@@ -21,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             description="Create an API key and print it, once, as the last "
                             "line. " + WHERE)
     create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--max-running-jobs", type=_positive, metavar="N",
+                        help="most jobs of this key queued or running at once (default: "
+                        "SAGETRAIN_MAX_RUNNING_JOBS, unset: unlimited); more get 429")
+    create.add_argument("--max-storage", type=_size, metavar="SIZE",
+                        help="most bytes this key's files may take, as 10G, 500M or bytes "
+                        "(default: SAGETRAIN_MAX_STORAGE_BYTES, unset: unlimited); an "
+                        "upload past it gets 429")
     listing = sub.add_parser("list", help="list keys (never the keys themselves)",
                              description="List the keys: id, prefix, state, name. " + WHERE)
     revoke = sub.add_parser("revoke", help="revoke a key by its id",
@@ -30,6 +42,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for action in (create, listing, revoke):
         add_database_arguments(action, init_help="create the database (a new, empty one) if "
                                "there is none where the settings point")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"Invalid count: {text!r} (a whole number from 1)")
+    return value
+
+
+def _size(text: str) -> int:
+    from sage_core.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _limits(row: ApiKey) -> str:
+    """The key's own quotas, as `keys create` takes them."""
+    from sage_core.sizes import format_size
+
+    jobs, storage = row.max_running_jobs, row.max_storage_bytes
+    shown = [f"max-running-jobs={jobs}" if jobs is not None else "",
+             f"max-storage={format_size(storage)}" if storage is not None else ""]
+    return " ".join(s for s in shown if s) or "default limits"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,13 +96,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         with make_session_factory(engine).begin() as session:
             if args.keys_command == "create":
-                row, key = create_key(session, args.name)
-                print(f"Created API key {row.id} ({row.name}). It is shown only once:")
+                row, key = create_key(session, args.name,
+                                      max_running_jobs=args.max_running_jobs,
+                                      max_storage_bytes=args.max_storage)
+                print(f"Created API key {row.id} ({row.name}, {_limits(row)}). "
+                      "It is shown only once:")
                 print(key)
             elif args.keys_command == "list":
                 for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
                     state = "revoked" if row.revoked_at else "active"
-                    print(f"{row.id}\t{row.prefix}…\t{state}\t{row.name}")
+                    print(f"{row.id}\t{row.prefix}…\t{state}\t{row.name}\t{_limits(row)}")
             else:
                 found = session.get(ApiKey, args.key_id)
                 if found is None:

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from sage_core.webhooks import WebhookSender
     from sagetrain.commands.database import settings_from_args
     from sagetrain.dispatchers import build_job_running
+    from sagetrain.http_protocol import protocol_with_header_timeout
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     jobs.start()
     print(start_message(args.host, args.port, settings), flush=True)
     webhooks = WebhookSender(settings, app.state.session_factory).start()
+    # Idle and slow connections are closed: see sagetrain/http_protocol.py.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            access_log=args.access_log)
+                            access_log=args.access_log,
+                            http=protocol_with_header_timeout(settings.header_timeout),
+                            timeout_keep_alive=settings.keep_alive_timeout)  # type: ignore[arg-type]
     try:
         uvicorn.Server(config).run()
     finally:

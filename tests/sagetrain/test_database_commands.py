@@ -160,3 +160,41 @@ def test_start_message_database_server_and_every_address(tmp_path: Path) -> None
     assert "  database:   postgresql+psycopg://app:***@db:5432/sagetrain\n" in text
     assert "s3cret" not in text
     assert "[::1]:8000" in start_message("::1", 8000, settings)
+
+
+def test_keys_create_with_quotas(elsewhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import select
+
+    from sage_core.db.models import ApiKey
+    from sage_core.db.session import make_engine, make_session_factory
+
+    assert main(["keys", "create", "--name", "team", "--init", "--max-running-jobs", "3",
+                 "--max-storage", "10G"]) == 0
+    out = capsys.readouterr().out
+    assert "(team, max-running-jobs=3 max-storage=10G)" in out
+    assert main(["keys", "create", "--name", "plain"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].endswith("\tteam\tmax-running-jobs=3 max-storage=10G")
+    assert listed[1].endswith("\tplain\tdefault limits")
+    engine = make_engine(Settings().resolved_database_url)
+    with make_session_factory(engine)() as s:
+        quotas = {k.name: (k.max_running_jobs, k.max_storage_bytes)
+                  for k in s.scalars(select(ApiKey))}
+    engine.dispose()
+    assert quotas == {"team": (3, 10 * 1024**3), "plain": (None, None)}
+
+
+@pytest.mark.parametrize(("option", "value"), [("--max-running-jobs", "0"),
+                                               ("--max-running-jobs", "many"),
+                                               ("--max-storage", "10X"),
+                                               ("--max-storage", "-1G")])
+def test_keys_create_refuses_a_bad_quota(elsewhere: Path, option: str, value: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--name", "x", "--init", f"{option}={value}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "Invalid" in err and "Traceback" not in err
+    assert _files(elsewhere) == []

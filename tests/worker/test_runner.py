@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -279,3 +280,56 @@ def test_estimated_finish_is_set_from_real_rows_and_never_past(
     estimates = [(at, value) for at, value in seen if value is not None]
     assert estimates  # from the first train row on
     assert all(value >= at for at, value in estimates)
+
+
+# --- after a crash: one metrics row per step, the resumed attempt's ---
+
+CRASHED = 999.0  # a train_loss no real step of the tiny model logs
+
+
+def crashed_attempt_logged(env: WorkerEnv, job_id: str, steps: range) -> None:
+    """Rows an attempt logged past its last checkpoint before its process died."""
+    with env.sessions.begin() as s:
+        for step in steps:
+            s.add(JobMetric(job_id=job_id, step=step, kind="train",
+                            data={"train_loss": CRASHED, "epoch": step / 4}))
+
+
+def metrics(env: WorkerEnv, job_id: str) -> list[JobMetric]:
+    with env.sessions() as s:
+        return list(s.scalars(select(JobMetric).where(JobMetric.job_id == job_id)
+                              .order_by(JobMetric.step, JobMetric.id)))
+
+
+def assert_one_row_per_step(rows: list[JobMetric]) -> None:
+    counts = Counter((row.step, row.kind) for row in rows)
+    assert [key for key, n in counts.items() if n > 1] == [], counts
+    assert [r.step for r in rows if r.kind == "train"] == list(range(1, 9))
+    assert all(r.data.get("train_loss") != CRASHED for r in rows)
+
+
+def test_a_resumed_job_keeps_the_resumed_attempts_rows(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = env.add_job()
+
+    def pause(r: JobRunner) -> None:
+        with r.sessions.begin() as s:
+            assert transitions.request_pause(s, job_id)
+
+    act_at_step(monkeypatch, 3, pause)
+    assert run_job(job_id, env.settings) == "paused"  # checkpoint at step 4
+    crashed_attempt_logged(env, job_id, range(5, 7))  # then a crash after step 6
+    with env.sessions.begin() as s:
+        assert transitions.resume(s, job_id)
+    assert run_job(job_id, env.settings) == "succeeded"
+    rows = metrics(env, job_id)
+    assert_one_row_per_step(rows)
+    assert [r.step for r in rows if r.kind == "eval"] == [4, 8]
+
+
+def test_a_job_that_starts_over_keeps_none_of_the_crashed_attempts_rows(
+        env: WorkerEnv) -> None:
+    job_id = env.add_job()
+    crashed_attempt_logged(env, job_id, range(1, 4))  # died before its first checkpoint
+    assert run_job(job_id, env.settings) == "succeeded"
+    assert_one_row_per_step(metrics(env, job_id))

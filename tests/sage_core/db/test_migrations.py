@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, insert, inspect, text
 
 from sage_core.db import transitions
 from sage_core.db.ids import new_id
@@ -61,11 +61,11 @@ def test_the_queue_counter_goes_and_comes_back_seeded(unmigrated_postgres_url: s
     engine = make_engine(url)
     factory = make_session_factory(engine)
     with factory.begin() as s:
-        key = ApiKey(id=new_id("key"), name="t", key_hash=new_id("h")[-40:], prefix="sk-st-x")
-        s.add(key)
-        s.flush()
         # Core, naming only columns 0006 has: the ORM would name every column of head's.
-        jobs = [{"id": new_id("ftjob"), "owner_id": key.id, "model": "m",
+        key_id = new_id("key")
+        s.execute(insert(ApiKey), [{"id": key_id, "name": "t", "key_hash": new_id("h")[-40:],
+                                    "prefix": "sk-st-x"}])
+        jobs = [{"id": new_id("ftjob"), "owner_id": key_id, "model": "m",
                  "task": "text-classification", "spec": {}, "seed": 1,
                  "training_file_id": "file-x", "status": status, "queued_at": utcnow(),
                  "artifact_prefix": "jobs/x"}
@@ -86,4 +86,27 @@ def test_the_queue_counter_goes_and_comes_back_seeded(unmigrated_postgres_url: s
     assert _queued_counter(engine) == (3, 3)
     upgrade(url)
     assert QUEUE_COUNTS not in table_names(url)
+    engine.dispose()
+
+
+def test_0010_gives_existing_keys_the_servers_default_quotas(empty_url: str) -> None:
+    """Keys made before 0010 get no quota of their own (NULL: the server's defaults); going
+    down drops the columns and keeps the keys."""
+    upgrade(empty_url, "0009")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, created_at) "
+                          "VALUES ('key-old', 'old', 'hash-old', 'sk-st-o', :now)"),
+                     {"now": utcnow()})
+    upgrade(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT max_running_jobs, max_storage_bytes FROM api_keys")
+                            ).all() == [(None, None)]
+        conn.execute(text("UPDATE api_keys SET max_running_jobs = 2, "
+                          "max_storage_bytes = 10737418240"))
+    downgrade(empty_url, "0009")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM api_keys")).scalars().all() == ["key-old"]
+        columns = {c["name"] for c in inspect(conn).get_columns("api_keys")}
+    assert "max_running_jobs" not in columns and "max_storage_bytes" not in columns
     engine.dispose()

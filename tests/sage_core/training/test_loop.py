@@ -406,4 +406,5 @@ def test_phases_are_announced_in_order(train: Train, spam_files: tuple[Path, Pat
     assert sum(m.startswith("Evaluating on") for m in messages) <= len(rec.evals())
     assert plans == [{"total_steps": 32, "steps_per_epoch": 16, "batch_size": 8, "log_every": 1,
                       "validation_examples": 32,
-                      "eval_every_steps": None, "evaluates": True, "sensitivity_batches": 4}]
+                      "eval_every_steps": None, "evaluates": True, "sensitivity_batches": 4,
+                      "resumed_step": None}]
