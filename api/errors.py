@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sage_core.errors import DataFileError, RateLimitError, SageTrainError
@@ -54,6 +54,12 @@ def _json(status: int, message: str, *, param: str | None = None, code: str | No
           headers: dict[str, str] | None = None) -> JSONResponse:
     body = error_body(message, type_=_type_for(status), param=param, code=code)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_json(status: int, message: str, *, param: str | None = None,
+               code: str | None = None) -> JSONResponse:
+    """An error answer in the OpenAI shape, for middleware that answers before any route."""
+    return _json(status, message, param=param, code=code)
 
 
 # Pydantic puts union members and validator names into an error's location
@@ -114,6 +120,20 @@ def _validation_param(error: dict[str, Any]) -> str | None:
     return param
 
 
+def _body_problem(error: dict[str, Any]) -> str | None:
+    """The message for a body that is not JSON, or absent, where a field's message would
+    name no field (FastAPI puts the decoder's character position, or nothing, in `loc`)."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        where = f" at position {loc[1]}" if len(loc) > 1 else ""
+        reason = str((error.get("ctx") or {}).get("error", "")).strip()
+        return f"The request body is not valid JSON ({reason or 'decode error'}{where})."
+    if error.get("type") == "missing" and loc == ("body",):
+        return "The request body is missing: send a JSON object (Content-Type: " \
+               "application/json)."
+    return None
+
+
 def _validation_message(error: dict[str, Any], param: str | None) -> str:
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if error.get("type") == "missing":
@@ -137,6 +157,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     first = errors[0] if errors else {}
+    body_problem = _body_problem(first)
+    if body_problem is not None:
+        return _json(400, body_problem, code="invalid_value")
     param = _validation_param(first)
     message = _validation_message(first, param)
     if len(errors) > 1:
@@ -150,6 +173,15 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     code = getattr(exc, "code", None) or codes.get(exc.status_code)  # BodyLimitError's own
     return _json(exc.status_code, str(exc.detail), code=code,
                  headers=getattr(exc, "headers", None))
+
+
+async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+    # The input checks should refuse first whatever the database cannot store (a NUL
+    # character, a number out of its range); this answer is the net under them.
+    log.warning("database refused a value on %s %s: %s", request.method, request.url.path,
+                str(exc).splitlines()[0][:300])
+    return _json(400, "A value in the request cannot be stored (a NUL character, or a "
+                 "number out of range).", code="invalid_value")
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -174,5 +206,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SageTrainError, _sagetrain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # the most specific class wins: DataError (a value it cannot store) is bad input
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

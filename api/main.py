@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from api.body_guard import BodyGuard
 from api.dispatch import Dispatcher, NullDispatcher
 from api.errors import install_error_handlers
+from api.input_guard import RefuseNulMiddleware
+from api.openapi import install_openapi
 from api.prometheus import RequestDurationMiddleware, make_registry
 from api.routes import dashboard, files, health, jobs, models, prometheus, webhooks
 from api.services import stream_tokens
@@ -46,8 +48,10 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.state.stream_token_secret = stream_tokens.secret_of(settings)
     install_error_handlers(app)
     app.state.metrics_registry, durations = make_registry(app.state.read_session_factory)
+    app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(RequestDurationMiddleware, histogram=durations)
     app.add_middleware(BodyGuard, settings=settings)  # outermost: before anything reads
     for module in (health, prometheus, files, jobs, models, dashboard, webhooks):
         app.include_router(module.router)
+    install_openapi(app)
     return app

@@ -26,6 +26,9 @@ from sage_core.db.models import Job, JobMetric, JobStatus
 ALL_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING,
                 JobStatus.PAUSED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 UNMATCHED = "unmatched"
+# Label values must stay few: any other method name (a client may send any token) is one.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 NO_WORKER = "unknown"  # a running job whose lease owner is not recorded (never expected)
 
 
@@ -102,7 +105,8 @@ class RequestDurationMiddleware:
     """Pure ASGI: times each HTTP request under (method, route template, status code).
 
     The route template is the matched route's `path_format` (which FastAPI leaves in the
-    scope), so ids never become label values; a request no route matched is `unmatched`.
+    scope), so ids never become label values; a request no route matched is `unmatched`,
+    and a method outside `KNOWN_METHODS` is `other`: a client cannot add label values.
     """
 
     def __init__(self, app: ASGIApp, histogram: Histogram):
@@ -129,7 +133,8 @@ class RequestDurationMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path_format", None) or UNMATCHED
-            key = (scope["method"], template, str(status))
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
+            key = (method, template, str(status))
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = self._histogram.labels(*key)

@@ -16,11 +16,13 @@ from sage_core.db.models import (
     JobEvent,
     JobMetric,
     JobStatus,
+    WebhookDelivery,
     WebhookEndpoint,
     utcnow,
 )
 from sage_core.integration_specs import Integration
 from sage_core.names import DEFAULT_TASK, OptimizerName, TaskName
+from sage_core.net_guard import check_http_url
 from sage_core.schemas import Hyperparameters, Integrations, Resources
 
 T = TypeVar("T")
@@ -37,6 +39,33 @@ def _estimated_finish(job: Job) -> int | None:
     if value is None or job.status != JobStatus.RUNNING:
         return ts(value)
     return ts(max(value, utcnow()))
+
+
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """Where in a JSON value a string (or a key) holds a NUL character, or None."""
+    if isinstance(value, str):
+        return where or "the body" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if "\x00" in str(key):
+                return path
+            if (found := _nul_at(item, path)) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_at(item, f"{where}[{index}]")) is not None:
+                return found
+    return None
+
+
+def refuse_nul(data: Any) -> Any:
+    """A before-validator for request bodies: no string may hold a NUL character, which
+    PostgreSQL cannot store (and no name, id or setting needs)."""
+    where = _nul_at(data)
+    if where is not None:
+        raise ValueError(f"a NUL character is not allowed in a string (at {where!r})")
+    return data
 
 
 class ListPage(BaseModel, Generic[T]):
@@ -92,7 +121,7 @@ class SweepRequest(BaseModel):
     can be swept for now; any other key is refused (400 naming sweep.<key>) by
     api/services/sweeps.py, which also checks the values."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     learning_rate: list[float] | None = Field(
         None, description="2 to 8 distinct peak learning rates, each in (0, 1]")
@@ -105,7 +134,7 @@ class SweepRequest(BaseModel):
 class CompareToRequest(BaseModel):
     """One optimizer to compare with, over its own learning-rate grid."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     optimizer: OptimizerName
     learning_rate: list[float] | None = Field(
@@ -147,7 +176,12 @@ class MethodRequest(BaseModel):
 class JobCreate(BaseModel):
     """POST /v1/fine_tuning/jobs. Unknown fields are rejected, naming the field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return refuse_nul(data)
 
     model: str = Field(min_length=1, max_length=200, description="A name from /v1/models")
     training_file: str = Field(min_length=1, max_length=64)
@@ -476,6 +510,11 @@ WebhookEvent = Literal[
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return refuse_nul(data)
+
     url: str = Field(max_length=2048, description="http(s) URL that receives the POSTs")
     events: list[WebhookEvent] | None = Field(
         None, min_length=1, description="Event types to send; default: all three")
@@ -483,12 +522,28 @@ class WebhookCreate(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-            raise ValueError("must be an http:// or https:// URL")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain spaces")
-        return value
+        return check_http_url(value)
+
+
+class WebhookDeliveryResult(BaseModel):
+    """The newest delivery to an endpoint, as it stands: how its owner sees whether the
+    endpoint works."""
+
+    id: str
+    event_type: str
+    job_id: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None = Field(None, description="What went wrong on the last try")
+    created_at: int
+    delivered_at: int | None = None
+
+    @classmethod
+    def from_row(cls, row: WebhookDelivery) -> WebhookDeliveryResult:
+        return cls(id=row.id, event_type=row.event_type, job_id=row.job_id,
+                   status=row.status, attempts=row.attempts,  # type: ignore[arg-type]
+                   last_error=row.last_error, created_at=ts(row.created_at) or 0,
+                   delivered_at=ts(row.delivered_at))
 
 
 class WebhookPublic(BaseModel):
@@ -498,9 +553,14 @@ class WebhookPublic(BaseModel):
     events: list[str]
     created_at: int
     secret: str | None = Field(None, description="Signing secret; returned only on create")
+    last_delivery: WebhookDeliveryResult | None = Field(
+        None, description="The newest delivery to this endpoint and its result; null before "
+                          "the first")
 
     @classmethod
-    def from_row(cls, row: WebhookEndpoint, *, with_secret: bool = False) -> WebhookPublic:
+    def from_row(cls, row: WebhookEndpoint, *, with_secret: bool = False,
+                 last: WebhookDelivery | None = None) -> WebhookPublic:
         return cls(id=row.id, url=row.url, events=list(row.events),
                    created_at=ts(row.created_at) or 0,
-                   secret=row.secret if with_secret else None)
+                   secret=row.secret if with_secret else None,
+                   last_delivery=WebhookDeliveryResult.from_row(last) if last else None)

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from sage_core.names import DEFAULT_TASK, GENERATIVE_TASKS, TEXT_TASKS, TaskName
 
 MIN_ROWS = 2
 KNOWN_COLUMNS = ("text", "text_pair", "label")
+# The largest finite float32: training computes in it, so a larger label would be inf there.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class Dataset:
         if self.task == "text-regression":
             values = [float(e.label) for e in self.examples]
             out["label_min"], out["label_max"] = min(values), max(values)
-            out["label_mean"] = sum(values) / len(values)
+            # Each term divided first: the sum of large finite labels can overflow to inf.
+            out["label_mean"] = math.fsum(v / len(values) for v in values)
         else:
             out["label_counts"] = dict(sorted(Counter(str(e.label) for e in self.examples).items()))
         return out
@@ -245,6 +249,13 @@ class _ValidatingReader:
                 row = json.loads(raw)
             except json.JSONDecodeError as exc:
                 self._issue(lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except RecursionError:
+                self._issue(lineno, None, "nested too deeply to read")
+                continue
+            except ValueError:  # an integer of more digits than int() converts
+                self._issue(lineno, None, "a number of more than "
+                            f"{sys.get_int_max_str_digits()} digits")
                 continue
             if not isinstance(row, dict):
                 self._issue(lineno, None, f"expected a JSON object, got {type(row).__name__}")
@@ -471,6 +482,10 @@ class _ValidatingReader:
                 return None
             if not math.isfinite(number):
                 self._issue(line, "label", f"must be finite, got {value!r}")
+                return None
+            if abs(number) > FLOAT32_MAX:
+                self._issue(line, "label", f"{number:g} is out of range: training computes in "
+                            f"float32, whose largest value is {FLOAT32_MAX:.4g}")
                 return None
             return number
         if isinstance(value, bool) or not isinstance(value, str | int):

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from sage_core.net_guard import check_http_url
+
 IntegrationType = Literal["wandb", "mlflow", "tensorboard"]
 INTEGRATION_TYPES: tuple[str, ...] = ("wandb", "mlflow", "tensorboard")
 MAX_WANDB_TAGS = 50
@@ -31,7 +33,7 @@ class WandbSettings(BaseModel):
     """Weights & Biases: the run goes to `entity/project` (entity: the API key's default),
     named `name` (default: the job id), with `tags` (the job id is always added)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     project: str = Field(min_length=1, max_length=128, pattern=r"^[^/\\#?%:]+$",
                          description="The W&B project")
@@ -55,7 +57,7 @@ class MlflowSettings(BaseModel):
     """MLflow: the run goes to `experiment` (created if missing) on `tracking_uri`, an
     http(s) MLflow server; without one, the operator's SAGETRAIN_MLFLOW_TRACKING_URI."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tracking_uri: str | None = Field(
         None, max_length=2048,
@@ -73,22 +75,20 @@ class MlflowSettings(BaseModel):
         if not sep or scheme.lower() not in MLFLOW_URI_SCHEMES or not rest.strip("/"):
             raise ValueError("must be an http:// or https:// URL of an MLflow tracking server "
                              "(leave it out for the server's default)")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain spaces")
-        return value
+        return check_http_url(value)
 
 
 class TensorboardSettings(BaseModel):
     """TensorBoard: event files, published as a .tar.gz result file of the job."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Integration(BaseModel):
     """One entry of `integrations`: `type` and the object of that name (wandb needs one;
     mlflow's and tensorboard's may be left out). Shown back as given."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: IntegrationType
     # each None unless of its type, and then left out of the JSON

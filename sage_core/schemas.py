@@ -41,7 +41,7 @@ class LoraSettings(BaseModel):
     """LoRA (Hu et al. 2021) through `peft`: the base model is frozen and low-rank adapters
     are trained beside the chosen linear layers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(8, ge=2, le=1024, description="Rank of each adapter, even")
     alpha: float = Field(16, gt=0, le=4096,
@@ -67,7 +67,7 @@ class LoraSettings(BaseModel):
 class Hyperparameters(BaseModel):
     """Hyperparameters as a user sends them. Unknown fields are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # OpenAI's three, each a number or "auto".
     n_epochs: int | Auto = Field(
@@ -224,7 +224,7 @@ def held_out_count(rows: int, split: float) -> int:
 class ResolvedHyperparameters(BaseModel):
     """Every hyperparameter concrete: what a job actually trains with."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_epochs: int
     batch_size: int
@@ -268,7 +268,7 @@ class Resources(BaseModel):
     """What a job runs on: `gpus` ranks (one per GPU; processes with the gloo backend on a
     CPU-only deployment), trained with `strategy`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB,
                       description="GPUs for this job, one training process each (on a "
@@ -300,7 +300,7 @@ class JobSpec(BaseModel):
     """What to train: a base model name from the catalog, a task, a seed, hyperparameters;
     and where to report the run (`integrations`, which training itself never reads)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=200)
     task: TaskName = DEFAULT_TASK
@@ -322,7 +322,7 @@ class JobSpec(BaseModel):
 
 
 class ResolvedSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str
     task: TaskName

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     webhook_backoff_cap: float = Field(
         3600.0, gt=0, description="Longest wait between two tries of a webhook delivery"
     )
+    webhook_max_endpoints: int = Field(
+        20, ge=1, description="Webhook endpoints one API key may register; past it, 400"
+    )
+    allow_private_targets: bool = Field(
+        False, description="Let webhooks and user-given MLflow tracking URIs call loopback, "
+        "link-local (169.254.0.0/16), private and unspecified addresses: for local "
+        "development only, since a key could then reach the server's internal network"
+    )
     stream_token_secret: str | None = Field(
         None, description="Signs the short-lived tokens that let a browser's EventSource read "
         "a job's stream (POST .../stream_token); default: a random secret per API process. "

@@ -11,8 +11,11 @@ A delivery is claimed before it is sent by a conditional UPDATE that pushes its
 `next_attempt_at` past the request's timeout, so several servers may run `deliver_due` at
 once without sending one delivery twice at the same time.
 
-Only the URL's scheme is checked (http or https): the server will POST to any host a key
-names, internal addresses included. Deployments that care should filter egress.
+URLs are checked when registered (`sage_core.net_guard.check_http_url`), and again where
+they are sent: the host is resolved, refused if any of its addresses is loopback, private,
+link-local or unspecified (unless `allow_private_targets`), and the connection is pinned to
+the checked address (DNS rebinding cannot swap it). Any exception while sending one
+delivery is that delivery's failed try, never the end of the round.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sage_core.db.models import WebhookDelivery, WebhookEndpoint, utcnow
 from sage_core.db.webhooks import DELIVERED, FAILED, PENDING
+from sage_core.net_guard import BlockedTargetError, resolve_public
 from sage_core.periodic import PeriodicThread
 from sage_core.settings import Settings
 
@@ -111,13 +115,19 @@ def _claim(session: Session, delivery_id: str, now: datetime, until: datetime) -
 
 
 def _send(client: httpx.Client, endpoint: WebhookEndpoint, delivery: WebhookDelivery,
-          now: datetime, timeout: float) -> str | None:
+          now: datetime, timeout: float, allow_private: bool) -> str | None:
     """POST one delivery; None on a 2xx answer, else what went wrong."""
-    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    headers = signed_headers(endpoint.secret, delivery.id, int(now.timestamp()), body)
     try:
-        response = client.post(endpoint.url, content=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
+        body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+        headers = signed_headers(endpoint.secret, delivery.id, int(now.timestamp()), body)
+        target = resolve_public(endpoint.url, allow_private=allow_private)
+        response = client.post(target.url, content=body, headers=headers | target.headers,
+                               timeout=timeout, extensions=target.extensions)
+    except (httpx.HTTPError, BlockedTargetError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:1000]
+    except Exception as exc:  # an endpoint's own failure, never the round's
+        log.warning("webhook %s to %s: %s: %s", delivery.id, endpoint.url[:200],
+                    type(exc).__name__, exc)
         return f"{type(exc).__name__}: {exc}"[:1000]
     if 200 <= response.status_code < 300:
         return None
@@ -126,8 +136,9 @@ def _send(client: httpx.Client, endpoint: WebhookEndpoint, delivery: WebhookDeli
 
 def deliver_due(sessions: sessionmaker[Session], client: httpx.Client,
                 now: datetime | None = None, *, policy: RetryPolicy | None = None,
-                limit: int = 100) -> dict[str, str]:
-    """Send every pending delivery due at `now`. Returns {delivery id: its status after}."""
+                limit: int = 100, allow_private: bool = False) -> dict[str, str]:
+    """Send every pending delivery due at `now`. Returns {delivery id: its status after}.
+    `allow_private`: call loopback, private and link-local addresses too."""
     now = now or utcnow()
     policy = policy or RetryPolicy()
     with sessions() as s:
@@ -148,7 +159,7 @@ def deliver_due(sessions: sessionmaker[Session], client: httpx.Client,
             if delivery is None or endpoint is None:
                 continue  # its endpoint was deleted meanwhile
             s.expunge_all()
-        error = _send(client, endpoint, delivery, now, policy.timeout_seconds)
+        error = _send(client, endpoint, delivery, now, policy.timeout_seconds, allow_private)
         attempts = delivery.attempts + 1
         values: dict[str, object] = {"attempts": attempts, "last_error": error}
         if error is None:
@@ -173,6 +184,7 @@ class WebhookSender:
         self.sessions = sessions
         self.policy = RetryPolicy.from_settings(settings)
         self.interval = settings.webhook_interval
+        self.allow_private = settings.allow_private_targets
         self._client = httpx.Client(follow_redirects=False)
         self._thread = PeriodicThread("sagetrain-webhooks", self.run_once, self.interval)
 
@@ -185,4 +197,5 @@ class WebhookSender:
             self._client.close()
 
     def run_once(self) -> dict[str, str]:
-        return deliver_due(self.sessions, self._client, policy=self.policy)
+        return deliver_due(self.sessions, self._client, policy=self.policy,
+                           allow_private=self.allow_private)

@@ -26,6 +26,7 @@ from api.deps import (
     StreamedJob,
 )
 from api.dispatch import Dispatcher
+from api.errors import InvalidRequestError
 from api.schemas import (
     CheckpointPublic,
     EventPublic,
@@ -47,6 +48,7 @@ from api.services.stream import PING_SECONDS, job_stream, parse_cursor
 from sage_core.artifacts import ArtifactStore
 from sage_core.db.models import ApiKey, Checkpoint, Job, JobEvent, JobMetric
 from sage_core.errors import ConflictError
+from sage_core.net_guard import BlockedTargetError, check_literal_host
 from sage_core.settings import Settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"],
@@ -69,6 +71,7 @@ async def create_job(body: JobCreate, key: CurrentKey, session: SessionDep,
 
     With `sweep` or `compare_to`: a parent job (`running`, never trained itself) and one
     queued child job per optimizer and learning rate; the parent is returned."""
+    _refuse_private_tracking(body, settings)
     # async, with the blocking part in one worker thread: a sync route would cost one more
     # thread hop, for FastAPI's check of the answer.
     job, created = await run_in_threadpool(
@@ -76,6 +79,24 @@ async def create_job(body: JobCreate, key: CurrentKey, session: SessionDep,
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job
+
+
+def _refuse_private_tracking(body: JobCreate, settings: Settings) -> None:
+    """A user's MLflow server on a loopback, private or link-local address is refused now,
+    as a webhook URL is; the worker checks the name's addresses again when it connects."""
+    if settings.allow_private_targets:
+        return
+    for index, integration in enumerate(body.integrations):
+        uri = integration.mlflow.tracking_uri if integration.mlflow else None
+        if uri is None or uri == settings.mlflow_tracking_uri:
+            continue
+        try:
+            check_literal_host(uri)
+        except BlockedTargetError as exc:
+            raise InvalidRequestError(
+                f"Invalid value for 'integrations[{index}].mlflow.tracking_uri': {exc}",
+                param=f"integrations[{index}].mlflow.tracking_uri",
+                code="invalid_value") from None
 
 
 def _create(session: Session, key: ApiKey, body: JobCreate, idempotency_key: str | None,
@@ -150,7 +171,7 @@ def list_events(job: OwnedJob, session: SessionDep, after: str | None = None,
 
 @router.get("/{job_id}/metrics", response_model=ListPage[MetricRow])
 def list_metrics(job: OwnedJob, session: SessionDep,
-                 from_step: Annotated[int, Query(ge=0)] = 0,
+                 from_step: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a database integer
                  limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> ListPage[MetricRow]:
     """Every logged row from `from_step` on, oldest first."""
     rows = session.scalars(

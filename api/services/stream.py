@@ -51,7 +51,8 @@ def parse_cursor(session: Session, job_id: str, value: str | None) -> Cursor:
     if not value:
         return Cursor()
     event_id, _, metric = value.rpartition(".")
-    if not event_id or not metric.isdigit() or len(metric) > 18:
+    # isdigit() alone passes '²' and other digits that int() refuses
+    if not event_id or not (metric.isascii() and metric.isdigit()) or len(metric) > 18:
         raise InvalidRequestError(f"Malformed Last-Event-ID: '{value[:100]}'",
                                   param="Last-Event-ID")
     if event_id == _NONE:

@@ -52,8 +52,10 @@ def verify(session: Session, secret: bytes, job_id: str, token: str) -> Job:
     (a token for another job fails its signature), 404 if the job is gone."""
     key_id, _, rest = token.partition(".")
     expiry, _, signature = rest.partition(".")
-    if not (key_id and expiry.isdigit() and signature) or not hmac.compare_digest(
-            signature, _signature(secret, job_id, key_id, int(expiry))):
+    well_formed = key_id and expiry.isascii() and expiry.isdigit() and signature
+    # compared as bytes: compare_digest raises on a str with non-ASCII characters
+    if not well_formed or not hmac.compare_digest(
+            signature.encode(), _signature(secret, job_id, key_id, int(expiry)).encode()):
         raise AuthenticationError("Invalid stream token: get one from POST "
                                   f"/v1/fine_tuning/jobs/{job_id}/stream_token",
                                   param="token", code=INVALID)

@@ -44,7 +44,10 @@ export const $ = (id) => document.getElementById(id);
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined && value !== false) node.setAttribute(name, value);
+    if (value === null || value === undefined || value === false) continue;
+    // The page's Content-Security-Policy refuses style attributes; the CSSOM is allowed.
+    if (name === "style") node.style.cssText = value;
+    else node.setAttribute(name, value);
   }
   for (const child of children) {
     if (child !== null && child !== undefined && child !== false) node.append(child);

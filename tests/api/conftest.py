@@ -29,9 +29,12 @@ def make_keys(url: str) -> tuple[str, str]:
 
 
 @pytest.fixture
-def service(db_url: str, tmp_path: Path, models_dir: Path) -> Iterator[Service]:
+def service(db_url: str, tmp_path: Path, models_dir: Path,
+            request: pytest.FixtureRequest) -> Iterator[Service]:
+    """The app; `@pytest.mark.service_settings(name=value, ...)` adds settings."""
+    marker = request.node.get_closest_marker("service_settings")
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url, models_dir=models_dir,
-                        max_upload_bytes=64 * 1024)
+                        max_upload_bytes=64 * 1024, **(marker.kwargs if marker else {}))
     dispatcher = RecordingDispatcher()
     app = create_app(settings, dispatcher=dispatcher)
     key, other = make_keys(db_url)

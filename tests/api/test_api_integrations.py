@@ -49,6 +49,14 @@ def _post(service: Service, **body: Any) -> Any:
     ([{"type": "tensorboard"}, {"type": "tensorboard"}], "integrations[1].type", "twice"),
     ([{"type": "mlflow"}], "integrations[0].mlflow.tracking_uri", "SAGETRAIN_MLFLOW"),
     ("wandb", "integrations", ""),
+    # issue 17 item 4: a user's MLflow server is checked as a webhook URL is
+    ([{"type": "mlflow", "mlflow": {"tracking_uri": "http://" + "a" * 64 + ".org"}}],
+     "integrations[0].mlflow.tracking_uri", "valid domain name"),
+    ([{"type": "tensorboard"},
+      {"type": "mlflow", "mlflow": {"tracking_uri": "http://169.254.169.254/"}}],
+     "integrations[1].mlflow.tracking_uri", "ALLOW_PRIVATE_TARGETS"),
+    ([{"type": "mlflow", "mlflow": {"tracking_uri": "http://[::ffff:127.0.0.1]:5000"}}],
+     "integrations[0].mlflow.tracking_uri", "link-local"),
 ])
 def test_invalid_integrations_are_400_naming_the_field(
         service: Service, integrations: Any, param: str, words: str) -> None:

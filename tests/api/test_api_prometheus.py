@@ -101,3 +101,24 @@ def test_request_latency_under_the_route_template(service: Service) -> None:
     assert buckets and max(s.value for s in buckets) == 2  # the +Inf bucket
     for s in samples:
         assert not any(job["id"] in v or "missing" in v for v in s.labels.values()), s
+
+
+def test_odd_methods_and_paths_add_no_label_values(service: Service) -> None:
+    """Issue 17 item 5: every unusual method name (or unknown path) was a new label value
+    for good, so a client could grow /metrics without bound."""
+    def flood(tag: str) -> None:
+        for i in range(40):
+            service.client.request(f"X{tag}{i}", "/v1/files", headers=service.auth())
+            service.client.request(f"Y{tag}{i}", f"/nothing/{tag}{i}")
+            service.client.get(f"/v1/unknown-{tag}-{i}")
+
+    flood("a")
+    samples = [s for s in scrape(service) if s.name.startswith("sagetrain_http_request")]
+    methods = {s.labels["method"] for s in samples}
+    assert methods <= {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"}
+    assert "other" in methods
+    routes = {s.labels["route"] for s in samples}
+    assert not any("nothing" in r or "unknown" in r for r in routes), routes
+    size = len(service.client.get("/metrics").text)
+    flood("b")
+    assert len(service.client.get("/metrics").text) < size * 1.05

@@ -338,3 +338,18 @@ def test_dashboard_drives_a_job_from_upload_to_download(live_server: LiveServer,
 
     assert page.console_errors() == []
     print(f"dashboard flow took {time.monotonic() - started:.1f} s")
+
+
+def test_the_page_forbids_framing_and_foreign_scripts(service: Service) -> None:
+    """Issue 17 item 12: the page that holds a user's key had no Content-Security-Policy
+    and could be framed. (The browser test checks that the page still works under it: a
+    refused script or style is a console error there.)"""
+    page = service.client.get("/")
+    policy = dict(part.strip().split(" ", 1) for part in
+                  page.headers["content-security-policy"].split(";"))
+    assert policy["script-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+    assert policy["default-src"] == "'self'" and policy["object-src"] == "'none'"
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    asset = service.client.get("/dashboard/dashboard.js")
+    assert asset.headers["x-content-type-options"] == "nosniff"

@@ -21,6 +21,8 @@ from sage_core.db.models import WebhookDelivery, utcnow
 from sage_core.db.recovery import release_lost_job
 from sage_core.webhooks import RetryPolicy, deliver_due, verify_signature
 
+# The receivers listen on 127.0.0.1, which the server refuses to call by default.
+pytestmark = pytest.mark.service_settings(allow_private_targets=True)
 EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
 
 
@@ -67,10 +69,11 @@ def _deliveries(service: Service) -> list[WebhookDelivery]:
         return list(s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.created_at)))
 
 
-def _deliver(service: Service, now: Any = None, **policy: Any) -> dict[str, str]:
+def _deliver(service: Service, now: Any = None, *, allow_private: bool = True,
+             **policy: Any) -> dict[str, str]:
     with httpx.Client() as http:
         return deliver_due(service.client.app.state.session_factory, http,  # type: ignore[attr-defined]
-                           now, policy=RetryPolicy(**policy))
+                           now, policy=RetryPolicy(**policy), allow_private=allow_private)
 
 
 def test_create_list_delete(service: Service) -> None:
@@ -228,3 +231,132 @@ def test_a_claimed_delivery_is_not_sent_twice(service: Service, receiver: Receiv
         assert not _claim(s, row.id, now, now + timedelta(seconds=60))
     assert _deliver(service, now) == {}
     assert receiver.requests == []
+
+
+# --- issue 17, item 4: one bad endpoint, private targets, a cap, the last result ----------
+
+def _insert_endpoint(service: Service, url: str, key: str | None = None) -> str:
+    """An endpoint row as an older server accepted it, past today's checks."""
+    from sage_core.db.keys import find_key
+    from sage_core.db.webhooks import create_endpoint
+
+    with service.client.app.state.session_factory.begin() as s:  # type: ignore[attr-defined]
+        owner = find_key(s, key or service.key)
+        assert owner is not None
+        return create_endpoint(s, owner.id, url).id
+
+
+def _cancel_a_job(service: Service) -> str:
+    job = service.create_job()
+    r = service.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=service.auth())
+    assert r.status_code == 200, r.text
+    return job["id"]
+
+
+def test_one_bad_endpoint_does_not_stop_the_round(service: Service,
+                                                  receiver: Receiver) -> None:
+    """A host label of 64 characters made httpx raise UnicodeError, which ended the whole
+    round: that delivery stayed pending with 0 attempts, and every other waited behind it."""
+    bad = _insert_endpoint(service, "https://" + "a" * 64 + ".example.com/hook")
+    _create(service, receiver.url)
+    _cancel_a_job(service)
+    outcome = _deliver(service)
+    assert sorted(outcome.values()) == ["delivered", "pending"]
+    assert len(receiver.requests) == 1
+    [row] = [d for d in _deliveries(service) if d.endpoint_id == bad]
+    assert row.attempts == 1 and "valid" in (row.last_error or ""), row.last_error
+
+
+@pytest.mark.parametrize("url", [
+    "https://" + "a" * 64 + ".example.com/hook",  # a label over 63 characters
+    "https://" + "a." * 130 + "com/hook",  # a name over 253 characters
+    "https://example.com:70000/hook", "https://example.com:0/hook", "https://example.com:x/",
+    "https://exa\tmple.com/", "https://.example.com/", "http:///path-only",
+])
+def test_malformed_urls_are_refused_at_registration(service: Service, url: str) -> None:
+    r = service.client.post("/v1/webhooks", headers=service.auth(), json={"url": url})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "url"
+
+
+@pytest.mark.service_settings(allow_private_targets=False)
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080/hook", "http://localhost/hook", "http://169.254.169.254/latest",
+    "http://[::ffff:169.254.169.254]/", "http://[::1]/hook", "http://10.1.2.3/hook",
+    "http://192.168.0.1/hook", "http://0.0.0.0/hook", "http://[fe80::1]/hook",
+])
+def test_private_targets_are_refused_by_default(service: Service, url: str) -> None:
+    r = service.client.post("/v1/webhooks", headers=service.auth(), json={"url": url})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "url"
+    assert "ALLOW_PRIVATE_TARGETS" in r.json()["error"]["message"]
+
+
+@pytest.mark.service_settings(allow_private_targets=False)
+def test_a_name_that_resolves_to_a_private_address_is_not_called(
+        service: Service, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the name is checked where it is sent, and the connection goes to the
+    address that was checked."""
+    import socket
+
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    real = socket.getaddrinfo
+
+    def rebinding(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.rebind.example":
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    _create(service, f"http://hooks.rebind.example:{port}/hook")  # a name: checked when sent
+    _cancel_a_job(service)
+    assert list(_deliver(service, allow_private=False).values()) == ["pending"]
+    assert receiver.requests == []
+    [row] = _deliveries(service)
+    assert row.attempts == 1 and "127.0.0.1" in (row.last_error or ""), row.last_error
+
+    # allowed (local development), the request goes to the address resolved and checked,
+    # under the name the endpoint gave
+    now = utcnow() + timedelta(days=1)
+    assert list(_deliver(service, now, allow_private=True).values()) == ["delivered"]
+    [(headers, _)] = receiver.requests
+    assert headers["Host"] == f"hooks.rebind.example:{port}"
+
+
+@pytest.mark.service_settings(webhook_max_endpoints=2)
+def test_endpoints_per_key_are_capped(service: Service) -> None:
+    first = _create(service, "https://example.com/1")
+    _create(service, "https://example.com/2")
+    r = service.client.post("/v1/webhooks", headers=service.auth(),
+                            json={"url": "https://example.com/3"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "webhook_limit_reached", r.text
+    assert "2" in r.json()["error"]["message"]
+    _create(service, "https://example.com/1", key=service.other_key)  # a key's own count
+    service.client.delete(f"/v1/webhooks/{first['id']}", headers=service.auth())
+    _create(service, "https://example.com/3")
+
+
+def test_the_list_shows_each_endpoints_last_delivery(service: Service,
+                                                     receiver: Receiver) -> None:
+    receiver.statuses = [500]
+    hook = _create(service, receiver.url)
+    idle = _create(service, receiver.url + "/idle", events=["fine_tuning.job.succeeded"])
+    assert hook["last_delivery"] is None
+    job_id = _cancel_a_job(service)
+
+    def listed() -> dict[str, Any]:
+        data = service.client.get("/v1/webhooks", headers=service.auth()).json()["data"]
+        return {d["id"]: d["last_delivery"] for d in data}
+
+    assert listed()[hook["id"]]["status"] == "pending"
+    _deliver(service)
+    last = listed()
+    assert last[idle["id"]] is None
+    assert last[hook["id"]] | {"id": None, "created_at": None} == {
+        "id": None, "event_type": "fine_tuning.job.cancelled", "job_id": job_id,
+        "status": "pending", "attempts": 1, "last_error": "HTTP 500", "created_at": None,
+        "delivered_at": None}
+    _deliver(service, utcnow() + timedelta(days=1))
+    last = listed()[hook["id"]]
+    assert (last["status"], last["attempts"], last["last_error"]) == ("delivered", 2, None)
+    assert isinstance(last["delivered_at"], int)

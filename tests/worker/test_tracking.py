@@ -61,6 +61,7 @@ def test_unreachable_mlflow_server_is_a_warning(env: WorkerEnv,
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "operator-secret")
+    env.settings.allow_private_targets = True  # the closed port is on 127.0.0.1
     uri = f"http://127.0.0.1:{_closed_port()}"
     job_id = _job(env, [{"type": "mlflow", "mlflow": {"tracking_uri": uri}},
                         {"type": "tensorboard"}])
@@ -259,3 +260,21 @@ def test_summary_flattens_the_sensitivity_report() -> None:
         "sensitivity/blocks/encoder.layer.0/fraction_zero": 0.0,
         "sensitivity/blocks/encoder.layer.0/fraction_below/1e-08": 0.2}
     assert summary_of({}, None) == {}
+
+
+@SQLITE_ONLY
+def test_a_users_mlflow_server_on_a_private_address_is_not_called(
+        env: WorkerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17 item 4: a user's tracking_uri is checked like a webhook's URL, so a job
+    cannot make a worker call its own network (the cloud metadata service here)."""
+    import socket
+
+    called: list[Any] = []
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda *a, **k: called.append(a) or (_ for _ in ()).throw(OSError()))
+    job_id = _job(env, [{"type": "mlflow",
+                         "mlflow": {"tracking_uri": "http://169.254.169.254/mlflow"}}])
+    assert run_job(job_id, env.settings, worker_id="w1") == "succeeded"
+    (warning,) = _warnings(env, job_id)
+    assert "169.254.169.254" in warning.message and "does not call" in warning.message
+    assert called == []

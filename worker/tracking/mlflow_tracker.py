@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sage_core.integration_specs import Integration
+from sage_core.net_guard import resolve_public
 from worker.tracking.base import RunInfo
 
 DEFAULT_EXPERIMENT = "sagetrain"
@@ -72,6 +73,10 @@ class MlflowTracker:
             # this process runs this job only: the operator's secrets go nowhere else
             for name in OPERATOR_CREDENTIALS:
                 os.environ.pop(name, None)
+            # A user's server: never one on the workers' own network (checked here, where
+            # it is called; the MLflow client resolves the name again, so a name that
+            # changes its address in between is not caught: egress filtering does that).
+            resolve_public(uri, allow_private=self.info.settings.allow_private_targets)
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
