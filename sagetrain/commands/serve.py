@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sage_core.settings import Settings
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+log = logging.getLogger("sagetrain.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from sagetrain.commands.database import settings_from_args
     from sagetrain.dispatchers import build_job_running
     from sagetrain.http_protocol import protocol_with_header_timeout
+    from sagetrain.stopping import StoppingServer
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,17 +60,39 @@ def run(args: argparse.Namespace) -> int:
     jobs.start()
     print(start_message(args.host, args.port, settings), flush=True)
     webhooks = WebhookSender(settings, app.state.session_factory).start()
-    # Idle and slow connections are closed: see sagetrain/http_protocol.py.
+    deadline = settings.shutdown_timeout_seconds
+
+    def stop_jobs() -> None:
+        jobs.stop(job_grace(deadline))
+        webhooks.stop(min(deadline, settings.webhook_timeout))
+
+    # Idle and slow connections are closed, and requests still in flight at the stop's
+    # deadline answered 503: see sagetrain/http_protocol.py and sagetrain/stopping.py.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log,
-                            http=protocol_with_header_timeout(settings.header_timeout),
-                            timeout_keep_alive=settings.keep_alive_timeout)  # type: ignore[arg-type]
+                            http=protocol_with_header_timeout(
+                                settings.header_timeout, shutdown_timeout=deadline),
+                            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=int(deadline) + 1)
+    server = StoppingServer(config, timeout=deadline, on_stop=stop_jobs,
+                            running_jobs=jobs.running_jobs, kill_jobs=jobs.kill_jobs)
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
-        webhooks.stop()
-        jobs.stop()
+        if server.stopper is None:  # it stopped without a signal (it could not start)
+            stop_jobs()
+        server.wait_for_stop()
+    log.info("stopped")
     return 0
+
+
+def job_grace(deadline: float) -> float:
+    """Seconds a running job has to checkpoint and hand itself back when `serve` stops within
+    `deadline` seconds: what is left once its process group has been terminated, then killed
+    (`sage_core.supervision`), and settled."""
+    from sage_core.supervision import KILL_AFTER_TERM_SECONDS
+
+    return max(1.0, deadline - KILL_AFTER_TERM_SECONDS - 2.0)
 
 
 def start_message(host: str, port: int, settings: Settings) -> str:
