@@ -13,7 +13,8 @@ before `serve` has stopped its jobs. `StoppingServer` instead, on the first sign
 - has requests still in flight at the deadline answered 503 and their connections closed
   (`sagetrain.http_protocol`); uvicorn cancels what is left one second later;
 - and, should something still hold the process (a request's thread blocked in the database),
-  exits `EXIT_SLACK_SECONDS` after the deadline anyway, naming what it gave up on.
+  exits a few seconds after the deadline anyway, naming what it gave up on
+  (`sage_core.stopping`).
 
 A second signal exits at once (status 1), killing the jobs' processes first.
 """
@@ -22,9 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -32,8 +31,9 @@ from types import FrameType
 
 import uvicorn
 
+from sage_core.stopping import EXIT_SLACK_SECONDS, hard_exit
+
 log = logging.getLogger("sagetrain.serve")
-EXIT_SLACK_SECONDS = 3.0
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -67,7 +67,7 @@ class StoppingServer(uvicorn.Server):
             log.warning("%s again: exiting now; running jobs are killed and resume from "
                         "their last checkpoint", name)
             self._kill_jobs()
-            _exit(1)
+            hard_exit(1)
         super().handle_exit(sig, frame)
         self.should_exit = True
         self._signalled_at = time.monotonic()
@@ -100,12 +100,5 @@ class StoppingServer(uvicorn.Server):
                     self.requests_in_flight(), self._running_jobs() or "none",
                     ", ".join(threads) or "none")
         self._kill_jobs()
-        _exit(0)
+        hard_exit(0)
 
-
-def _exit(status: int) -> None:
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    sys.stdout.flush()
-    os._exit(status)

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from api.main import create_app
     from sage_core.db.migrate import upgrade
+    from sage_core.stopping import stop_grace
     from sage_core.webhooks import WebhookSender
     from sagetrain.commands.database import settings_from_args
     from sagetrain.dispatchers import build_job_running
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = settings.shutdown_timeout_seconds
 
     def stop_jobs() -> None:
-        jobs.stop(job_grace(deadline))
+        jobs.stop(stop_grace(deadline))
         webhooks.stop(min(deadline, settings.webhook_timeout))
 
     # Idle and slow connections are closed, and requests still in flight at the stop's
@@ -84,15 +85,6 @@ def run(args: argparse.Namespace) -> int:
         server.wait_for_stop()
     log.info("stopped")
     return 0
-
-
-def job_grace(deadline: float) -> float:
-    """Seconds a running job has to checkpoint and hand itself back when `serve` stops within
-    `deadline` seconds: what is left once its process group has been terminated, then killed
-    (`sage_core.supervision`), and settled."""
-    from sage_core.supervision import KILL_AFTER_TERM_SECONDS
-
-    return max(1.0, deadline - KILL_AFTER_TERM_SECONDS - 2.0)
 
 
 def start_message(host: str, port: int, settings: Settings) -> str:

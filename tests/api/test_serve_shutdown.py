@@ -43,6 +43,7 @@ def _terminate(server: LiveServer) -> float:
                     f"{server.log_text()[-3000:]}")
     took = time.monotonic() - started
     assert server.proc.returncode == 0, (server.proc.returncode, server.log_text()[-3000:])
+    print(f"exited {took:.1f} s after SIGTERM")  # shown by pytest -rP
     return took
 
 
@@ -107,6 +108,21 @@ def test_sigterm_during_a_slow_upload_answers_503_at_the_deadline(
         assert took < DEADLINE + SLACK
         assert answer[0].startswith(b"HTTP/1.1 503"), answer
         assert "for 1 request(s) in flight" in server.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_second_sigterm_exits_at_once(tmp_path: Path, models_dir: Path) -> None:
+    with LiveServer.start(tmp_path, models_dir, SETTINGS) as server:
+        with _slow_upload(server.url, server.key):
+            time.sleep(1.0)
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert server.proc.poll() is None  # waiting for the upload
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(DEADLINE) == 1
+            assert time.monotonic() - started < 3.0
+        assert "SIGTERM again: exiting now" in server.log_text()
 
 
 async def _open_streams(url: str, key: str, job_id: str, count: int, opened: asyncio.Event,
