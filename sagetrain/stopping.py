@@ -11,7 +11,8 @@ before `serve` has stopped its jobs. `StoppingServer` instead, on the first sign
 - starts `on_stop` at once in a thread of its own (the running job checkpoints and goes back
   to the queue, in parallel with the requests' wait);
 - has requests still in flight at the deadline answered 503 and their connections closed
-  (`sagetrain.http_protocol`); uvicorn cancels what is left one second later;
+  (`sagetrain.http_protocol`); uvicorn cancels what is left one second later, and the
+  process exits then without waiting for a request's thread that cannot be cancelled;
 - and, should something still hold the process (a request's thread blocked in the database),
   exits a few seconds after the deadline anyway, naming what it gave up on
   (`sage_core.stopping`).
@@ -21,9 +22,11 @@ A second signal exits at once (status 1), killing the jobs' processes first.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -81,6 +84,17 @@ class StoppingServer(uvicorn.Server):
         watchdog = threading.Timer(self.timeout + EXIT_SLACK_SECONDS, self._give_up)
         watchdog.daemon = True
         watchdog.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await asyncio.sleep(0.1)  # cancelled requests end, unless a thread holds them
+        stuck = [task for task in self.server_state.tasks if not task.done()]
+        if stuck:
+            # asyncio.run would wait for their threads (a database call) on the way out.
+            log.warning("%d request(s) still running in a thread after the deadline; "
+                        "exiting without them", len(stuck))
+            self.wait_for_stop()
+            hard_exit(0)
 
     def requests_in_flight(self) -> int:
         return sum(1 for c in list(self.server_state.connections)
