@@ -78,6 +78,7 @@ def test_sigterm_stops_a_worker_whose_job_is_stuck_within_the_deadline(
         pytest.fail(f"the worker was still running {DEADLINE + SLACK:.0f} s after SIGTERM:\n"
                     f"{first.text()[-3000:]}")
     took = time.monotonic() - started
+    print(f"exited {took:.1f} s after SIGTERM")  # shown by pytest -rP
     assert first.proc.returncode == 0, first.text()[-3000:]
     assert took < DEADLINE + SLACK
     wait_for(lambda: not job_pids(job_id), 5, "the stuck job's process to be gone")
@@ -94,3 +95,23 @@ def test_sigterm_stops_a_worker_whose_job_is_stuck_within_the_deadline(
     assert resumed >= 10
     second.stop(DEADLINE + SLACK)
     assert second.proc.returncode == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_second_sigterm_stops_the_worker_at_once(cluster: Cluster, api: Api) -> None:
+    worker = cluster.start_worker("s3")
+    cluster.wait_ready(worker)
+    job_id = api.create_job(**LONG_JOB)
+    wait_for(lambda: cluster.job(job_id).step >= 3 and job_pids(job_id), 120,
+             "the job to train a few steps")
+    for pid in job_pids(job_id):
+        os.kill(pid, signal.SIGSTOP)  # so that the first SIGTERM has something to wait for
+    worker.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert worker.proc.poll() is None
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(DEADLINE) == 1, worker.text()[-3000:]
+    assert time.monotonic() - started < 3.0
+    wait_for(lambda: not job_pids(job_id), 5, "the job's process to be killed")
+    assert "SIGTERM again: exiting now" in worker.text()
