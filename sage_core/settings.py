@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="`serve`: seconds a new connection may take to send a "
         "request's line and headers before it is closed"
     )
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0, description="`serve` and `worker`: seconds a stop (SIGTERM, Ctrl-C) may "
+        "take: requests in flight and running jobs get this long to finish or hand back, then "
+        "the process exits; a second signal exits at once"
+    )
     broker_url: str | None = Field(
         None, description="Celery broker (redis://...); unset: run jobs with the local executor"
     )

@@ -14,7 +14,8 @@ neither the worker nor torch.
   its process group is terminated, then killed `KILL_AFTER_TERM_SECONDS` later. Shutdown
   (`Shutdown.request(grace)`: a deploy, `docker stop`, Ctrl-C on `sagetrain serve`): the
   child is sent SIGTERM, saves a checkpoint and puts its job back in the queue; it has `grace`
-  seconds to, then its group is terminated, then killed. No new child starts after that.
+  seconds to, then its group is terminated, then killed (its job then goes back to the queue,
+  as a lost worker's, and resumes from its last checkpoint). No new child starts after that.
 - Settle: the child exited leaving its job `running` under its lease. A transient error
   (exit 75: the database or broker unreachable) puts the job back in the queue, counted as a
   lost worker (at most `max_lost_leases` times); any other exit is a crash and fails the job
@@ -245,6 +246,11 @@ class JobSupervisor:
             unreachable = "database or broker" if self.settings.broker_url else "database"
             release_lost_job(s, job_id, owner=owner, reason=f"{unreachable} unreachable",
                              max_lost_leases=self.settings.max_lost_leases)
+            return
+        if self.shutdown.is_set() and returncode in (-signal.SIGTERM, -signal.SIGKILL):
+            # Stopped by us, late: not the job's fault; it resumes from its last checkpoint.
+            release_lost_job(s, job_id, owner=owner, reason="it did not stop in time at "
+                             "shutdown", max_lost_leases=self.settings.max_lost_leases)
             return
         message = crash_message(returncode)
         if transitions.fail(s, job_id, owner=owner, error={

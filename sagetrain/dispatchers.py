@@ -32,12 +32,25 @@ class JobRunning:
         for service in self.services:
             service.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every service, each waiting up to about `timeout` seconds (a running job's
+        checkpoint)."""
         for service in reversed(self.services):
-            service.stop()
+            service.stop(timeout)
         close = getattr(self.dispatcher, "close", None)
         if close is not None:
             close()
+
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs whose processes run here (the embedded executor's)."""
+        return [job_id for service in self.services
+                for job_id in getattr(service, "running_jobs", list)()]
+
+    def kill_jobs(self) -> None:
+        """Kill the jobs' processes now (a second Ctrl-C): they resume from their last
+        checkpoint once their leases expire."""
+        for service in self.services:
+            getattr(service, "kill_jobs", lambda: None)()
 
 
 def resolve_executor(choice: str, settings: Settings) -> str:

@@ -20,6 +20,7 @@ this process). The executor knows jobs only by id: it imports neither the worker
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ from sage_core.db.session import make_engine, make_session_factory
 from sage_core.periodic import PeriodicThread
 from sage_core.settings import Settings
 from sage_core.slots import worker_slots
-from sage_core.supervision import KILL_AFTER_TERM_SECONDS, JobSupervisor, Shutdown
+from sage_core.supervision import KILL_AFTER_TERM_SECONDS, JobSupervisor, Shutdown, signal_group
 
 log = logging.getLogger("sagetrain.executor")
 
@@ -76,6 +77,13 @@ class LocalExecutor:
         if not self._thread.stop(timeout + 2 * KILL_AFTER_TERM_SECONDS):
             log.warning("executor: a job's process outlived the shutdown; giving up on it")
         self._engine.dispose()
+
+    def running_jobs(self) -> list[str]:
+        return list(self.supervisor.processes)
+
+    def kill_jobs(self) -> None:
+        for proc in list(self.supervisor.processes.values()):
+            signal_group(proc, signal.SIGKILL)
 
     # --- one round ----------------------------------------------------------------------------
 

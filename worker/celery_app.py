@@ -20,7 +20,10 @@ a cap; anything a job itself does wrong fails the job in the runner, never here.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from functools import cache
+from types import FrameType
 from typing import Any
 
 from celery import Task, signals
@@ -29,7 +32,8 @@ from sage_core.broker import TASK_NAME, CeleryDispatcher, create_celery
 from sage_core.db.session import get_engine, make_session_factory
 from sage_core.settings import get_settings
 from sage_core.slots import worker_slots
-from sage_core.supervision import JobSupervisor, Shutdown
+from sage_core.stopping import EXIT_SLACK_SECONDS, hard_exit, stop_grace
+from sage_core.supervision import JobSupervisor, Shutdown, signal_group
 from sage_core.transient import is_transient
 from worker.registration import Registration
 from worker.supervisor import supervise
@@ -76,10 +80,41 @@ def registration() -> Registration:
 
 
 @signals.worker_shutting_down.connect
-def _on_shutdown(**_: Any) -> None:
-    # Each running job checkpoints and goes back to the queue; it has a lease's time to.
-    shutdown.request(max(settings.cancel_grace_seconds, settings.lease_seconds))
+def _on_shutdown(sig: str = "", **_: Any) -> None:
+    # Runs in the signal handler, on the main thread. Each running job checkpoints and goes
+    # back to the queue, within the deadline; whatever is left then is given up on, and a
+    # second signal (which Celery would take as nothing more than the first) exits at once.
+    deadline = settings.shutdown_timeout_seconds
+    shutdown.request(stop_grace(deadline))
+    jobs = list(supervisor().processes)
+    log.info("%s: stopping; waiting up to %.0f s for %s; a second signal exits at once",
+             sig or "stop", deadline, ", ".join(f"job {j} to checkpoint" for j in jobs)
+             or "no job")
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, _on_second_signal)
+    watchdog = threading.Timer(deadline + EXIT_SLACK_SECONDS, _give_up, args=(deadline,))
+    watchdog.daemon = True
+    watchdog.start()
     registration().stop()
+
+
+def _kill_jobs() -> None:
+    for proc in list(supervisor().processes.values()):
+        signal_group(proc, signal.SIGKILL)
+
+
+def _on_second_signal(sig: int, _: FrameType | None) -> None:
+    log.warning("%s again: exiting now; running jobs are killed and resume from their last "
+                "checkpoint", signal.Signals(sig).name)
+    _kill_jobs()
+    hard_exit(1)
+
+
+def _give_up(deadline: float) -> None:
+    log.warning("still not stopped %.0f s after the signal (jobs: %s); exiting",
+                deadline + EXIT_SLACK_SECONDS, ", ".join(supervisor().processes) or "none")
+    _kill_jobs()
+    hard_exit(0)
 
 
 @signals.worker_ready.connect

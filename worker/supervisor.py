@@ -66,7 +66,8 @@ def supervise(job_id: str, supervisor: JobSupervisor, *, slots: Slots,
         settled = supervisor.run(job_id, env=slots.env(held))
     if settled is None:
         return None
-    if settled.claimed and settled.returncode == 0 and settled.status == JobStatus.QUEUED:
+    handed_back = settled.returncode == 0 or supervisor.shutdown.is_set()
+    if settled.claimed and handed_back and settled.status == JobStatus.QUEUED:
         send_again(job_id, gpus)  # shut down mid-job: let another worker continue it now
     elif settled.start_failed:
         raise RuntimeError(f"the process for job {job_id} exited with {settled.returncode} "

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sage_core.settings import Settings
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+log = logging.getLogger("sagetrain.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     from api.main import create_app
     from sage_core.db.migrate import upgrade
+    from sage_core.stopping import stop_grace
     from sage_core.webhooks import WebhookSender
     from sagetrain.commands.database import settings_from_args
     from sagetrain.dispatchers import build_job_running
     from sagetrain.http_protocol import protocol_with_header_timeout
+    from sagetrain.stopping import StoppingServer
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,16 +61,29 @@ def run(args: argparse.Namespace) -> int:
     jobs.start()
     print(start_message(args.host, args.port, settings), flush=True)
     webhooks = WebhookSender(settings, app.state.session_factory).start()
-    # Idle and slow connections are closed: see sagetrain/http_protocol.py.
+    deadline = settings.shutdown_timeout_seconds
+
+    def stop_jobs() -> None:
+        jobs.stop(stop_grace(deadline))
+        webhooks.stop(min(deadline, settings.webhook_timeout))
+
+    # Idle and slow connections are closed, and requests still in flight at the stop's
+    # deadline answered 503: see sagetrain/http_protocol.py and sagetrain/stopping.py.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log,
-                            http=protocol_with_header_timeout(settings.header_timeout),
-                            timeout_keep_alive=settings.keep_alive_timeout)  # type: ignore[arg-type]
+                            http=protocol_with_header_timeout(
+                                settings.header_timeout, shutdown_timeout=deadline),
+                            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=int(deadline) + 1)
+    server = StoppingServer(config, timeout=deadline, on_stop=stop_jobs,
+                            running_jobs=jobs.running_jobs, kill_jobs=jobs.kill_jobs)
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
-        webhooks.stop()
-        jobs.stop()
+        if server.stopper is None:  # it stopped without a signal (it could not start)
+            stop_jobs()
+        server.wait_for_stop()
+    log.info("stopped")
     return 0
 
 
