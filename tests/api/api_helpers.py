@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
-from process_helpers import pids_with_args
+from process_helpers import pids_with_args, wait_for
 
 from sage_core.settings import Settings
 from sagetrain.server_process import free_port, started_server
@@ -91,6 +91,18 @@ class LiveServer:
 
     def log_text(self) -> str:
         return (self.root / "server.log").read_text(errors="replace")
+
+    def wait_training(self, client: httpx.Client, job_id: str, *, past_step: int = 0,
+                      timeout: float = 120) -> None:
+        """Wait until the job runs past `past_step`; a job that ends or fails first is an
+        error naming it, with the server's log."""
+
+        def training() -> bool:
+            job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            assert job["status"] in ("queued", "running"), (job, self.log_text())
+            return job["status"] == "running" and job["progress"]["step"] > past_step
+
+        wait_for(training, timeout, "the job to start training")
 
 
 def worker_pids(job_id: str) -> list[int]:

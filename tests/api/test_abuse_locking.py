@@ -62,12 +62,7 @@ def test_a_burst_with_bogus_keys_neither_stalls_the_server_nor_kills_the_job(
         assert r.status_code == 200, r.text
         job_id = r.json()["id"]
 
-        def training() -> bool:
-            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-            assert job["status"] in ("queued", "running"), (job, server.log_text())
-            return job["status"] == "running" and job["progress"]["step"] > 0
-
-        wait_for(training, 120, "the job to start training")
+        server.wait_training(c, job_id)
 
         stop, latencies = threading.Event(), list[float]()
         poller = threading.Thread(target=_poll_healthz, args=(server.url, stop, latencies))

@@ -87,12 +87,7 @@ def test_cancel_running_job_stops_its_process(live_server: LiveServer) -> None:
             "hyperparameters": {"n_epochs": 20, "batch_size": 4, "max_seq_length": 16}})
         job_id = r.json()["id"]
 
-        def training() -> bool:
-            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-            assert job["status"] in ("queued", "running"), (job, live_server.log_text())
-            return job["status"] == "running" and job["progress"]["step"] > 0
-
-        wait_for(training, 180, "the job to start training")
+        live_server.wait_training(c, job_id, timeout=180)
         assert worker_pids(job_id), "the job's process is not running"
         cancelled = c.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()
         assert cancelled["status"] == "cancelled"

@@ -229,12 +229,7 @@ def test_sigterm_during_a_running_job_hands_it_back_and_it_resumes(
         assert r.status_code == 200, r.text
         job_id = r.json()["id"]
 
-        def training() -> bool:
-            job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-            assert job["status"] in ("queued", "running"), (job, server.log_text())
-            return job["status"] == "running" and job["progress"]["step"] > 5
-
-        wait_for(training, 120, "the job to start training")
+        server.wait_training(c, job_id, past_step=5)
         took = _terminate(server)
         assert took < DEADLINE + SLACK
         assert worker_pids(job_id) == []
